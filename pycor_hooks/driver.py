@@ -1,0 +1,230 @@
+"""The pycor storage driver: one API over bases and container layers.
+
+Shaped like LXD's storage driver interface. The front ends (hooks, LXC
+template, CLI) call this; they do not reach around it to the filesystem.
+
+Volumes are container layers (see layer.py), addressed by their rootfs
+directory. Starting a volume is split in two, as LXC's hooks are:
+prepare_start() runs on the host as real root (pre-start) and writes a run
+state under /run/pycor naming the lower stack; mount_volume() runs in the
+container's mount namespace (pre-mount) and mounts the overlay from it.
+
+Hot path: hooks import this module; keep its imports cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+from . import layer, linux, overlay
+from .errors import PycorError
+from .layer import LayerMeta
+from .store import RUN_DIR, Store, read_json, write_json
+
+RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
+
+
+@dataclass
+class RunState:
+    """What pre-start resolved for one start of one container."""
+
+    name: str
+    rootfs: str
+    base: str
+    version: str
+    lowerdirs: list[str]
+    started: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Registration:
+    """A container layer the store knows about (written at create and at each start)."""
+
+    name: str
+    rootfs: str
+    runtime: str  # "lxc" or "lxd"
+    lxcpath: str | None
+
+
+def volume_key(name: str, rootfs: str) -> str:
+    return f"{name}-{hashlib.sha256(rootfs.encode()).hexdigest()[:16]}"
+
+
+def in_user_namespace() -> bool:
+    with open("/proc/self/uid_map", encoding="ascii") as f:
+        return f.read().split() != ["0", "0", "4294967295"]
+
+
+class Driver:
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store or Store()
+
+    @property
+    def registry_dir(self) -> str:
+        return os.path.join(self.store.root, "volumes")
+
+    # -- volumes: create, inspect, delete ------------------------------------
+    def create_volume(self, name: str, rootfs: str, base: str, pin: str | None = None,
+                      uid: int = 0, gid: int = 0, runtime: str = "lxc", lxcpath: str | None = None) -> None:
+        self.store.require(base)
+        if pin:
+            self.store.version(base, pin)
+        layer.create_layer(rootfs, LayerMeta(base=base, pin=pin), uid, gid)
+        self.register(Registration(name, rootfs, runtime, lxcpath))
+
+    def volume_meta(self, rootfs: str) -> LayerMeta:
+        fd = layer.open_rootfs(rootfs)
+        try:
+            return layer.read_meta(fd, rootfs)
+        finally:
+            os.close(fd)
+
+    def register(self, reg: Registration) -> None:
+        os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.registry_dir, volume_key(reg.name, reg.rootfs) + ".json")
+        if os.path.exists(path):
+            return
+        write_json(path, dict(reg.__dict__), mode=0o600)
+
+    def registrations(self) -> list[Registration]:
+        """Registered layers that still exist; entries of removed containers are pruned."""
+        found = []
+        try:
+            entries = sorted(os.listdir(self.registry_dir))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.endswith(".json"):
+                continue
+            path = os.path.join(self.registry_dir, entry)
+            try:
+                raw = read_json(path)
+                reg = Registration(str(raw["name"]), str(raw["rootfs"]), str(raw["runtime"]), raw.get("lxcpath"))
+            except (OSError, ValueError, KeyError, PycorError):
+                continue
+            if layer.is_layer(reg.rootfs):
+                found.append(reg)
+            else:
+                os.unlink(path)
+        return found
+
+    # -- starting and stopping -----------------------------------------------
+    def run_state_path(self, name: str, rootfs: str) -> str:
+        return os.path.join(RUN_CONTAINERS, volume_key(name, rootfs) + ".json")
+
+    def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None) -> RunState:
+        """pre-start: resolve the base version and its lower stack, record the start."""
+        meta = self.volume_meta(rootfs)
+        fd = layer.open_rootfs(rootfs)
+        try:
+            for sub in layer.open_layer_dirs(fd, rootfs):
+                os.close(sub)
+        finally:
+            os.close(fd)
+        with self.store.lock(exclusive=False):
+            if not self.store.exists(meta.base):
+                raise PycorError(
+                    f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}",
+                    f"import the base again ('pycor base import {meta.base} ...'); the container's changes in {rootfs}/{layer.UPPER} are intact",
+                )
+            version = meta.pin or self.store.current(meta.base)
+            state = RunState(name, rootfs, meta.base, version, self.store.lower_stack(meta.base, version), time.time())
+            os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
+            write_json(self.run_state_path(name, rootfs), state.to_json())
+        self.register(Registration(name, rootfs, runtime, lxcpath))
+        return state
+
+    def run_state(self, name: str, rootfs: str) -> RunState | None:
+        try:
+            raw = read_json(self.run_state_path(name, rootfs))
+        except FileNotFoundError:
+            return None
+        return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
+                        [str(p) for p in raw["lowerdirs"]], float(raw["started"]))
+
+    def mount_volume(self, name: str, rootfs: str) -> None:
+        """pre-mount: mount the overlay on rootfs in the current mount namespace."""
+        state = self.run_state(name, rootfs)
+        if state is None or state.rootfs != rootfs:
+            raise PycorError(
+                f"no run state for container {name}: the pycor pre-start hook did not run",
+                "the container config needs lxc.hook.pre-start = .../pycor-pre-start (see 'pycor install')",
+            )
+        fds: list[int] = []
+        try:
+            fds.append(layer.open_rootfs(rootfs))
+            fds.extend(layer.open_layer_dirs(fds[0], rootfs))
+            for lower in state.lowerdirs:
+                try:
+                    fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                except OSError as e:
+                    raise PycorError(f"cannot open base layer {lower}: {e.strerror}", "check the store with 'pycor base ls'") from None
+            try:
+                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=in_user_namespace())
+            except OSError as e:
+                raise PycorError(
+                    f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
+                    "the kernel log (dmesg) says why; 'pycor doctor' checks overlay support",
+                ) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def release(self, name: str, rootfs: str) -> None:
+        """post-stop: forget this start. The overlay lived in the container's mount namespace and is gone with it."""
+        try:
+            os.unlink(self.run_state_path(name, rootfs))
+        except FileNotFoundError:
+            pass
+
+    def running_states(self) -> list[RunState]:
+        states = []
+        try:
+            entries = os.listdir(RUN_CONTAINERS)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.endswith(".json"):
+                try:
+                    raw = read_json(os.path.join(RUN_CONTAINERS, entry))
+                    states.append(RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
+                                           [str(p) for p in raw["lowerdirs"]], float(raw["started"])))
+                except (OSError, ValueError, KeyError, PycorError):
+                    continue
+        return states
+
+    # -- bases ----------------------------------------------------------------
+    def base_users(self, base: str, extra: list[Registration] | None = None) -> list[Registration]:
+        """Containers whose layer names this base, running or not."""
+        users: dict[str, Registration] = {}
+        for reg in self.registrations() + list(extra or []):
+            try:
+                if self.volume_meta(reg.rootfs).base == base:
+                    users[reg.rootfs] = reg
+            except PycorError:
+                continue
+        for state in self.running_states():
+            if state.base == base and state.rootfs not in users:
+                users[state.rootfs] = Registration(state.name, state.rootfs, "?", None)
+        return sorted(users.values(), key=lambda r: r.name)
+
+    def delete_base(self, base: str, extra: list[Registration] | None = None) -> None:
+        from .fsutil import remove_tree
+
+        with self.store.lock():
+            self.store.require(base)
+            users = self.base_users(base, extra)
+            if users:
+                raise PycorError(
+                    f"base {base!r} is used by {len(users)} container(s): {', '.join(u.name for u in users)}",
+                    "remove those containers first ('pycor rm NAME')",
+                )
+            doomed = os.path.join(self.store.bases_dir, f".{base}.rm{os.getpid()}")
+            os.rename(self.store.base_dir(base), doomed)  # gone from view in one step
+        remove_tree(doomed)

@@ -1,0 +1,144 @@
+"""A container's own layer, kept inside its rootfs directory.
+
+    ROOTFS/.pycor/layer.json   base name and pinned version (no paths, ever)
+    ROOTFS/.pycor/upper/       overlayfs upperdir: the container's changes
+    ROOTFS/.pycor/work/        overlayfs workdir
+
+The overlay is mounted on ROOTFS itself, so the running container never sees
+.pycor/, and anything that copies or removes the rootfs directory (lxc-copy,
+lxc-destroy, LXD snapshots and exports) carries exactly the container's changes.
+
+Everything under ROOTFS is opened with open_beneath(): no symlink is followed.
+Hot path: the hooks import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from . import linux
+from .errors import PycorError
+from .names import check_name, check_version
+
+PYCOR_DIR = ".pycor"
+META = f"{PYCOR_DIR}/layer.json"
+UPPER = f"{PYCOR_DIR}/upper"
+WORK = f"{PYCOR_DIR}/work"
+META_LIMIT = 4096
+
+
+@dataclass
+class LayerMeta:
+    base: str
+    pin: str | None = None
+
+    def to_json(self) -> dict:
+        return {"base": self.base, "pin": self.pin}
+
+
+def rootfs_dir(path: str) -> str:
+    """The directory of an LXC rootfs path ('dir:' prefix allowed, other backends refused)."""
+    if path.startswith("dir:"):
+        path = path[4:]
+    if not path.startswith("/"):
+        raise PycorError(
+            f"rootfs {path!r} is not a directory path",
+            "pycor containers use a directory rootfs (lxc.rootfs.path = dir:/...)",
+        )
+    return path
+
+
+def open_rootfs(rootfs: str) -> int:
+    try:
+        return os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise PycorError(f"cannot open rootfs {rootfs}: {e.strerror}", "is the container's lxc.rootfs.path right?") from None
+
+
+def is_layer(rootfs: str) -> bool:
+    return os.path.isfile(os.path.join(rootfs, META)) and not os.path.islink(os.path.join(rootfs, PYCOR_DIR))
+
+
+def parse_meta(data: bytes, where: str) -> LayerMeta:
+    try:
+        raw = json.loads(data)
+        base = check_name(str(raw["base"]), "base name")
+        pin = raw.get("pin")
+        return LayerMeta(base=base, pin=check_version(str(pin)) if pin else None)
+    except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
+        raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
+
+
+def read_meta(rootfs_fd: int, rootfs: str) -> LayerMeta:
+    where = os.path.join(rootfs, META)
+    try:
+        fd = linux.open_beneath(rootfs_fd, META, os.O_RDONLY)
+    except FileNotFoundError:
+        raise PycorError(f"{where} is missing: this is not a pycor container", "create it with 'lxc-create -t pycor' or 'pycor create'") from None
+    except OSError as e:
+        raise PycorError(f"refusing to open {where}: {e.strerror}", "a symlink was planted in the container's layer; remove it") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(META_LIMIT + 1)
+    if len(data) > META_LIMIT:
+        raise PycorError(f"{where} is larger than {META_LIMIT} bytes", "it was not written by pycor")
+    return parse_meta(data, where)
+
+
+def write_meta(rootfs: str, meta: LayerMeta) -> None:
+    fd = open_rootfs(rootfs)
+    try:
+        dfd = linux.open_beneath(fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        os.close(fd)
+    try:
+        tmp = f"layer.json.tmp{os.getpid()}"
+        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        with os.fdopen(wfd, "w", encoding="utf-8") as f:
+            json.dump(meta.to_json(), f)
+            f.write("\n")
+        os.rename(tmp, "layer.json", src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def create_layer(rootfs: str, meta: LayerMeta, uid: int = 0, gid: int = 0) -> None:
+    """Make .pycor/ with upper, work and metadata in an existing, empty rootfs directory.
+
+    uid/gid own upper and work: host root for a privileged container, the
+    host id of container root for an unprivileged one. upper's own mode and
+    owner become those of the container's '/'.
+    """
+    if os.path.lexists(os.path.join(rootfs, PYCOR_DIR)):
+        raise PycorError(f"{rootfs} already holds a pycor layer", "pick a new container name")
+    fd = open_rootfs(rootfs)
+    try:
+        os.mkdir(PYCOR_DIR, 0o711, dir_fd=fd)
+        for sub, mode in (("upper", 0o755), ("work", 0o700)):
+            path = f"{PYCOR_DIR}/{sub}"
+            os.mkdir(path, mode, dir_fd=fd)
+            os.chown(path, uid, gid, dir_fd=fd, follow_symlinks=False)
+        os.chmod(os.path.join(rootfs, UPPER), 0o755)  # mkdir honoured the umask
+    finally:
+        os.close(fd)
+    write_meta(rootfs, meta)
+
+
+def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
+    """O_PATH fds of upper and work, refusing symlinks and anything outside the rootfs."""
+    fds: list[int] = []
+    try:
+        for rel in (UPPER, WORK):
+            try:
+                fds.append(linux.open_beneath(rootfs_fd, rel))
+            except OSError as e:
+                raise PycorError(
+                    f"cannot open {os.path.join(rootfs, rel)}: {e.strerror}",
+                    "the container's layer is damaged or a symlink was planted there",
+                ) from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0], fds[1]

@@ -1,0 +1,236 @@
+"""The base store: named bases, their versions and layers, on disk.
+
+Hot path: hooks resolve a base here at every container start, so this module
+imports only the standard library's cheapest modules.
+
+Layout (root defaults to /var/lib/pycor)::
+
+    bases/NAME/base.json                  name, created, LXC config hints
+    bases/NAME/current -> versions/N      switched by one atomic rename
+    bases/NAME/versions/N/version.json    parent, created, size, source
+    bases/NAME/versions/N/rootfs/         the layer: read-only once published
+    staging/                              work in progress, same filesystem
+    lock                                  flock: shared for starts, exclusive for changes
+
+Version N's lower stack is its own layer, then its parent's, and so on down
+(top first, the order overlayfs wants in ``lowerdir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .errors import PycorError
+from .names import check_name, check_version
+
+DEFAULT_STORE = "/var/lib/pycor"
+CONFIG_FILE = "/etc/pycor/pycor.conf"
+STORE_ENV = "PYCOR_STORE"
+RUN_DIR = "/run/pycor"
+
+
+def store_root(explicit: str | None = None) -> str:
+    """The store path: argument, then $PYCOR_STORE, then 'store =' in the config file."""
+    if explicit:
+        return os.path.abspath(explicit)
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return os.path.abspath(env)
+    try:
+        with open(CONFIG_FILE, encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "store" and value.strip():
+                    return os.path.abspath(value.strip())
+    except FileNotFoundError:
+        pass
+    return DEFAULT_STORE
+
+
+@dataclass
+class Version:
+    base: str
+    version: str
+    parent: str | None
+    created: float
+    size: int
+    source: str
+    rootfs: str
+
+
+@dataclass
+class Base:
+    name: str
+    created: float
+    lxc: list[str] = field(default_factory=list)
+
+
+def read_json(path: str, limit: int = 1 << 20) -> dict:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PycorError(f"{path} is larger than {limit} bytes", "it was not written by pycor")
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor")
+    return value
+
+
+def write_json(path: str, value: dict, mode: int = 0o644) -> None:
+    """Write atomically: a temporary file beside it, then rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.rename(tmp, path)
+
+
+class Store:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = store_root(root)
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def bases_dir(self) -> str:
+        return os.path.join(self.root, "bases")
+
+    @property
+    def staging_dir(self) -> str:
+        return os.path.join(self.root, "staging")
+
+    def base_dir(self, name: str) -> str:
+        return os.path.join(self.bases_dir, check_name(name, "base name"))
+
+    def version_dir(self, name: str, version: str) -> str:
+        return os.path.join(self.base_dir(name), "versions", check_version(version))
+
+    def layer_dir(self, name: str, version: str) -> str:
+        return os.path.join(self.version_dir(name, version), "rootfs")
+
+    # -- locking -------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = True) -> Iterator[None]:
+        """Shared for resolving a start, exclusive for anything that removes or switches."""
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading -------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return os.path.isdir(self.base_dir(name))
+
+    def require(self, name: str) -> None:
+        if not self.exists(name):
+            raise PycorError(
+                f"unknown base {name!r} in store {self.root}",
+                "'pycor base ls' lists the bases; 'pycor base import' adds one",
+            )
+
+    def base_names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.bases_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(self.bases_dir, e)))
+
+    def base(self, name: str) -> Base:
+        self.require(name)
+        meta = read_json(os.path.join(self.base_dir(name), "base.json"))
+        lxc = [line for line in meta.get("lxc", []) if isinstance(line, str)]
+        return Base(name=name, created=float(meta.get("created", 0)), lxc=lxc)
+
+    def current(self, name: str) -> str:
+        self.require(name)
+        target = os.readlink(os.path.join(self.base_dir(name), "current"))
+        return check_version(os.path.basename(target))
+
+    def version(self, name: str, version: str) -> Version:
+        path = self.version_dir(name, version)
+        try:
+            meta = read_json(os.path.join(path, "version.json"))
+        except FileNotFoundError:
+            raise PycorError(
+                f"base {name!r} has no version {version}",
+                "'pycor base versions' lists them",
+            ) from None
+        parent = meta.get("parent")
+        return Version(
+            base=name,
+            version=version,
+            parent=check_version(str(parent)) if parent else None,
+            created=float(meta.get("created", 0)),
+            size=int(meta.get("size", 0)),
+            source=str(meta.get("source", "")),
+            rootfs=os.path.join(path, "rootfs"),
+        )
+
+    def versions(self, name: str) -> list[Version]:
+        self.require(name)
+        vdir = os.path.join(self.base_dir(name), "versions")
+        found = [e for e in os.listdir(vdir) if e.isdigit()]
+        return [self.version(name, v) for v in sorted(found, key=int)]
+
+    def lower_stack(self, name: str, version: str) -> list[str]:
+        """The layer directories of a version, top first, checked to exist."""
+        stack: list[str] = []
+        seen: set[str] = set()
+        current: str | None = version
+        while current is not None:
+            if current in seen:
+                raise PycorError(f"base {name!r}: version {version} has a cycle in its parents", "the store is damaged")
+            seen.add(current)
+            v = self.version(name, current)
+            if not os.path.isdir(v.rootfs):
+                raise PycorError(f"base {name!r}: layer {v.rootfs} is missing", "the store is damaged; re-import the base")
+            stack.append(v.rootfs)
+            current = v.parent
+        return stack
+
+    # -- writing -------------------------------------------------------------
+    def new_staging(self, label: str) -> str:
+        """A fresh directory on the store's filesystem for building a layer."""
+        os.makedirs(self.staging_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.staging_dir, f"{label}.{os.getpid()}.{time.monotonic_ns()}")
+        os.mkdir(path, 0o700)
+        return path
+
+    def publish_base(self, name: str, staging: str, source: str, size: int, lxc: list[str]) -> Version:
+        """Make the layer at staging/rootfs version 1 of a new base, in one rename."""
+        check_name(name, "base name")
+        with self.lock():
+            if self.exists(name):
+                raise PycorError(f"base {name!r} already exists", f"remove it first with 'pycor base rm {name}', or pick another name")
+            now = time.time()
+            os.makedirs(self.bases_dir, mode=0o755, exist_ok=True)
+            tmp = os.path.join(self.bases_dir, f".{name}.new{os.getpid()}")
+            os.makedirs(os.path.join(tmp, "versions"), mode=0o755)
+            vdir = os.path.join(tmp, "versions", "1")
+            os.rename(staging, vdir)
+            os.chmod(vdir, 0o755)
+            write_json(os.path.join(vdir, "version.json"), {"version": 1, "parent": None, "created": now, "size": size, "source": source})
+            write_json(os.path.join(tmp, "base.json"), {"name": name, "created": now, "lxc": lxc})
+            os.symlink("versions/1", os.path.join(tmp, "current"))
+            os.rename(tmp, self.base_dir(name))
+        return self.version(name, "1")
+
+    def set_current(self, name: str, version: str) -> None:
+        """Switch 'current' with one atomic rename (caller holds the lock)."""
+        self.version(name, version)
+        link = os.path.join(self.base_dir(name), "current")
+        tmp = f"{link}.new{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(f"versions/{version}", tmp)
+        os.rename(tmp, link)

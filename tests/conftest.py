@@ -1,0 +1,120 @@
+"""Fixtures that make real stores, bases and LXC containers, and always remove them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pytest
+
+from helpers import PYCOR, run
+
+TEST_ROOT = "/var/tmp/pycor-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("pycor's tests start real containers: run them as root (see README.md)")
+
+
+@pytest.fixture(scope="session")
+def installed() -> None:
+    """The hooks and the template, installed where LXC looks (what users run)."""
+    run(PYCOR + ["install"])
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[str]:
+    path = os.path.join(TEST_ROOT, uuid.uuid4().hex[:8])
+    os.makedirs(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def store(session_dir: str) -> str:
+    return os.path.join(session_dir, "store")
+
+
+@pytest.fixture(scope="session")
+def env(store: str) -> dict[str, str]:
+    return dict(os.environ, PYCOR_STORE=store)
+
+
+@pytest.fixture(scope="session")
+def lxcpath(session_dir: str) -> Iterator[str]:
+    path = os.path.join(session_dir, "lxc")
+    os.makedirs(path)
+    yield path
+    for name in os.listdir(path):
+        subprocess.run(["lxc-stop", "-n", name, "-P", path, "-k"], capture_output=True)
+        subprocess.run(["lxc-destroy", "-n", name, "-P", path], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_base(installed: None, env: dict[str, str]) -> str:
+    run(PYCOR + ["base", "import", "busybox", "--busybox"], env=env)
+    return "busybox"
+
+
+@dataclass
+class Container:
+    name: str
+    lxcpath: str
+    env: dict[str, str]
+
+    @property
+    def rootfs(self) -> str:
+        return os.path.join(self.lxcpath, self.name, "rootfs")
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.rootfs, ".pycor", "upper")
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.lxcpath, self.name, "config")
+
+    def lxc(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run([tool, "-n", self.name, "-P", self.lxcpath, *args], check=check)
+
+    def start(self) -> None:
+        self.lxc("lxc-start", "-l", "DEBUG", "-o", self.log)
+        self.lxc("lxc-wait", "-s", "RUNNING", "-t", "20")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.lxcpath, f"{self.name}.log")
+
+    def stop(self) -> None:
+        self.lxc("lxc-stop", "-t", "10")
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lxc("lxc-attach", "--clear-env", "--", "/bin/sh", "-c", script, check=check)
+
+    def state(self) -> str:
+        return self.lxc("lxc-info", "-s", "-H").stdout.strip()
+
+
+def destroy(name: str, lxcpath: str) -> None:
+    subprocess.run(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], capture_output=True)
+    subprocess.run(["lxc-destroy", "-n", name, "-P", lxcpath], capture_output=True)
+
+
+@pytest.fixture
+def make_container(lxcpath: str, env: dict[str, str], busybox_base: str) -> Iterator[Callable[..., Container]]:
+    made: list[str] = []
+
+    def make(base: str = busybox_base, name: str | None = None, path: str = lxcpath, *extra: str) -> Container:
+        name = name or f"c{uuid.uuid4().hex[:8]}"
+        made.append((name, path))  # type: ignore[arg-type]
+        run(PYCOR + ["create", name, "--base", base, "-P", path, "--network", "none", *extra], env=env)
+        return Container(name, path, env)
+
+    yield make
+    for name, path in made:  # type: ignore[misc]
+        destroy(name, path)

@@ -1,0 +1,89 @@
+"""Pure logic: names, overlay option strings, layer metadata, hook arguments, template lines."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pycor_hooks import hooks, layer, names, overlay, template
+from pycor_hooks.errors import PycorError
+from pycor_hooks.store import Store
+
+
+@pytest.mark.parametrize("name", ["web1", "debian12", "a", "A.b_c-d", "x" * 64])
+def test_valid_names(name):
+    assert names.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a,b", "a:b", "a=b", " a", "a b", "-a", ".a", "x" * 65, "é"])
+def test_invalid_names_say_what_to_do(name):
+    with pytest.raises(PycorError) as e:
+        names.check_name(name, "base name")
+    assert "invalid base name" in str(e.value) and "letters, digits" in str(e.value)
+
+
+@pytest.mark.parametrize("v,ok", [("1", True), ("42", True), ("0", False), ("01", False), ("-1", False), ("a", False), ("", False)])
+def test_version_rule(v, ok):
+    if ok:
+        assert names.check_version(v) == v
+    else:
+        with pytest.raises(PycorError):
+            names.check_version(v)
+
+
+def test_overlay_options_stack_top_first_and_escape_special_characters():
+    opts = overlay.overlay_options(["/b/v2", "/b,x/v:1"], "/c/up", "/c/work")
+    assert opts == "lowerdir=/b/v2:/b\\,x/v\\:1,upperdir=/c/up,workdir=/c/work"
+    assert overlay.overlay_options(["/l"], "/u", "/w", userxattr=True).endswith(",userxattr")
+    with pytest.raises(ValueError):
+        overlay.overlay_options([], "/u", "/w")
+
+
+def test_layer_metadata_is_validated():
+    assert layer.parse_meta(b'{"base": "debian12", "pin": "3"}', "x") == layer.LayerMeta("debian12", "3")
+    assert layer.parse_meta(b'{"base": "debian12", "pin": null}', "x").pin is None
+    for bad in [b"{", b"[]", b'{"base": "../etc"}', b'{"base": "ok", "pin": "../1"}', b'{"pin": "1"}']:
+        with pytest.raises(PycorError):
+            layer.parse_meta(bad, "x")
+
+
+def test_rootfs_dir_accepts_dir_backend_only():
+    assert layer.rootfs_dir("dir:/var/lib/lxc/a/rootfs") == "/var/lib/lxc/a/rootfs"
+    assert layer.rootfs_dir("/var/lib/lxc/a:b/rootfs") == "/var/lib/lxc/a:b/rootfs"
+    for bad in ["overlay:/a:/b", "btrfs:/x", "relative/path"]:
+        with pytest.raises(PycorError):
+            layer.rootfs_dir(bad)
+
+
+def test_hook_arguments_for_hook_versions_0_and_1(monkeypatch):
+    monkeypatch.delenv("LXC_HOOK_TYPE", raising=False)
+    assert hooks.parse_args("pre-mount", ["web1", "lxc", "pre-mount"]) is None
+    assert hooks.parse_args("pre-mount", ["--store", "/s p", "web1", "lxc", "pre-mount"]) == "/s p"
+    with pytest.raises(PycorError, match="runs it as post-stop"):
+        hooks.parse_args("pre-mount", ["web1", "lxc", "post-stop"])
+    monkeypatch.setenv("LXC_HOOK_TYPE", "pre-start")
+    assert hooks.parse_args("pre-start", []) is None
+    with pytest.raises(PycorError):
+        hooks.parse_args("pre-mount", [])
+    with pytest.raises(PycorError, match="unknown option"):
+        hooks.parse_args("pre-start", ["--bogus"])
+
+
+def test_hook_runtime_from_config_path():
+    assert hooks.runtime_of("/var/log/lxd/web1/lxc.conf") == ("lxd", None)
+    assert hooks.runtime_of("/srv/lxc/web1/config") == ("lxc", "/srv/lxc")
+
+
+def test_template_hook_lines_quote_store_paths(tmp_path):
+    default = Store("/var/lib/pycor")
+    assert template.hook_lines("/usr/share/lxc/hooks", default)[1] == "lxc.hook.pre-mount = /usr/share/lxc/hooks/pycor-pre-mount"
+    odd = Store(str(tmp_path / "my store"))
+    line = template.hook_lines("/h", odd)[0]
+    assert line == f"lxc.hook.pre-start = /h/pycor-pre-start --store '{tmp_path}/my store'"
+
+
+def test_template_reports_missing_network_links():
+    keys = {"lxc.net.0.type": ["veth"], "lxc.net.0.link": ["no-such-br0"], "lxc.net.1.link": ["lo"]}
+    assert template.missing_links(keys) == ["no-such-br0"]
+    assert os.path.exists("/sys/class/net/lo")
