@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import lxc
+from . import __version__, lxc
 from .driver import Driver
 from .errors import PycorError
 from .fsutil import disk_usage, human_size
@@ -154,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     from .install import LXC_HOOKS_DIR, LXC_TEMPLATES_DIR
 
     p = argparse.ArgumentParser(prog="pycor", description="LXC and LXD containers on one shared, read-only base")
+    p.add_argument("--version", action="version", version=f"pycor {__version__}")
     p.add_argument("--store", help="store path (default: $PYCOR_STORE, 'store =' in /etc/pycor/pycor.conf, /var/lib/pycor)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentParser(add_help=False)
