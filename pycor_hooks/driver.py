@@ -14,23 +14,22 @@ Hot path: hooks import this module; keep its imports cheap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from dataclasses import dataclass
+import zlib
 
-from . import layer, linux, overlay
+from . import layer, overlay
 from .errors import PycorError
 from .layer import LayerMeta
-from .store import RUN_DIR, Store, read_json, write_json
+from .store import RUN_DIR, Record, Store, read_json, write_json
 
 RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 
 
-@dataclass
-class RunState:
+class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
+    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started")
     name: str
     rootfs: str
     base: str
@@ -38,14 +37,11 @@ class RunState:
     lowerdirs: list[str]
     started: float
 
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
-
-@dataclass
-class Registration:
+class Registration(Record):
     """A container layer the store knows about (written at create and at each start)."""
 
+    __slots__ = ("name", "rootfs", "runtime", "lxcpath")
     name: str
     rootfs: str
     runtime: str  # "lxc" or "lxd"
@@ -53,7 +49,8 @@ class Registration:
 
 
 def volume_key(name: str, rootfs: str) -> str:
-    return f"{name}-{hashlib.sha256(rootfs.encode()).hexdigest()[:16]}"
+    """A file name for one container: its name plus a checksum of its rootfs path."""
+    return f"{name}-{zlib.crc32(rootfs.encode()):08x}"
 
 
 def in_user_namespace() -> bool:
@@ -75,7 +72,7 @@ class Driver:
         self.store.require(base)
         if pin:
             self.store.version(base, pin)
-        layer.create_layer(rootfs, LayerMeta(base=base, pin=pin), uid, gid)
+        layer.create_layer(rootfs, LayerMeta(base, pin), uid, gid)
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
     def volume_meta(self, rootfs: str) -> LayerMeta:
@@ -90,7 +87,7 @@ class Driver:
         path = os.path.join(self.registry_dir, volume_key(reg.name, reg.rootfs) + ".json")
         if os.path.exists(path):
             return
-        write_json(path, dict(reg.__dict__), mode=0o600)
+        write_json(path, reg.to_json(), mode=0o600)
 
     def registrations(self) -> list[Registration]:
         """Registered layers that still exist; entries of removed containers are pruned."""

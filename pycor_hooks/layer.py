@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 from . import linux
 from .errors import PycorError
 from .names import check_name, check_version
+from .store import Record
 
 PYCOR_DIR = ".pycor"
 META = f"{PYCOR_DIR}/layer.json"
@@ -29,13 +29,10 @@ WORK = f"{PYCOR_DIR}/work"
 META_LIMIT = 4096
 
 
-@dataclass
-class LayerMeta:
+class LayerMeta(Record):
+    __slots__ = ("base", "pin")
     base: str
-    pin: str | None = None
-
-    def to_json(self) -> dict:
-        return {"base": self.base, "pin": self.pin}
+    pin: str | None
 
 
 def rootfs_dir(path: str) -> str:
@@ -66,7 +63,7 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
         raw = json.loads(data)
         base = check_name(str(raw["base"]), "base name")
         pin = raw.get("pin")
-        return LayerMeta(base=base, pin=check_version(str(pin)) if pin else None)
+        return LayerMeta(base, check_version(str(pin)) if pin else None)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 

@@ -18,13 +18,10 @@ Version N's lower stack is its own layer, then its parent's, and so on down
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Iterator
 
 from .errors import PycorError
 from .names import check_name, check_version
@@ -53,8 +50,27 @@ def store_root(explicit: str | None = None) -> str:
     return DEFAULT_STORE
 
 
-@dataclass
-class Version:
+class Record:
+    """A plain value object (dataclasses would cost every hook 7 ms of imports)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: object) -> None:
+        for slot, value in zip(self.__slots__, args, strict=True):
+            setattr(self, slot, value)
+
+    def to_json(self) -> dict:
+        return {slot: getattr(self, slot) for slot in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_json() == other.to_json()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_json().items())})"
+
+
+class Version(Record):
+    __slots__ = ("base", "version", "parent", "created", "size", "source", "rootfs")
     base: str
     version: str
     parent: str | None
@@ -64,11 +80,23 @@ class Version:
     rootfs: str
 
 
-@dataclass
-class Base:
+class Base(Record):
+    __slots__ = ("name", "created", "lxc")
     name: str
     created: float
-    lxc: list[str] = field(default_factory=list)
+    lxc: list[str]
+
+
+class _Flock:
+    def __init__(self, path: str, exclusive: bool) -> None:
+        self.path, self.exclusive, self.fd = path, exclusive, -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 def read_json(path: str, limit: int = 1 << 20) -> dict:
@@ -116,16 +144,10 @@ class Store:
         return os.path.join(self.version_dir(name, version), "rootfs")
 
     # -- locking -------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, exclusive: bool = True) -> Iterator[None]:
+    def lock(self, exclusive: bool = True) -> _Flock:
         """Shared for resolving a start, exclusive for anything that removes or switches."""
         os.makedirs(self.root, mode=0o755, exist_ok=True)
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+        return _Flock(os.path.join(self.root, "lock"), exclusive)
 
     # -- reading -------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -149,7 +171,7 @@ class Store:
         self.require(name)
         meta = read_json(os.path.join(self.base_dir(name), "base.json"))
         lxc = [line for line in meta.get("lxc", []) if isinstance(line, str)]
-        return Base(name=name, created=float(meta.get("created", 0)), lxc=lxc)
+        return Base(name, float(meta.get("created", 0)), lxc)
 
     def current(self, name: str) -> str:
         self.require(name)
@@ -167,13 +189,13 @@ class Store:
             ) from None
         parent = meta.get("parent")
         return Version(
-            base=name,
-            version=version,
-            parent=check_version(str(parent)) if parent else None,
-            created=float(meta.get("created", 0)),
-            size=int(meta.get("size", 0)),
-            source=str(meta.get("source", "")),
-            rootfs=os.path.join(path, "rootfs"),
+            name,
+            version,
+            check_version(str(parent)) if parent else None,
+            float(meta.get("created", 0)),
+            int(meta.get("size", 0)),
+            str(meta.get("source", "")),
+            os.path.join(path, "rootfs"),
         )
 
     def versions(self, name: str) -> list[Version]:
@@ -230,7 +252,9 @@ class Store:
         self.version(name, version)
         link = os.path.join(self.base_dir(name), "current")
         tmp = f"{link}.new{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         os.symlink(f"versions/{version}", tmp)
         os.rename(tmp, link)

@@ -118,3 +118,18 @@ def make_container(lxcpath: str, env: dict[str, str], busybox_base: str) -> Iter
     yield make
     for name, path in made:  # type: ignore[misc]
         destroy(name, path)
+
+
+def host_suite() -> str:
+    with open("/etc/os-release") as f:
+        for line in f:
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    return "bookworm"
+
+
+@pytest.fixture(scope="session")
+def debian_base(installed: None, env: dict[str, str]) -> str:
+    """A real debootstrap Debian minbase, built once per test session."""
+    run(PYCOR + ["base", "import", "debian", "--debootstrap", host_suite()], env=env, timeout=900)
+    return "debian"

@@ -1,0 +1,702 @@
+"""Idmapped views of root-owned base layers, for unprivileged containers.
+
+An unprivileged container's root is some host uid (say 100000). Its overlay
+needs the base's files to look like root:root from inside, yet the base on
+disk stays owned by host root and is never copied or chowned. An *idmapped
+view* does that: a read-only clone of the base layer's mount with the
+container's idmap attached (``open_tree`` + ``mount_setattr(MOUNT_ATTR_IDMAP)``
++ ``move_mount``). Seen from the host, a file owned by 0 on disk shows as
+100000 through the view; seen from the container's user namespace, as 0.
+
+Views are shared: every container with the same idmap uses the same view of
+a layer, kept at ``/run/pycor/views/<idmap key>/<layer id>/``.
+
+Hot path: the pre-start hook imports this at every container start (host
+namespaces, real root). Please don't import any extra modules here: only os,
+ctypes, struct, re, stat, errno and fcntl; python-prctl is imported lazily, once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import stat
+import struct
+from collections.abc import Callable  # not typing (~2 ms): dataclasses loads collections.abc anyway
+from dataclasses import dataclass
+
+from .errors import PycorError
+
+# The builtin module's sha256 skips loading OpenSSL through hashlib (about 3 ms at every start).
+try:
+    from _sha256 import sha256 as _sha256  # Python <= 3.11
+except ImportError:  # pragma: no cover
+    from hashlib import sha256 as _sha256
+
+# --- kernel constants (include/uapi/linux/mount.h, fcntl.h, sched.h, stat.h) --
+
+SYS_open_tree = 428  # x86_64; since 424 the numbers are shared by every architecture but alpha
+SYS_move_mount = 429
+SYS_mount_setattr = 442
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+
+MOVE_MOUNT_F_SYMLINKS = 0x01
+MOVE_MOUNT_F_AUTOMOUNTS = 0x02
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_SYMLINKS = 0x10
+MOVE_MOUNT_T_AUTOMOUNTS = 0x20
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_SIZE_VER0 = 32
+
+MS_PRIVATE = 1 << 18
+
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+PR_SET_PDEATHSIG = 1
+SIGKILL = 9
+
+STATX_TYPE = 0x1
+STATX_INO = 0x100
+STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256  # struct statx is 256 bytes; we read stx_attributes (8) and stx_attributes_mask (56)
+
+ID_MAX = 1 << 32  # ids are u32; (u32)-1 is never a valid id
+UID_MAP_EXTENTS_MAX = 340  # kernel limit on lines in uid_map / gid_map
+
+RUN_VIEWS = "/run/pycor/views"
+
+# --- tiny typed syscall wrappers ----------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, path: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return ret
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    return _check(
+        _libc.syscall(SYS_open_tree, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags)),
+        path,
+    )
+
+
+def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
+    _check(
+        _libc.syscall(
+            SYS_move_mount,
+            ctypes.c_int(from_dfd),
+            os.fsencode(from_path),
+            ctypes.c_int(to_dfd),
+            os.fsencode(to_path),
+            ctypes.c_uint(flags),
+        ),
+        to_path,
+    )
+
+
+def mount_setattr(
+    dfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0, propagation: int = 0
+) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    _check(
+        _libc.syscall(
+            SYS_mount_setattr,
+            ctypes.c_int(dfd),
+            os.fsencode(path),
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        path,
+    )
+
+
+def umount2(path: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(path), flags), path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) -> tuple[int, int]:
+    """(stx_attributes, stx_attributes_mask) of path, symlinks not followed."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(dirfd, os.fsencode(path), flags, STATX_TYPE | STATX_INO, buf), path)
+    (attributes,) = struct.unpack_from("=Q", buf, 8)
+    (mask,) = struct.unpack_from("=Q", buf, 56)
+    return attributes, mask
+
+
+# --- the idmap: pure logic ------------------------------------------------------
+
+_IDMAP_KEYS = ("lxc.idmap", "lxc.id_map")  # lxc.id_map is LXC 2's name for the same key
+_IDMAP_VALUE = re.compile(r"([ug])\s+([0-9]+)\s+([0-9]+)\s+([0-9]+)")
+
+
+@dataclass(frozen=True)
+class IdMapEntry:
+    kind: str  # 'u' or 'g'
+    nsid: int  # first id inside the container's user namespace
+    hostid: int  # the host id it maps to
+    range: int  # how many consecutive ids
+
+    def line(self) -> str:
+        return f"{self.nsid} {self.hostid} {self.range}\n"
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """A container's lxc.idmap: uid and gid ranges from its namespace to the host."""
+
+    entries: tuple[IdMapEntry, ...] = ()
+
+    @classmethod
+    def parse_lxc_config(cls, text: str) -> IdMap:
+        """The lxc.idmap lines of an LXC config (or LXD's generated lxc.conf).
+
+        Other keys and comments are ignored. As in LXC, an empty
+        ``lxc.idmap =`` clears the lines before it.
+        """
+        entries: list[IdMapEntry] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() not in _IDMAP_KEYS:
+                continue
+            value = value.strip()
+            if not value:
+                entries.clear()
+                continue
+            m = _IDMAP_VALUE.fullmatch(value)
+            if m is None:
+                raise PycorError(
+                    f"unreadable idmap line {number}: {raw.strip()!r}",
+                    "expected 'lxc.idmap = u|g NSID HOSTID RANGE', e.g. 'lxc.idmap = u 0 100000 65536'",
+                )
+            entries.append(IdMapEntry(m[1], int(m[2]), int(m[3]), int(m[4])))
+        return cls(tuple(entries))
+
+    @classmethod
+    def from_lxc_config_file(cls, path: str) -> IdMap:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return cls.parse_lxc_config(f.read())
+        except OSError as e:
+            raise PycorError(f"cannot read the container config {path}: {e.strerror}", "is LXC_CONFIG_FILE right?") from e
+
+    @property
+    def is_empty(self) -> bool:
+        """No idmap: a privileged container, which needs no idmapped view."""
+        return not self.entries
+
+    def _sorted(self, kind: str) -> list[IdMapEntry]:
+        return sorted((e for e in self.entries if e.kind == kind), key=lambda e: (e.nsid, e.hostid, e.range))
+
+    def canonical(self) -> str:
+        """One line per entry, uids then gids, each sorted: line order in the config does not matter."""
+        return "".join(f"{e.kind} {e.line()}" for kind in "ug" for e in self._sorted(kind))
+
+    @property
+    def key(self) -> str:
+        """16 hex digits naming this map, stable across runs; usable as a directory name."""
+        digest: str = _sha256(self.canonical().encode()).hexdigest()
+        return digest[:16]
+
+    def uid_map_text(self) -> str:
+        """What goes into /proc/PID/uid_map (written in one write)."""
+        return "".join(e.line() for e in self._sorted("u"))
+
+    def gid_map_text(self) -> str:
+        return "".join(e.line() for e in self._sorted("g"))
+
+    def check(self) -> IdMap:
+        """Raise PycorError unless the map can carry an unprivileged container over a root-owned base."""
+        for kind, ids in (("u", "uid"), ("g", "gid")):
+            entries = self._sorted(kind)
+            if not entries:
+                raise PycorError(
+                    f"the idmap has no {ids} entries",
+                    f"an unprivileged container needs both, e.g. 'lxc.idmap = {kind} 0 100000 65536'",
+                )
+            if len(entries) > UID_MAP_EXTENTS_MAX:
+                raise PycorError(f"the idmap has {len(entries)} {ids} entries", f"the kernel takes at most {UID_MAP_EXTENTS_MAX}")
+            for e in entries:
+                if e.range <= 0 or e.nsid + e.range > ID_MAX - 1 or e.hostid + e.range > ID_MAX - 1:
+                    raise PycorError(
+                        f"the idmap entry '{kind} {e.line().strip()}' is out of bounds",
+                        "ranges must be at least 1 and stay below 4294967295",
+                    )
+                if e.hostid == 0:
+                    # Covers container root -> host root, and any container id that would be host root.
+                    who = "container root" if e.nsid == 0 else f"container {ids} {e.nsid}"
+                    raise PycorError(
+                        f"an idmap that gives {who} host {ids} 0 is refused ('{kind} {e.line().strip()}')",
+                        "privileged containers have no lxc.idmap at all; unprivileged ones map to unused host ids like 100000",
+                    )
+            for field in ("nsid", "hostid"):
+                ordered = sorted(entries, key=lambda e: getattr(e, field))
+                for a, b in zip(ordered, ordered[1:]):
+                    if getattr(a, field) + a.range > getattr(b, field):
+                        side = "container" if field == "nsid" else "host"
+                        raise PycorError(
+                            f"the idmap entries '{kind} {a.line().strip()}' and '{kind} {b.line().strip()}' overlap on the {side} side",
+                            "each id may be mapped only once",
+                        )
+            if not any(e.nsid == 0 for e in entries):
+                raise PycorError(
+                    f"the idmap does not map container root ({ids} 0)",
+                    "the base is owned by root and must appear as root inside the container",
+                )
+        return self
+
+
+# --- a user namespace carrying a map ---------------------------------------------
+
+_set_pdeathsig: Callable[[int], None] | None = None
+
+
+def _pdeathsig_setter() -> Callable[[int], None]:
+    """python-prctl's set_pdeathsig if installed (imported once, in the parent), else ctypes prctl."""
+    global _set_pdeathsig
+    if _set_pdeathsig is None:
+        try:
+            import prctl
+
+            _set_pdeathsig = prctl.set_pdeathsig
+        except ImportError:
+
+            def _ctypes_pdeathsig(sig: int) -> None:
+                _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+            _set_pdeathsig = _ctypes_pdeathsig
+    return _set_pdeathsig
+
+
+def _write_proc_file(path: str, text: str) -> None:
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        # The kernel takes a map in exactly one write.
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.EIO, "short write", path)
+    finally:
+        os.close(fd)
+
+
+def write_id_maps(pid: int, idmap: IdMap) -> None:
+    """Write uid_map and gid_map of a process that just unshared CLONE_NEWUSER.
+
+    setgroups is left at "allow": the kernel demands "deny" only when the
+    writer lacks CAP_SETGID over the parent namespace, and we are real root.
+    Keeping "allow" also matches the namespace LXC builds for the container,
+    whose root must be able to call setgroups(). (The view's namespace runs
+    nothing at all, so for it the choice is moot.)
+    """
+    _write_proc_file(f"/proc/{pid}/uid_map", idmap.uid_map_text())
+    _write_proc_file(f"/proc/{pid}/gid_map", idmap.gid_map_text())
+
+
+def _userns_child(parent: int, set_pdeathsig: Callable[[int], None], ready_w: int, go_r: int) -> int:
+    set_pdeathsig(SIGKILL)
+    if os.getppid() != parent:  # the parent died before PR_SET_PDEATHSIG took hold
+        return 1
+    err = 0
+    if _libc.unshare(CLONE_NEWUSER) != 0:
+        err = ctypes.get_errno() or errno.EINVAL
+    os.write(ready_w, err.to_bytes(4, "little"))
+    if err:
+        return 1
+    os.read(go_r, 1)  # EOF when the parent is done with us
+    return 0
+
+
+def userns_fd(idmap: IdMap) -> int:
+    """An fd (O_CLOEXEC) for a new user namespace carrying idmap; the caller closes it.
+
+    A helper child unshares CLONE_NEWUSER and waits; we write its maps, open
+    /proc/CHILD/ns/user, then let it exit and reap it. The namespace lives on
+    as long as the fd (or a mount idmapped with it).
+    """
+    idmap.check()
+    set_pdeathsig = _pdeathsig_setter()
+    parent = os.getpid()
+    ready_r, ready_w = os.pipe()  # child -> parent: 4 bytes, 0 or unshare's errno
+    go_r, go_w = os.pipe()  # parent -> child: closed when the child may exit
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            code = _userns_child(parent, set_pdeathsig, ready_w, go_r)
+        finally:
+            os._exit(code)  # never run the parent's Python cleanup (atexit, finally blocks, buffers)
+    os.close(ready_w)
+    os.close(go_r)
+    ok = False
+    try:
+        msg = os.read(ready_r, 4)
+        if len(msg) != 4:
+            raise OSError(errno.ECHILD, "the user-namespace helper died before unsharing", f"/proc/{pid}")
+        err = int.from_bytes(msg, "little")
+        if err:
+            raise OSError(err, os.strerror(err), "unshare(CLONE_NEWUSER)")
+        write_id_maps(pid, idmap)
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        ok = True
+    finally:
+        if not ok:
+            try:
+                os.kill(pid, SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(go_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+    return fd
+
+
+# --- one view ----------------------------------------------------------------------
+
+
+def is_mounted(path: str, dirfd: int = AT_FDCWD) -> bool:
+    """Whether path is the root of a mount (a symlink at path is not followed).
+
+    Uses statx's STATX_ATTR_MOUNT_ROOT (Linux 5.8; idmapped mounts need 5.12
+    anyway): unlike comparing st_dev with the parent's, it sees a bind mount
+    of a directory of the same filesystem, and unlike /proc/self/mountinfo
+    it needs no parsing, no path canonicalisation and costs one syscall.
+    """
+    try:
+        attributes, mask = statx_attributes(dirfd, path)
+    except FileNotFoundError:
+        return False
+    if not mask & STATX_ATTR_MOUNT_ROOT:
+        raise OSError(errno.ENOTSUP, "statx does not report STATX_ATTR_MOUNT_ROOT (Linux >= 5.8 needed)", path)
+    return bool(attributes & STATX_ATTR_MOUNT_ROOT)
+
+
+def _attach_view(src: str, to_dfd: int, to_path: str, userns: int) -> None:
+    # Not AT_RECURSIVE: a base layer is one directory tree with no submounts,
+    # and a submount that appears there by accident must not leak into
+    # containers (nor would MOUNT_ATTR_IDMAP apply to it unless recursive too).
+    tree = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    try:
+        # Read-only: the view is a lower layer and is never written. Private:
+        # it neither receives nor sends mount events from the base's mount.
+        mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, 0, userns, MS_PRIVATE)
+        # No MOVE_MOUNT_T_SYMLINKS: a symlink at the target is not followed.
+        move_mount(tree, "", to_dfd, to_path, MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)  # closing a tree that was never attached unmounts it
+
+
+def make_view(src: str, dst: str, userns_fd: int) -> None:
+    """Mount a read-only view of directory src at dst, idmapped through userns_fd.
+
+    dst is created (mode 0755) if missing. Raises OSError; EINVAL from
+    mount_setattr usually means src's filesystem cannot be idmapped.
+    """
+    try:
+        os.mkdir(dst, 0o755)
+        os.chmod(dst, 0o755, follow_symlinks=False)  # whatever the umask
+    except FileExistsError:
+        pass
+    _attach_view(src, AT_FDCWD, dst, userns_fd)
+
+
+def remove_view(dst: str) -> None:
+    """Unmount dst (lazily: containers keep their own references) and remove the directory.
+
+    Idempotent: a dst that is not mounted, or missing, is fine.
+    """
+    for _ in range(16):  # bounded: a stack of mounts at dst is taken off one by one
+        if not is_mounted(dst):
+            break
+        umount2(dst, MNT_DETACH | UMOUNT_NOFOLLOW)
+    try:
+        os.rmdir(dst)
+    except FileNotFoundError:
+        pass
+
+
+# --- the registry of shared views ----------------------------------------------------
+
+_LAYER_ID = re.compile(r"[A-Za-z0-9._-]+")
+_KEY = re.compile(r"[0-9a-f]{16}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_layer_id(layer_id: str) -> str:
+    if len(layer_id) > 200 or _LAYER_ID.fullmatch(layer_id) is None or ".." in layer_id or layer_id == ".":
+        raise PycorError(
+            f"invalid layer id {layer_id!r} for an idmapped view",
+            "use letters, digits, '.', '_' or '-' (no '..'), at most 200 characters",
+        )
+    return layer_id
+
+
+def view_path(key: str, layer_id: str, root: str = RUN_VIEWS) -> str:
+    """Where the view of layer_id for the idmap with this key lives (pre-mount reads it from here)."""
+    return os.path.join(root, key, check_layer_id(layer_id))
+
+
+def _check_private_dir(fd: int, path: str) -> None:
+    st = os.fstat(fd)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise PycorError(
+            f"{path} must be owned by root and writable only by root (owner {st.st_uid}, mode {st.st_mode & 0o7777:o})",
+            "remove it; pycor recreates it",
+        )
+
+
+def _open_dir(parent_fd: int, name: str, path: str, create: bool) -> tuple[int, bool]:
+    """Open (and maybe create, 0755) directory name below parent_fd, never following a symlink."""
+    created = False
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PycorError(f"{path} is not a directory (a symlink?)", "views live in real directories only root can write") from e
+        raise
+    if created:
+        os.fchmod(fd, 0o755)
+    return fd, created
+
+
+def _open_root(root: str, create: bool) -> int | None:
+    """Walk root from / one component at a time without following symlinks; None if missing and not create."""
+    path = os.path.abspath(root)
+    fd = os.open("/", _DIR_FLAGS)
+    walked = ""
+    try:
+        for name in path.split("/")[1:]:
+            if not name:
+                continue
+            walked += "/" + name
+            try:
+                child, _ = _open_dir(fd, name, walked, create)
+            except FileNotFoundError:
+                return None
+            os.close(fd)
+            fd = child
+        _check_private_dir(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lock(root_fd: int) -> int:
+    fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def ensure_views(idmap: IdMap, layers: dict[str, str], root: str = RUN_VIEWS) -> dict[str, str]:
+    """Make sure a view of each layer exists for idmap; return layer id -> view path.
+
+    layers maps a caller-chosen layer id to the layer's directory. Views that
+    are already mounted are reused (after checking they show the same
+    directory); missing ones are made. Holds an flock on root/lock. On a
+    failure halfway, whatever this call mounted or created is removed again.
+    """
+    idmap.check()
+    for layer_id in layers:
+        check_layer_id(layer_id)
+    root = os.path.abspath(root)
+    key = idmap.key
+    root_fd = _open_root(root, create=True)
+    assert root_fd is not None
+    lock_fd = key_fd = -1
+    userns = -1
+    key_created = False
+    made: list[str] = []  # layer ids mounted by this call
+    dirs_made: list[str] = []  # layer dirs created by this call
+    ok = False
+    try:
+        lock_fd = _lock(root_fd)
+        key_fd, key_created = _open_dir(root_fd, key, f"{root}/{key}", create=True)
+        _check_private_dir(key_fd, f"{root}/{key}")
+        result: dict[str, str] = {}
+        for layer_id, src in layers.items():
+            dst = f"{root}/{key}/{layer_id}"
+            try:
+                src_st = os.stat(src)
+            except OSError as e:
+                raise PycorError(f"cannot make an idmapped view of {src}: {e.strerror}", "is the base intact?") from e
+            if is_mounted(layer_id, key_fd):
+                if not _same_inode(os.stat(layer_id, dir_fd=key_fd, follow_symlinks=False), src_st):
+                    raise PycorError(
+                        f"the idmapped view {dst} shows another directory than {src}",
+                        "layer ids must name one layer for good; stop the containers using it, or run 'pycor doctor'",
+                    )
+                result[layer_id] = dst
+                continue
+            try:
+                os.mkdir(layer_id, 0o755, dir_fd=key_fd)
+                dirs_made.append(layer_id)
+                os.chmod(layer_id, 0o755, dir_fd=key_fd, follow_symlinks=False)
+            except FileExistsError:
+                pass  # an empty directory left by a crash: mount on it
+            if userns < 0:
+                try:
+                    userns = userns_fd(idmap)
+                except OSError as e:
+                    raise PycorError(
+                        f"cannot create a user namespace for the idmap: {e.strerror}",
+                        "is /proc/sys/user/max_user_namespaces above 0?",
+                    ) from e
+            try:
+                _attach_view(src, key_fd, layer_id, userns)
+            except OSError as e:
+                hint = "the base's filesystem must support idmapped mounts (ext4, xfs, btrfs, tmpfs)"
+                raise PycorError(f"cannot make an idmapped view of {src} at {dst}: {e.strerror}", hint) from e
+            made.append(layer_id)
+            result[layer_id] = dst
+        ok = True
+        return result
+    finally:
+        if userns >= 0:
+            os.close(userns)
+        if not ok and key_fd >= 0:
+            for layer_id in made:
+                try:
+                    umount2(f"{root}/{key}/{layer_id}", MNT_DETACH | UMOUNT_NOFOLLOW)
+                except OSError:
+                    pass
+            for layer_id in dirs_made:
+                try:
+                    os.rmdir(layer_id, dir_fd=key_fd)
+                except OSError:
+                    pass
+            if key_created:
+                try:
+                    os.rmdir(key, dir_fd=root_fd)
+                except OSError:
+                    pass
+        if key_fd >= 0:
+            os.close(key_fd)
+        if lock_fd >= 0:
+            os.close(lock_fd)  # releases the flock
+        os.close(root_fd)
+
+
+def list_views(root: str = RUN_VIEWS) -> set[tuple[str, str]]:
+    """(idmap key, layer id) of every view mounted under root."""
+    root_fd = _open_root(root, create=False)
+    if root_fd is None:
+        return set()
+    found: set[tuple[str, str]] = set()
+    try:
+        for key in os.listdir(root_fd):
+            if _KEY.fullmatch(key) is None:
+                continue
+            key_fd, _ = _open_dir(root_fd, key, f"{root}/{key}", create=False)
+            try:
+                found.update((key, layer_id) for layer_id in os.listdir(key_fd) if is_mounted(layer_id, key_fd))
+            finally:
+                os.close(key_fd)
+    finally:
+        os.close(root_fd)
+    return found
+
+
+def release_unused(in_use: set[tuple[str, str]], root: str = RUN_VIEWS) -> list[str]:
+    """Remove every view under root whose (idmap key, layer id) is not in in_use, and emptied directories.
+
+    Running containers are not disturbed: their overlay holds its own
+    reference to a lower layer, and the lazy unmount only takes the view off
+    this mount table. Returns the paths removed.
+    """
+    root = os.path.abspath(root)
+    root_fd = _open_root(root, create=False)
+    if root_fd is None:
+        return []
+    removed: list[str] = []
+    lock_fd = -1
+    try:
+        lock_fd = _lock(root_fd)
+        for key in sorted(os.listdir(root_fd)):
+            if _KEY.fullmatch(key) is None:
+                continue  # the lock, or nothing of ours
+            key_fd, _ = _open_dir(root_fd, key, f"{root}/{key}", create=False)
+            try:
+                for layer_id in sorted(os.listdir(key_fd)):
+                    if (key, layer_id) in in_use or _LAYER_ID.fullmatch(layer_id) is None:
+                        continue
+                    if not stat.S_ISDIR(os.stat(layer_id, dir_fd=key_fd, follow_symlinks=False).st_mode):
+                        continue  # not ours: views are directories
+                    path = f"{root}/{key}/{layer_id}"
+                    remove_view(path)
+                    removed.append(path)
+                empty = not os.listdir(key_fd)
+            finally:
+                os.close(key_fd)
+            if empty:
+                os.rmdir(key, dir_fd=root_fd)
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        os.close(root_fd)
+    return removed
