@@ -106,7 +106,8 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     lxcpath = lxcpath_of(args)
     template = args.template or "pycor"
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
-               store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None)
+               store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None,
+               unprivileged=args.unprivileged)
     print(f"container {name} created on base {args.base} (lxc-start -n {name}{'' if not args.lxcpath else ' -P ' + lxcpath})")
 
 
@@ -185,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     cr.add_argument("--pin", metavar="VERSION", help="stay on this base version")
     cr.add_argument("--network", choices=("default", "none"), default="default",
                     help="default: LXC's default config; none: lxc.net.0.type = empty")
+    cr.add_argument("--unprivileged", action="store_true", help="map container root to an unprivileged host id")
     cr.add_argument("--template", help=argparse.SUPPRESS)
     cr.set_defaults(func=cmd_create)
     ls = sub.add_parser("ls", help="list pycor containers", parents=[fmt, where])

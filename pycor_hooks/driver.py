@@ -29,13 +29,21 @@ RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
-    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started")
+    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views")
     name: str
     rootfs: str
     base: str
     version: str
-    lowerdirs: list[str]
+    lowerdirs: list[str]  # base layers, or their idmapped views, top first
     started: float
+    idmap: str | None  # key of the container's idmap (unprivileged), else None
+    views: list[str]  # layer ids of the idmapped views it uses
+
+
+def run_state_from_json(raw: dict) -> RunState:
+    return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
+                    [str(p) for p in raw["lowerdirs"]], float(raw["started"]),
+                    str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])])
 
 
 class Registration(Record):
@@ -56,6 +64,37 @@ def volume_key(name: str, rootfs: str) -> str:
 def in_user_namespace() -> bool:
     with open("/proc/self/uid_map", encoding="ascii") as f:
         return f.read().split() != ["0", "0", "4294967295"]
+
+
+def read_idmap(config_file: str | None):  # type: ignore[no-untyped-def]
+    """The container's idmap, or None for a privileged container (no lxc.idmap lines)."""
+    if not config_file:
+        return None
+    with open(config_file, encoding="utf-8", errors="surrogateescape") as f:
+        text = f.read()
+    if "lxc.idmap" not in text and "lxc.id_map" not in text:
+        return None  # privileged: skip importing the idmap module
+    from .idmap import IdMap
+
+    idmap = IdMap.parse_lxc_config(text)
+    return None if idmap.is_empty else idmap.check()
+
+
+def layer_id(base: str, layer_path: str) -> str:
+    """A stable name for one base layer: BASE.VERSION (versions are digits, so this is unique)."""
+    return f"{base}.{os.path.basename(os.path.dirname(layer_path))}"
+
+
+def check_layer_owner(st: os.stat_result, idmap, name: str, rootfs: str) -> None:  # type: ignore[no-untyped-def]
+    """upper and work must belong to container root, or the overlay mounted in its namespace cannot write."""
+    root_uid = next(e.hostid for e in idmap.entries if e.kind == "u" and e.nsid == 0)
+    root_gid = next(e.hostid for e in idmap.entries if e.kind == "g" and e.nsid == 0)
+    if (st.st_uid, st.st_gid) != (root_uid, root_gid):
+        raise PycorError(
+            f"container {name}: {rootfs}/.pycor/upper and work belong to {st.st_uid}:{st.st_gid}, "
+            f"not to container root {root_uid}:{root_gid} of its idmap",
+            "create the container unprivileged ('lxc-create -t pycor ... -- --unprivileged') or chown its layer to the mapped root",
+        )
 
 
 class Driver:
@@ -115,13 +154,24 @@ class Driver:
     def run_state_path(self, name: str, rootfs: str) -> str:
         return os.path.join(RUN_CONTAINERS, volume_key(name, rootfs) + ".json")
 
-    def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None) -> RunState:
-        """pre-start: resolve the base version and its lower stack, record the start."""
+    def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None,
+                      config_file: str | None = None) -> RunState:
+        """pre-start: resolve the base version and its lower stack, record the start.
+
+        For an unprivileged container (lxc.idmap lines in its config, a file
+        the container cannot write) the lower stack is made of idmapped views
+        of the base layers, shared by every container with the same map.
+        """
         meta = self.volume_meta(rootfs)
+        idmap = read_idmap(config_file)
         fd = layer.open_rootfs(rootfs)
         try:
             for sub in layer.open_layer_dirs(fd, rootfs):
-                os.close(sub)
+                try:
+                    if idmap is not None:
+                        check_layer_owner(os.fstat(sub), idmap, name, rootfs)
+                finally:
+                    os.close(sub)
         finally:
             os.close(fd)
         with self.store.lock(exclusive=False):
@@ -131,7 +181,16 @@ class Driver:
                     f"import the base again ('pycor base import {meta.base} ...'); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
             version = meta.pin or self.store.current(meta.base)
-            state = RunState(name, rootfs, meta.base, version, self.store.lower_stack(meta.base, version), time.time())
+            lowers = self.store.lower_stack(meta.base, version)
+            views: list[str] = []
+            if idmap is not None:
+                from . import idmap as idmap_mod
+
+                ids = [layer_id(meta.base, path) for path in lowers]
+                made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)))
+                lowers, views = [made[i] for i in ids], ids
+            state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
+                             idmap.key if idmap is not None else None, views)
             os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
             write_json(self.run_state_path(name, rootfs), state.to_json())
         self.register(Registration(name, rootfs, runtime, lxcpath))
@@ -139,11 +198,9 @@ class Driver:
 
     def run_state(self, name: str, rootfs: str) -> RunState | None:
         try:
-            raw = read_json(self.run_state_path(name, rootfs))
+            return run_state_from_json(read_json(self.run_state_path(name, rootfs)))
         except FileNotFoundError:
             return None
-        return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
-                        [str(p) for p in raw["lowerdirs"]], float(raw["started"]))
 
     def mount_volume(self, name: str, rootfs: str) -> None:
         """pre-mount: mount the overlay on rootfs in the current mount namespace."""
@@ -174,11 +231,28 @@ class Driver:
                 os.close(fd)
 
     def release(self, name: str, rootfs: str) -> None:
-        """post-stop: forget this start. The overlay lived in the container's mount namespace and is gone with it."""
-        try:
-            os.unlink(self.run_state_path(name, rootfs))
-        except FileNotFoundError:
-            pass
+        """post-stop: forget this start, and release idmapped views no running container uses.
+
+        The overlay lived in the container's mount namespace and is gone with it.
+        The exclusive lock orders this against a pre-start that is making views.
+        """
+        with self.store.lock():
+            try:
+                os.unlink(self.run_state_path(name, rootfs))
+            except FileNotFoundError:
+                pass
+            self.release_views()
+
+    def release_views(self) -> None:
+        """Remove idmapped views that no recorded start uses (caller holds the store lock)."""
+        from .idmap import RUN_VIEWS
+
+        if not os.path.isdir(RUN_VIEWS):
+            return
+        from . import idmap as idmap_mod
+
+        in_use = {(s.idmap, v) for s in self.running_states() if s.idmap for v in s.views}
+        idmap_mod.release_unused(in_use)
 
     def running_states(self) -> list[RunState]:
         states = []
@@ -189,9 +263,7 @@ class Driver:
         for entry in entries:
             if entry.endswith(".json"):
                 try:
-                    raw = read_json(os.path.join(RUN_CONTAINERS, entry))
-                    states.append(RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
-                                           [str(p) for p in raw["lowerdirs"]], float(raw["started"])))
+                    states.append(run_state_from_json(read_json(os.path.join(RUN_CONTAINERS, entry))))
                 except (OSError, ValueError, KeyError, PycorError):
                     continue
         return states

@@ -71,7 +71,7 @@ def run(hook: str, argv: list[str]) -> None:
     driver = Driver(Store(store_path))
     if hook == "pre-start":
         runtime, lxcpath = runtime_of(config_file)
-        driver.prepare_start(name, rootfs, runtime, lxcpath)
+        driver.prepare_start(name, rootfs, runtime, lxcpath, config_file)
     elif hook == "pre-mount":
         driver.mount_volume(name, rootfs)
     elif hook == "post-stop":

@@ -72,7 +72,7 @@ def exists(name: str, lxcpath: str) -> bool:
 
 
 def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = None,
-           network: str = "default", store: str | None = None) -> None:
+           network: str = "default", store: str | None = None, unprivileged: bool = False) -> None:
     if exists(name, lxcpath):
         raise PycorError(f"container {name!r} already exists in {lxcpath}", "pick another name, or 'pycor rm' it first")
     argv = ["lxc-create", "-n", name, "-P", lxcpath, "-t", template]
@@ -87,6 +87,8 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
         argv += ["--pin", pin]
     if store:
         argv += ["--store", store]
+    if unprivileged:
+        argv += ["--unprivileged"]
     try:
         proc = _run(argv, check=False)
     finally:

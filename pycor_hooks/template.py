@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mapped-gid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--base", "-b", required=True, help="the pycor base to run on")
     p.add_argument("--pin", help="stay on this version of the base instead of following 'current'")
+    p.add_argument("--unprivileged", action="store_true",
+                   help="map container root to root's subordinate ids (/etc/subuid, else 100000:65536)")
     p.add_argument("--store", help="pycor store (default: $PYCOR_STORE, /etc/pycor/pycor.conf, /var/lib/pycor)")
     return p
 
@@ -61,13 +63,51 @@ def missing_links(keys: dict[str, list[str]]) -> list[str]:
     return [link for link in links if not os.path.exists(f"/sys/class/net/{link}")]
 
 
-def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, store: Store, keys: dict[str, list[str]]) -> list[str]:
+def subordinate_range(path: str, user: str = "root") -> tuple[int, int]:
+    """The first subordinate id range of user in /etc/subuid or /etc/subgid, else 100000:65536."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[0] == user and fields[1].isdigit() and fields[2].isdigit():
+                    return int(fields[1]), int(fields[2])
+    except FileNotFoundError:
+        pass
+    return 100000, 65536
+
+
+def idmap_lines(keys: dict[str, list[str]], unprivileged: bool) -> list[str]:
+    """lxc.idmap lines to add: none if LXC's default config already maps ids, or if privileged."""
+    if keys.get("lxc.idmap") or not unprivileged:
+        return []
+    uid, uids = subordinate_range("/etc/subuid")
+    gid, gids = subordinate_range("/etc/subgid")
+    return [f"lxc.idmap = u 0 {uid} {uids}", f"lxc.idmap = g 0 {gid} {gids}"]
+
+
+def mapped_root(keys: dict[str, list[str]], extra: list[str]) -> tuple[int, int]:
+    """Host uid and gid of container root under the config's idmap (0, 0 when privileged)."""
+    from .idmap import IdMap
+
+    text = "\n".join([f"lxc.idmap = {v}" for v in keys.get("lxc.idmap", [])] + extra)
+    idmap = IdMap.parse_lxc_config(text)
+    if idmap.is_empty:
+        return 0, 0
+    idmap.check()
+    return (next(e.hostid for e in idmap.entries if e.kind == "u" and e.nsid == 0),
+            next(e.hostid for e in idmap.entries if e.kind == "g" and e.nsid == 0))
+
+
+def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, store: Store,
+                 keys: dict[str, list[str]], idmap: list[str]) -> list[str]:
     lines = ["", f"# pycor: this container runs on a shared base; its own changes live in {rootfs}/.pycor"]
     if "lxc.rootfs.path" not in keys:
         lines.append(f"lxc.rootfs.path = dir:{rootfs}")
-    common = os.path.join(LXC_CONFIG_DIR, "common.conf")
-    if os.path.exists(common):
-        lines.append(f"lxc.include = {common}")
+    for conf in ["common.conf"] + (["userns.conf"] if idmap or keys.get("lxc.idmap") else []):
+        path = os.path.join(LXC_CONFIG_DIR, conf)
+        if os.path.exists(path):
+            lines.append(f"lxc.include = {path}")
+    lines.extend(idmap)
     lines.append(f"lxc.uts.name = {name}")
     lines.extend(hook_lines(hooks_dir, store))
     lines.extend(base_lxc)
@@ -94,10 +134,18 @@ def run(argv: list[str], hooks_dir: str) -> None:
             file=sys.stderr,
         )
     base_lxc = store.base(base).lxc
+    idmap = idmap_lines(keys, args.unprivileged)
+    uid, gid = mapped_root(keys, idmap)
+    if args.mapped_uid is not None:  # lxc-create run by an unprivileged user
+        uid, gid = args.mapped_uid, args.mapped_gid if args.mapped_gid is not None else args.mapped_uid
+    if uid:
+        # Container root must reach its rootfs: LXC needs the same of the container directory.
+        os.chown(args.path, uid, gid, follow_symlinks=False)
+        os.chmod(args.path, 0o770)
     lxcpath = os.path.dirname(os.path.abspath(args.path))
-    Driver(store).create_volume(name, rootfs, base, pin, runtime="lxc", lxcpath=lxcpath)
+    Driver(store).create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
     with open(config, "a", encoding="utf-8") as f:
-        f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys)) + "\n")
+        f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap)) + "\n")
 
 
 def main(argv: list[str], hooks_dir: str) -> int:

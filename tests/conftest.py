@@ -31,6 +31,8 @@ def installed() -> None:
 def session_dir() -> Iterator[str]:
     path = os.path.join(TEST_ROOT, uuid.uuid4().hex[:8])
     os.makedirs(path)
+    os.chmod(TEST_ROOT, 0o755)  # unprivileged container root must reach its rootfs
+    os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -109,7 +111,7 @@ def destroy(name: str, lxcpath: str) -> None:
 def make_container(lxcpath: str, env: dict[str, str], busybox_base: str) -> Iterator[Callable[..., Container]]:
     made: list[str] = []
 
-    def make(base: str = busybox_base, name: str | None = None, path: str = lxcpath, *extra: str) -> Container:
+    def make(base: str = busybox_base, name: str | None = None, path: str = lxcpath, extra: tuple[str, ...] = ()) -> Container:
         name = name or f"c{uuid.uuid4().hex[:8]}"
         made.append((name, path))  # type: ignore[arg-type]
         run(PYCOR + ["create", name, "--base", base, "-P", path, "--network", "none", *extra], env=env)
