@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 PYCOR=.venv/bin/pycor
 BASE=${PYCOR_DEMO_BASE:-debian12}
-SUITE=${PYCOR_DEMO_SUITE:-bookworm}
+SUITE=${PYCOR_DEMO_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
 
 if ! $PYCOR base ls --format json | grep -q "\"name\": \"$BASE\""; then
     $PYCOR base import "$BASE" --debootstrap "$SUITE"
