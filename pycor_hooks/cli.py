@@ -36,13 +36,45 @@ def lxcpath_of(args: argparse.Namespace) -> str:
     return os.path.abspath(args.lxcpath) if args.lxcpath else lxc.default_lxcpath()
 
 
-def all_containers(driver: Driver, args: argparse.Namespace) -> list[lxc.LxcContainer]:
-    """LXC containers in the lxcpath, plus any registered elsewhere."""
-    found = {c.rootfs: c for c in lxc.containers(lxcpath_of(args))}
+def lxd_client():  # type: ignore[no-untyped-def]
+    """LXD's API if LXD runs here, else None."""
+    from .lxd import Lxd
+
+    client = Lxd()
+    return client if client.available() else None
+
+
+class Listed:
+    """One pycor container of either runtime, as the CLI shows it."""
+
+    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None = None) -> None:
+        self.name, self.runtime, self.rootfs, self.state, self.lxcpath = name, runtime, rootfs, state, lxcpath
+
+    def registration(self):  # type: ignore[no-untyped-def]
+        from .driver import Registration
+
+        return Registration(self.name, self.rootfs, self.runtime, self.lxcpath)
+
+
+def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = True) -> list[Listed]:
+    """LXC containers in the lxcpath or registered elsewhere, and LXD instances on pycor images."""
+    found: dict[str, Listed] = {}
+    lxc_found = {c.rootfs: c for c in lxc.containers(lxcpath_of(args))}
     for reg in driver.registrations():
-        if reg.runtime == "lxc" and reg.lxcpath and reg.rootfs not in found:
-            found[reg.rootfs] = lxc.LxcContainer(reg.name, reg.lxcpath, reg.rootfs)
-    return sorted(found.values(), key=lambda c: (c.name, c.lxcpath))
+        if reg.runtime == "lxc" and reg.lxcpath and reg.rootfs not in lxc_found:
+            lxc_found[reg.rootfs] = lxc.LxcContainer(reg.name, reg.lxcpath, reg.rootfs)
+    for c in lxc_found.values():
+        found[c.rootfs] = Listed(c.name, "lxc", c.rootfs, lxc.state(c.name, c.lxcpath) if with_state else "?", c.lxcpath)
+    client = lxd_client()
+    if client is not None:
+        from .layer import is_layer
+        from .lxd import instance_rootfs
+
+        for inst in client.instances():
+            rootfs = instance_rootfs(inst)
+            if rootfs and is_layer(rootfs):
+                found[rootfs] = Listed(inst["name"], "lxd", rootfs, str(inst.get("status", "?")).upper())
+    return sorted(found.values(), key=lambda c: (c.name, c.runtime))
 
 
 # -- base ----------------------------------------------------------------------
@@ -61,11 +93,15 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         include = [p for item in args.include for p in item.split(",") if p]
         v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress)
     print(f"base {args.name}: version {v.version}, {human_size(v.size)} in {store.root}")
+    client = lxd_client()
+    if client is not None and client.has_profile():  # 'pycor lxd init' was run: keep LXD's images in step
+        client.ensure_image(args.name)
+        print(f"LXD image pycor/{args.name} added")
 
 
 def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
     store = driver.store
-    extra = [lxc_registration(c) for c in lxc.containers(lxcpath_of(args))]
+    extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
     rows = []
     for name in store.base_names():
         base = store.base(name)
@@ -87,15 +123,13 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
                       ("created", "CREATED"), ("containers", "CONTAINERS")])
 
 
-def lxc_registration(c: lxc.LxcContainer):  # type: ignore[no-untyped-def]
-    from .driver import Registration
-
-    return Registration(c.name, c.rootfs, "lxc", c.lxcpath)
-
-
 def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
-    extra = [lxc_registration(c) for c in lxc.containers(lxcpath_of(args))]
-    driver.delete_base(check_name(args.name, "base name"), extra)
+    name = check_name(args.name, "base name")
+    extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
+    driver.delete_base(name, extra)
+    client = lxd_client()
+    if client is not None:
+        client.remove_image(name)
     print(f"base {args.name} removed")
 
 
@@ -103,6 +137,16 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     driver.store.require(check_name(args.base, "base name"))
+    if args.runtime == "lxd":
+        client = lxd_client()
+        if client is None:
+            raise PycorError("LXD is not running here", "start LXD, or create an LXC container (--runtime lxc)")
+        if client.instance(name) is not None:
+            raise PycorError(f"LXD instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
+        lxd_init(client, driver)
+        client.create(name, args.base)
+        print(f"container {name} created on base {args.base} (lxc start {name})")
+        return
     lxcpath = lxcpath_of(args)
     template = args.template or "pycor"
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
@@ -118,11 +162,11 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             meta = driver.volume_meta(c.rootfs)
         except PycorError:
             continue
-        state = driver_state = lxc.state(c.name, c.lxcpath)
-        run = driver.run_state(c.name, c.rootfs) if driver_state == "RUNNING" else None
+        state = c.state
+        run = driver.run_state(c.name, c.rootfs) if state == "RUNNING" else None
         rows.append({
             "name": c.name,
-            "runtime": "lxc",
+            "runtime": c.runtime,
             "base": meta.base,
             "version": run.version if run else (meta.pin or driver.store.current(meta.base) if driver.store.exists(meta.base) else "-"),
             "pinned": meta.pin is not None,
@@ -139,8 +183,44 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
-    lxc.destroy(name, lxcpath_of(args), args.force)
+    lxcpath = lxcpath_of(args)
+    client = lxd_client() if args.runtime != "lxc" else None
+    if args.runtime == "lxd" or (not lxc.exists(name, lxcpath) and client is not None and client.instance(name) is not None):
+        if client is None:
+            raise PycorError("LXD is not running here", "start LXD first")
+        inst = client.instance(name)
+        if inst is None:
+            raise PycorError(f"no LXD instance {name!r}", "'pycor ls' lists them")
+        if str(inst.get("status")).lower() != "stopped":
+            if not args.force:
+                raise PycorError(f"container {name!r} is running", f"stop it first (lxc stop {name}) or use --force")
+            client.set_state(name, "stop", force=True)
+        client.delete(name)
+    else:
+        lxc.destroy(name, lxcpath, args.force)
     print(f"container {name} removed")
+
+
+def lxd_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
+    """The overlay profile and one image per base; safe to repeat."""
+    from .install import LXC_HOOKS_DIR
+    from .template import hook_lines
+
+    done = []
+    if client.ensure_profile("\n".join(hook_lines(LXC_HOOKS_DIR, driver.store))):
+        done.append("profile overlay written")
+    for base in driver.store.base_names():
+        if client.ensure_image(base):
+            done.append(f"image pycor/{base} added")
+    return done
+
+
+def cmd_lxd_init(args: argparse.Namespace, driver: Driver) -> None:
+    client = lxd_client()
+    if client is None:
+        raise PycorError("LXD is not running here", "start it (lxd --group root &; lxd waitready; lxd init --auto) and run this again")
+    for line in lxd_init(client, driver) or ["LXD already set up: profile overlay and an image per base"]:
+        print(line)
 
 
 def cmd_install(args: argparse.Namespace, driver: Driver) -> None:
@@ -187,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     cr.add_argument("--network", choices=("default", "none"), default="default",
                     help="default: LXC's default config; none: lxc.net.0.type = empty")
     cr.add_argument("--unprivileged", action="store_true", help="map container root to an unprivileged host id")
+    cr.add_argument("--runtime", choices=("lxc", "lxd"), default="lxc", help="LXC (default) or LXD (always unprivileged)")
     cr.add_argument("--template", help=argparse.SUPPRESS)
     cr.set_defaults(func=cmd_create)
     ls = sub.add_parser("ls", help="list pycor containers", parents=[fmt, where])
@@ -194,7 +275,11 @@ def parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove a container and its changes", parents=[where])
     rm.add_argument("name")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
+    rm.add_argument("--runtime", choices=("lxc", "lxd"), help="which runtime's container (default: the one that has it)")
     rm.set_defaults(func=cmd_rm)
+
+    lxd = sub.add_parser("lxd", help="LXD setup").add_subparsers(dest="lxd_command", required=True, metavar="COMMAND")
+    lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
     ins.add_argument("--hooks-dir", default=LXC_HOOKS_DIR)

@@ -238,13 +238,19 @@ class Store:
             os.makedirs(self.bases_dir, mode=0o755, exist_ok=True)
             tmp = os.path.join(self.bases_dir, f".{name}.new{os.getpid()}")
             os.makedirs(os.path.join(tmp, "versions"), mode=0o755)
-            vdir = os.path.join(tmp, "versions", "1")
-            os.rename(staging, vdir)
-            os.chmod(vdir, 0o755)
-            write_json(os.path.join(vdir, "version.json"), {"version": 1, "parent": None, "created": now, "size": size, "source": source})
-            write_json(os.path.join(tmp, "base.json"), {"name": name, "created": now, "lxc": lxc})
-            os.symlink("versions/1", os.path.join(tmp, "current"))
-            os.rename(tmp, self.base_dir(name))
+            try:
+                vdir = os.path.join(tmp, "versions", "1")
+                os.rename(staging, vdir)
+                os.chmod(vdir, 0o755)
+                write_json(os.path.join(vdir, "version.json"), {"version": 1, "parent": None, "created": now, "size": size, "source": source})
+                write_json(os.path.join(tmp, "base.json"), {"name": name, "created": now, "lxc": lxc})
+                os.symlink("versions/1", os.path.join(tmp, "current"))
+                os.rename(tmp, self.base_dir(name))
+            except BaseException:
+                from .fsutil import remove_tree
+
+                remove_tree(tmp)
+                raise
         return self.version(name, "1")
 
     def set_current(self, name: str, version: str) -> None:

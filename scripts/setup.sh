@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(lxc debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux
+APT_PACKAGES=(lxc lxd debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux
               python3 python3-venv python3-dev gcc libcap-dev ca-certificates)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "pycor setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt-get install -y -q "${missing[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -28,4 +28,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check '.[test]'
 .venv/bin/pycor install >/dev/null
+bash scripts/lxd-up.sh
 echo "pycor setup: $(.venv/bin/pycor --version 2>/dev/null || echo pycor) installed in .venv, hooks and template installed for LXC"

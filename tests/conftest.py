@@ -135,3 +135,80 @@ def debian_base(installed: None, env: dict[str, str]) -> str:
     """A real debootstrap Debian minbase, built once per test session."""
     run(PYCOR + ["base", "import", "debian", "--debootstrap", host_suite()], env=env, timeout=900)
     return "debian"
+
+
+# -- LXD ---------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
+    """A private LXD project (own profiles and images), so tests never touch the user's."""
+    if subprocess.run(["lxc", "info"], capture_output=True).returncode != 0:
+        run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], timeout=300)
+    project = f"pycor-test-{uuid.uuid4().hex[:6]}"
+    run(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
+    try:
+        run(["lxc", "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default", "--project", project])
+        yield project
+    finally:
+        listing = subprocess.run(["lxc", "list", "--project", project, "-c", "n", "--format", "csv"],
+                                 capture_output=True, text=True).stdout.split()
+        for name in listing:
+            subprocess.run(["lxc", "delete", "-f", name, "--project", project], capture_output=True)
+        images = subprocess.run(["lxc", "image", "list", "--project", project, "-c", "f", "--format", "csv"],
+                                capture_output=True, text=True).stdout.split()
+        for fp in images:
+            subprocess.run(["lxc", "image", "delete", fp, "--project", project], capture_output=True)
+        subprocess.run(["lxc", "profile", "delete", "overlay", "--project", project], capture_output=True)
+        subprocess.run(["lxc", "project", "delete", project], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def lxd_env(env: dict[str, str], lxd_project: str, busybox_base: str) -> dict[str, str]:
+    """Environment for pycor commands aimed at the test project, after 'pycor lxd init'."""
+    lenv = dict(env, PYCOR_LXD_PROJECT=lxd_project)
+    run(PYCOR + ["lxd", "init"], env=lenv)
+    return lenv
+
+
+@dataclass
+class LxdContainer:
+    name: str
+    project: str
+
+    def lxc(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return run(["lxc", "--project", self.project, *args], check=check, timeout=timeout)
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lxc("exec", self.name, "--", "/bin/sh", "-c", script, check=check)
+
+    @property
+    def rootfs(self) -> str:
+        return f"/var/lib/lxd/storage-pools/default/containers/{self.project}_{self.name}/rootfs"
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.rootfs, ".pycor", "upper")
+
+    def status(self) -> str:
+        out = self.lxc("list", f"^{self.name}$", "-c", "s", "--format", "csv").stdout.strip()
+        return out
+
+
+@pytest.fixture
+def launch(lxd_env: dict[str, str], lxd_project: str, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
+    made: list[str] = []
+
+    def do(base: str = busybox_base, name: str | None = None, extra: tuple[str, ...] = (), start: bool = True) -> LxdContainer:
+        name = name or f"l{uuid.uuid4().hex[:8]}"
+        made.append(name)
+        verb = "launch" if start else "init"
+        run(["lxc", verb, f"pycor/{base}", name, "--profile", "default", "--profile", "overlay",
+             "--project", lxd_project, *extra], timeout=180)
+        return LxdContainer(name, lxd_project)
+
+    yield do
+    for name in made:
+        subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
