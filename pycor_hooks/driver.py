@@ -21,7 +21,7 @@ import zlib
 from . import layer, overlay
 from .errors import PycorError
 from .layer import LayerMeta
-from .store import RUN_DIR, Record, Store, read_json, write_json
+from .store import RUN_DIR, Record, Store, read_json, setting, write_json
 
 RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 
@@ -186,6 +186,12 @@ class Driver:
             if idmap is not None:
                 from . import idmap as idmap_mod
 
+                if setting("idmapped_layers", "PYCOR_IDMAPPED_LAYERS", "auto") == "off":
+                    raise PycorError(
+                        f"container {name} is unprivileged, and idmapped layers are turned off (idmapped_layers = off)",
+                        "pycor never copies or chowns a base per idmap: turn them on (kernel 5.12+, store on ext4, xfs, "
+                        "btrfs or tmpfs) or run the container privileged",
+                    )
                 ids = [layer_id(meta.base, path) for path in lowers]
                 made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)))
                 lowers, views = [made[i] for i in ids], ids

@@ -32,22 +32,25 @@ STORE_ENV = "PYCOR_STORE"
 RUN_DIR = "/run/pycor"
 
 
-def store_root(explicit: str | None = None) -> str:
-    """The store path: argument, then $PYCOR_STORE, then 'store =' in the config file."""
-    if explicit:
-        return os.path.abspath(explicit)
-    env = os.environ.get(STORE_ENV)
-    if env:
-        return os.path.abspath(env)
+def setting(key: str, env: str, default: str) -> str:
+    """A setting: $ENV, then 'KEY = VALUE' in /etc/pycor/pycor.conf, then the default."""
+    value = os.environ.get(env)
+    if value:
+        return value
     try:
         with open(CONFIG_FILE, encoding="utf-8") as f:
             for line in f:
-                key, sep, value = line.partition("=")
-                if sep and key.strip() == "store" and value.strip():
-                    return os.path.abspath(value.strip())
+                k, sep, v = line.partition("=")
+                if sep and k.strip() == key and v.strip():
+                    return v.strip()
     except FileNotFoundError:
         pass
-    return DEFAULT_STORE
+    return default
+
+
+def store_root(explicit: str | None = None) -> str:
+    """The store path: argument, then $PYCOR_STORE, then 'store =' in the config file."""
+    return os.path.abspath(explicit or setting("store", STORE_ENV, DEFAULT_STORE))
 
 
 class Record:

@@ -207,3 +207,30 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_
     run(["lxc", "stop", "--force", *[c.name for c in containers], "--project", lxd_project], timeout=300)
     assert [v for v in view_mounts() if v not in before_views] == []
     assert host_overlays() == before_overlays
+
+
+def test_planted_links_in_a_stopped_lxd_container_touch_nothing_outside(launch, session_dir):
+    c = launch()
+    c.lxc("stop", c.name)
+    outside = os.path.join(session_dir, "lxd-outside")
+    os.makedirs(outside, exist_ok=True)
+    os.chmod(outside, 0o777)
+    layer_json = os.path.join(c.rootfs, ".pycor", "layer.json")
+    os.unlink(layer_json)
+    os.symlink("/etc/hostname", layer_json)
+    proc = c.lxc("start", c.name, check=False)
+    assert proc.returncode != 0
+    os.unlink(layer_json)
+    with open(layer_json, "w") as f:
+        f.write('{"base": "../../etc", "pin": null}')
+    assert c.lxc("start", c.name, check=False).returncode != 0
+    import shutil
+
+    shutil.rmtree(c.upper)
+    os.symlink(outside, c.upper)
+    os.unlink(layer_json)
+    with open(layer_json, "w") as f:
+        f.write('{"base": "busybox", "pin": null}')
+    assert c.lxc("start", c.name, check=False).returncode != 0
+    assert os.listdir(outside) == []
+    assert c.status() == "STOPPED"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 from helpers import host_overlays, tree_checksum
 
@@ -105,3 +106,21 @@ def test_layer_not_owned_by_mapped_root_is_a_clear_error(make_container):
     assert proc.returncode != 0
     assert "not to container root 100000:100000" in open(c.log).read()
     assert view_mounts() == before
+
+
+def test_without_idmapped_mounts_unprivileged_start_is_refused_clearly(make_container, env, store, busybox_base):
+    """The fallback: pycor refuses rather than copying the base per idmap (forced by the switch)."""
+    before = view_mounts()
+    layer = layer_of(store, busybox_base)
+    files = sum(len(f) for _, _, f in os.walk(os.path.join(store, "bases")))
+    c = make_container(extra=("--unprivileged",))
+    proc = subprocess.run(["lxc-start", "-n", c.name, "-P", c.lxcpath, "-l", "DEBUG", "-o", c.log],
+                          env=dict(env, PYCOR_IDMAPPED_LAYERS="off"), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert c.state() == "STOPPED"
+    assert "idmapped layers are turned off" in open(c.log).read()
+    assert view_mounts() == before
+    assert sum(len(f) for _, _, f in os.walk(os.path.join(store, "bases"))) == files
+    assert os.stat(os.path.join(layer, "etc/passwd")).st_uid == 0
+    c.start()  # the same container starts once idmapped layers are allowed
+    assert c.sh("stat -c %u /etc/passwd").stdout.strip() == "0"
