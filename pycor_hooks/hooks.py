@@ -93,4 +93,24 @@ def main(hook: str, argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
         if not os.isatty(1) and os.path.sameopenfile(1, 2) is False:
             print(line, flush=True)
+        log_to_lxd(line)
         return 1
+
+
+def log_to_lxd(line: str) -> None:
+    """Under LXD, also put the reason in the instance's lxc.log, which 'lxc info --show-log' shows.
+
+    LXD keeps LXC's log at error level, where a hook's output never appears.
+    """
+    config = os.environ.get("LXC_CONFIG_FILE", "")
+    if runtime_of(config)[0] != "lxd":
+        return
+    import time
+
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    try:
+        fd = os.open(os.path.join(os.path.dirname(config), "lxc.log"), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # pre-mount in a user namespace cannot open it; stderr and stdout carry the line
+    with os.fdopen(fd, "a") as f:
+        f.write(f"lxc {os.environ.get('LXC_NAME', '?')} {stamp}.000 ERROR    pycor - {line}\n")

@@ -210,5 +210,8 @@ def launch(lxd_env: dict[str, str], lxd_project: str, busybox_base: str) -> Iter
         return LxdContainer(name, lxd_project)
 
     yield do
-    for name in made:
+    # every instance of the test project, including copies and renames a test made
+    listing = subprocess.run(["lxc", "list", "--project", lxd_project, "-c", "n", "--format", "csv"],
+                             capture_output=True, text=True).stdout.split()
+    for name in set(made) | set(listing):
         subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
