@@ -285,7 +285,8 @@ class Driver:
             except PycorError:
                 continue
         for state in self.running_states():
-            if state.base == base and state.rootfs not in users:
+            # a start whose container was destroyed since (no post-stop ran) uses nothing
+            if state.base == base and state.rootfs not in users and layer.is_layer(state.rootfs):
                 users[state.rootfs] = Registration(state.name, state.rootfs, "?", None)
         return sorted(users.values(), key=lambda r: r.name)
 
