@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -78,3 +79,118 @@ def open_beneath(dirfd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY)
 def fd_path(fd: int) -> str:
     """A path naming exactly what fd refers to, for syscalls that take strings."""
     return f"/proc/self/fd/{fd}"
+
+
+# --- kernel constants (include/uapi/linux/mount.h, fcntl.h, sched.h, stat.h) --
+
+SYS_open_tree = 428  # x86_64; since 424 the numbers are shared by every architecture but alpha
+SYS_move_mount = 429
+SYS_mount_setattr = 442
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+
+MOVE_MOUNT_F_SYMLINKS = 0x01
+MOVE_MOUNT_F_AUTOMOUNTS = 0x02
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_SYMLINKS = 0x10
+MOVE_MOUNT_T_AUTOMOUNTS = 0x20
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_SIZE_VER0 = 32
+
+
+UMOUNT_NOFOLLOW = 0x8
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+PR_SET_PDEATHSIG = 1
+SIGKILL = 9
+
+STATX_TYPE = 0x1
+STATX_INO = 0x100
+STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256  # struct statx is 256 bytes; we read stx_attributes (8) and stx_attributes_mask (56)
+
+
+# --- tiny typed syscall wrappers ----------------------------------------------
+
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    return _check(
+        _libc.syscall(SYS_open_tree, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags)),
+        path,
+    )
+
+
+def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
+    _check(
+        _libc.syscall(
+            SYS_move_mount,
+            ctypes.c_int(from_dfd),
+            os.fsencode(from_path),
+            ctypes.c_int(to_dfd),
+            os.fsencode(to_path),
+            ctypes.c_uint(flags),
+        ),
+        to_path,
+    )
+
+
+def mount_setattr(
+    dfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0, propagation: int = 0
+) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    _check(
+        _libc.syscall(
+            SYS_mount_setattr,
+            ctypes.c_int(dfd),
+            os.fsencode(path),
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        path,
+    )
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) -> tuple[int, int]:
+    """(stx_attributes, stx_attributes_mask) of path, symlinks not followed."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(dirfd, os.fsencode(path), flags, STATX_TYPE | STATX_INO, buf), path)
+    (attributes,) = struct.unpack_from("=Q", buf, 8)
+    (mask,) = struct.unpack_from("=Q", buf, 56)
+    return attributes, mask
+
+
+def set_pdeathsig(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): the calling process gets sig when its parent dies."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

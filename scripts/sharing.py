@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
-from pycor_hooks.fsutil import disk_usage, human_size
+from pycor_hooks.fsutil import human_size
 
 
 def cached_bytes() -> int:
@@ -48,7 +47,7 @@ def main() -> None:
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-    print(f"\nPage cache: each container reads every file under /usr, one after the other, from a cold cache")
+    print("\nPage cache: each container reads every file under /usr, one after the other, from a cold cache")
     total = 0
     for name in args.containers:
         before = cached_bytes()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import pytest
-
 from helpers import PYCOR, run
 
 TEST_ROOT = "/var/tmp/pycor-tests"

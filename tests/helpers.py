@@ -51,6 +51,16 @@ def tree_paths(root: str) -> set[str]:
     return found
 
 
+def layer_of(store: str, base: str, version: str = "1") -> str:
+    return os.path.join(store, "bases", base, "versions", version, "rootfs")
+
+
+def view_mounts() -> list[str]:
+    """Mount points of pycor's idmapped views on the host."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith("/run/pycor/views/")]
+
+
 def host_overlays() -> list[str]:
     with open("/proc/self/mounts") as f:
         return [line for line in f if line.split()[2] == "overlay"]

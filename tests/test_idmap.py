@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pycor_hooks import idmap
+from pycor_hooks import idmap, linux
 from pycor_hooks.errors import PycorError
 from pycor_hooks.idmap import IdMap, IdMapEntry
 
@@ -62,7 +62,7 @@ def unmount_all_under(prefix: str) -> list[str]:
             break
         for point in points:
             try:
-                idmap.umount2(point, idmap.MNT_DETACH)
+                linux.umount2(point, linux.MNT_DETACH)
             except OSError:
                 pass
     return left
@@ -169,7 +169,7 @@ def as_container_root(im: IdMap, fn: Callable[[], dict[str, Any]]) -> dict[str, 
             os.close(go_w)
             os.close(out_r)
             try:
-                if _libc.unshare(idmap.CLONE_NEWUSER | idmap.CLONE_NEWNS) != 0:
+                if _libc.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS) != 0:
                     raise OSError(ctypes.get_errno(), "unshare")
                 os.write(ready_w, b"1")
                 os.read(go_r, 1)
@@ -332,7 +332,7 @@ def test_userns_fd_is_a_user_namespace_carrying_the_map() -> None:
             code = 1
             try:
                 os.close(r)
-                if _libc.setns(fd, idmap.CLONE_NEWUSER) == 0:
+                if _libc.setns(fd, linux.CLONE_NEWUSER) == 0:
                     with open("/proc/self/uid_map") as u, open("/proc/self/gid_map") as g:
                         os.write(w, json.dumps([u.read().split(), g.read().split()]).encode())
                     code = 0
@@ -360,12 +360,12 @@ def test_userns_fd_reaps_its_helper_and_refuses_bad_maps() -> None:
 def test_helper_gets_killed_with_its_parent(monkeypatch: pytest.MonkeyPatch, with_prctl: bool) -> None:
     """The death signal the helper sets, through python-prctl or the ctypes fallback."""
     if with_prctl:
-        prctl = pytest.importorskip("prctl")
+        import prctl  # a dependency of pycor: its absence is a failure, not a skip
     else:
         monkeypatch.setitem(sys.modules, "prctl", None)  # import prctl now raises ImportError
     monkeypatch.setattr(idmap, "_set_pdeathsig", None)
     setter = idmap._pdeathsig_setter()
-    assert (setter is prctl.set_pdeathsig) if with_prctl else (setter.__name__ == "_ctypes_pdeathsig")
+    assert setter is (prctl.set_pdeathsig if with_prctl else linux.set_pdeathsig)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -412,7 +412,7 @@ def test_is_mounted_sees_a_same_filesystem_bind(work: str) -> None:
         assert idmap.is_mounted(dst)
         assert not idmap.is_mounted(src)
     finally:
-        idmap.umount2(dst, idmap.MNT_DETACH)
+        linux.umount2(dst, linux.MNT_DETACH)
     assert not idmap.is_mounted(dst)
 
 
@@ -470,7 +470,7 @@ def test_view_is_not_recursive(work: str, base: str) -> None:
         assert os.listdir(f"{dst}/usr") == ["bin"]
     finally:
         idmap.remove_view(dst)
-        idmap.umount2(f"{base}/usr", idmap.MNT_DETACH)
+        linux.umount2(f"{base}/usr", linux.MNT_DETACH)
 
 
 def test_remove_view_is_idempotent(work: str, view: str) -> None:

@@ -7,12 +7,7 @@ import os
 import stat
 
 import pytest
-
-from helpers import PYCOR, host_overlays, run, tree_checksum, tree_paths
-
-
-def layer_of(store: str, base: str) -> str:
-    return os.path.join(store, "bases", base, "versions", "1", "rootfs")
+from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, tree_paths
 
 
 def test_merged_view_is_the_base_and_hides_pycor_dir(make_container, store, busybox_base):

@@ -8,18 +8,7 @@ import subprocess
 import tarfile
 import threading
 
-from helpers import PYCOR, host_overlays, run, tree_checksum
-
-VIEWS = "/run/pycor/views"
-
-
-def view_mounts() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(VIEWS + "/")]
-
-
-def layer_of(store: str, base: str) -> str:
-    return os.path.join(store, "bases", base, "versions", "1", "rootfs")
+from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts
 
 
 def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base):

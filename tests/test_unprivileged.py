@@ -6,18 +6,7 @@ import os
 import stat
 import subprocess
 
-from helpers import host_overlays, tree_checksum
-
-VIEWS = "/run/pycor/views"
-
-
-def view_mounts() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(VIEWS + "/")]
-
-
-def layer_of(store: str, base: str) -> str:
-    return os.path.join(store, "bases", base, "versions", "1", "rootfs")
+from helpers import host_overlays, layer_of, tree_checksum, view_mounts
 
 
 def test_container_root_sees_root_owned_base_and_writes_as_mapped_root(make_container, store, busybox_base):
