@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import __version__, lxc
+from . import __version__, layer, lxc
 from .driver import Driver
 from .errors import PycorError
 from .fsutil import disk_usage, human_size
@@ -77,6 +77,55 @@ def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = 
     return sorted(found.values(), key=lambda c: (c.name, c.runtime))
 
 
+def find_container(driver: Driver, args: argparse.Namespace, name: str) -> Listed:
+    check_name(name, "container name")
+    matches = [c for c in all_containers(driver, args) if c.name == name]
+    if not matches:
+        raise PycorError(f"no pycor container named {name!r}", "'pycor ls' lists them")
+    if len(matches) > 1:
+        raise PycorError(f"both LXC and LXD have a container named {name!r}", "use -P to pick the LXC one, or rename one")
+    return matches[0]
+
+
+def container_idmap(c: Listed) -> str | None:
+    """The container's lxc.idmap lines (from its LXC config, or from LXD's record of its map)."""
+    if c.runtime == "lxc":
+        with open(os.path.join(c.lxcpath or "", c.name, "config"), encoding="utf-8") as f:
+            return f.read()
+    client = lxd_client()
+    inst = client.instance(c.name) if client else None
+    raw = (inst or {}).get("config", {}).get("volatile.idmap.current") or (inst or {}).get("config", {}).get("volatile.last_state.idmap")
+    if not raw:
+        return None
+    lines = []
+    for e in json.loads(raw):
+        for kind, flag in (("u", "Isuid"), ("g", "Isgid")):
+            if e.get(flag):
+                lines.append(f"lxc.idmap = {kind} {e['Nsid']} {e['Hostid']} {e['Maprange']}")
+    return "\n".join(lines)
+
+
+def require_stopped(c: Listed, what: str) -> None:
+    if c.state != "STOPPED":
+        raise PycorError(f"container {c.name} is {c.state.lower()}: pycor {what} needs it stopped",
+                         f"stop it first ({'lxc-stop -n ' + c.name if c.runtime == 'lxc' else 'lxc stop ' + c.name})")
+
+
+def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
+    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
+    used: dict[str, set[str]] = {}
+    for state in driver.running_states():
+        used.setdefault(state.base, set()).add(state.version)
+    for c in all_containers(driver, args, with_state=False):
+        try:
+            meta = driver.volume_meta(c.rootfs)
+        except PycorError:
+            continue
+        if meta.pin:
+            used.setdefault(meta.base, set()).add(meta.pin)
+    return used
+
+
 # -- base ----------------------------------------------------------------------
 def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
     from . import imports
@@ -121,6 +170,60 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
             r["containers"] = len(r["containers"])
     emit(args, rows, [("name", "NAME"), ("current", "CURRENT"), ("versions", "VERSIONS"), ("size", "SIZE"),
                       ("created", "CREATED"), ("containers", "CONTAINERS")])
+
+
+def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import SQUASH_ADVISED_DEPTH
+
+    store = driver.store
+    name = check_name(args.name, "base name")
+    current = store.current(name)
+    used = used_versions(driver, args).get(name, set())
+    rows = [{
+        "version": v.version, "current": v.version == current, "parent": v.parent, "depth": store.depth(name, v.version),
+        "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
+        "in_use": v.version in used or v.version == current, "source": v.source,
+    } for v in store.versions(name)]
+    if args.format != "json":
+        for r in rows:
+            r["size"] = human_size(r["size"])
+            r["version"] = f"{r['version']}{' *' if r['current'] else ''}"
+    emit(args, rows, [("version", "VERSION"), ("parent", "PARENT"), ("depth", "LAYERS"), ("size", "SIZE"),
+                      ("created", "CREATED"), ("source", "SOURCE")])
+    depth = store.depth(name, current)
+    if args.format != "json" and depth >= SQUASH_ADVISED_DEPTH:
+        print(f"version {current} stacks {depth} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)
+
+
+def cmd_base_update(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import update_base
+
+    name = check_name(args.name, "base name")
+    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    v = update_base(driver.store, name, argv)
+    if v is None:
+        print(f"base {name}: the command changed nothing; current stays at version {driver.store.current(name)}")
+    else:
+        print(f"base {name}: version {v.version} is current ({human_size(v.size)} of changes over version {v.parent})")
+
+
+def cmd_base_squash(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import squash_base
+
+    v = squash_base(driver.store, check_name(args.name, "base name"))
+    print(f"base {args.name}: version {v.version} is current, one layer of {human_size(v.size)}")
+
+
+def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import gc
+
+    removed = gc(driver.store, used_versions(driver, args))
+    for base, version in removed:
+        print(f"removed {base} version {version}")
+    if not removed:
+        print("nothing to remove: every version is current or in use")
+    with driver.store.lock():
+        driver.release_views()
 
 
 def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
@@ -179,6 +282,111 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             r["changes"] = human_size(r["changes"])
     emit(args, rows, [("name", "NAME"), ("runtime", "RUNTIME"), ("base", "BASE"), ("version", "VERSION"),
                       ("state", "STATE"), ("changes", "CHANGES")])
+
+
+def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
+    from .layer import LayerMeta, write_meta
+    from .names import check_version
+
+    c = find_container(driver, args, args.name)
+    meta = driver.volume_meta(c.rootfs)
+    if args.version:
+        version = check_version(args.version)
+        driver.store.version(meta.base, version)
+    else:  # where it runs now, else where it would start
+        state = driver.run_state(c.name, c.rootfs) if c.state == "RUNNING" else None
+        version = state.version if state else driver.store.current(meta.base)
+    write_meta(c.rootfs, LayerMeta(meta.base, version))
+    print(f"container {c.name} pinned to {meta.base} version {version}")
+
+
+def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
+    from .layer import LayerMeta, write_meta
+
+    c = find_container(driver, args, args.name)
+    meta = driver.volume_meta(c.rootfs)
+    write_meta(c.rootfs, LayerMeta(meta.base, None))
+    print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
+
+
+def cmd_rollout(args: argparse.Namespace, driver: Driver) -> None:
+    from .rollout import rollout
+
+    base = check_name(args.base, "base name")
+    driver.store.require(base)
+    outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check, lxd_client(),
+                       report=(lambda line: print(line, file=sys.stderr)))
+    emit(args, [o.to_json() for o in outcomes], [("name", "NAME"), ("runtime", "RUNTIME"), ("status", "STATUS"),
+                                                 ("version", "VERSION"), ("detail", "DETAIL")])
+    if any(o.status == "failed" for o in outcomes):
+        raise PycorError("the rollout stopped at a failure; containers not reached stay on their old version",
+                         "fix the failing container, then run 'pycor rollout' again")
+
+
+def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
+    from .diff import diff_layer
+    from .idmap import IdMap
+
+    c = find_container(driver, args, args.name)
+    meta = driver.volume_meta(c.rootfs)
+    state = driver.run_state(c.name, c.rootfs) if c.state == "RUNNING" else None
+    version = state.version if state else (meta.pin or driver.store.current(meta.base))
+    idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
+    shift = None
+    if not idmap.is_empty:
+        u = next(e for e in idmap.entries if e.kind == "u" and e.nsid == 0)
+        g = next(e for e in idmap.entries if e.kind == "g" and e.nsid == 0)
+        shift = (u.hostid, u.range, g.hostid, g.range)
+    fd = layer.open_rootfs(c.rootfs)
+    try:
+        for sub_fd in layer.open_layer_dirs(fd, c.rootfs):
+            os.close(sub_fd)
+    finally:
+        os.close(fd)
+    changes = diff_layer(os.path.join(c.rootfs, UPPER), driver.store.lower_stack(meta.base, version), shift)
+    if args.format == "json":
+        emit(args, [ch.to_json() for ch in changes], [])
+        return
+    marks = {"added": "A", "changed": "C", "deleted": "D", "replaced": "R"}
+    for ch in changes:
+        print(f"{marks[ch.kind]} {ch.path}{'/' if ch.type == 'dir' else ''}")
+
+
+def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import commit
+
+    if bool(args.as_base) == bool(args.to_base):
+        raise PycorError("say where to commit to: --as NEWBASE or --to BASE", "one of the two")
+    target = check_name(args.as_base or args.to_base, "base name")
+    c = find_container(driver, args, args.name)
+    require_stopped(c, "commit")
+    v = commit(driver.store, c.rootfs, container_idmap(c), args.as_base and target, args.to_base and target)
+    print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
+    client = lxd_client()
+    if args.as_base and client is not None and client.has_profile():
+        client.ensure_image(target)
+
+
+def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
+    from .versions import reset
+
+    c = find_container(driver, args, args.name)
+    require_stopped(c, "reset")
+    reset(c.rootfs)
+    print(f"container {c.name}: changes discarded; it runs on its base as new")
+
+
+def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
+    from .doctor import run_checks
+
+    results = run_checks(driver.store)
+    if args.format == "json":
+        emit(args, [r.to_json() for r in results], [])
+    else:
+        for r in results:
+            print(f"{'ok ' if r.ok else 'MISS'} {r.name}: {r.detail}" + ("" if r.ok or not r.fix else f"\n     fix: {r.fix}"))
+    if any(not r.ok and r.required for r in results):
+        raise PycorError("pycor cannot work here until the misses marked required are fixed")
 
 
 def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
@@ -256,6 +464,19 @@ def parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_base_import)
     bls = base.add_parser("ls", help="list bases", parents=[fmt, where])
     bls.set_defaults(func=cmd_base_ls)
+    bv = base.add_parser("versions", help="list a base's versions", parents=[fmt, where])
+    bv.add_argument("name")
+    bv.set_defaults(func=cmd_base_versions)
+    bu = base.add_parser("update", help="run a command in a builder container and publish a new version",
+                         usage="pycor base update NAME -- CMD [ARGS...]")
+    bu.add_argument("name")
+    bu.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    bu.set_defaults(func=cmd_base_update)
+    bsq = base.add_parser("squash", help="fold the current version's layers into one")
+    bsq.add_argument("name")
+    bsq.set_defaults(func=cmd_base_squash)
+    bgc = base.add_parser("gc", help="remove versions neither current nor used by a container", parents=[where])
+    bgc.set_defaults(func=cmd_base_gc)
     brm = base.add_parser("rm", help="remove a base no container uses", parents=[where])
     brm.add_argument("name")
     brm.set_defaults(func=cmd_base_rm)
@@ -277,6 +498,33 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     rm.add_argument("--runtime", choices=("lxc", "lxd"), help="which runtime's container (default: the one that has it)")
     rm.set_defaults(func=cmd_rm)
+
+    pin = sub.add_parser("pin", help="keep a container on one base version", parents=[where])
+    pin.add_argument("name")
+    pin.add_argument("version", nargs="?", help="default: the version it runs on now")
+    pin.set_defaults(func=cmd_pin)
+    unpin = sub.add_parser("unpin", help="let a container follow its base's current version", parents=[where])
+    unpin.add_argument("name")
+    unpin.set_defaults(func=cmd_unpin)
+    ro = sub.add_parser("rollout", help="restart the running containers that follow a base onto its current version",
+                        parents=[fmt, where])
+    ro.add_argument("base")
+    ro.add_argument("--batch", type=int, default=1, help="containers restarted at once (default 1)")
+    ro.add_argument("--check", metavar="CMD", help="a shell command that must succeed inside each moved container")
+    ro.set_defaults(func=cmd_rollout)
+    df = sub.add_parser("diff", help="what a container changed against its base", parents=[fmt, where])
+    df.add_argument("name")
+    df.set_defaults(func=cmd_diff)
+    cm = sub.add_parser("commit", help="publish a stopped container's view as a base or a base version", parents=[where])
+    cm.add_argument("name")
+    cm.add_argument("--as", dest="as_base", metavar="NEWBASE", help="as a new base")
+    cm.add_argument("--to", dest="to_base", metavar="BASE", help="as a new version of an existing base")
+    cm.set_defaults(func=cmd_commit)
+    rs = sub.add_parser("reset", help="discard a stopped container's changes", parents=[where])
+    rs.add_argument("name")
+    rs.set_defaults(func=cmd_reset)
+    doc = sub.add_parser("doctor", help="check what pycor relies on, and name a fix for each miss", parents=[fmt])
+    doc.set_defaults(func=cmd_doctor)
 
     lxd = sub.add_parser("lxd", help="LXD setup").add_subparsers(dest="lxd_command", required=True, metavar="COMMAND")
     lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)

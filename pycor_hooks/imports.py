@@ -145,7 +145,7 @@ def import_from_dir(store: Store, name: str, src: str, progress: Progress | None
 
     def build(rootfs: str) -> list[str]:
         os.mkdir(rootfs, 0o755)
-        _copy_tree(src, rootfs, progress)
+        copy_tree(src, rootfs, progress)
         return []
 
     return _import(store, name, f"dir:{src}", build, f"directory {src}", progress)
@@ -252,7 +252,7 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
             progress: Progress, hint: str | None = None) -> Version:
     """Build staging/rootfs with build (which returns the base's LXC lines), check it, publish it."""
     try:
-        with _staging(store, name) as staging:
+        with staging_dir(store, name) as staging:
             rootfs = os.path.join(staging, "rootfs")
             lxc = build(rootfs)
             _check_rootfs(rootfs, what, hint)
@@ -262,7 +262,7 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
 
 
 @contextlib.contextmanager
-def _staging(store: Store, name: str) -> Iterator[str]:
+def staging_dir(store: Store, name: str) -> Iterator[str]:
     """A staging directory that is removed unless the body published it (renamed it away)."""
     staging = store.new_staging(name)
     try:
@@ -290,13 +290,13 @@ def _detach_mounts_under(path: str) -> bool:
     """Lazily unmount every mount at or below path, deepest first; True if none is left."""
     mounts = _mounts_under(path)
     if mounts:
-        import ctypes
+        from .linux import MNT_DETACH, umount2
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        MNT_DETACH = 2
         for mnt in sorted(mounts, key=len, reverse=True):
-            if libc.umount2(mnt.encode(), MNT_DETACH) != 0:
-                log.warning("cannot unmount %s: %s", mnt, os.strerror(ctypes.get_errno()))
+            try:
+                umount2(mnt, MNT_DETACH)
+            except OSError as e:
+                log.warning("cannot unmount %s: %s", mnt, e.strerror)
     return not _mounts_under(path)
 
 
@@ -440,7 +440,7 @@ def _pump(src: IO[bytes], dst: IO[bytes], progress: Progress) -> None:
 # -- from a directory ----------------------------------------------------------
 
 
-def _copy_tree(src: str, rootfs: str, progress: Progress) -> None:
+def copy_tree(src: str, rootfs: str, progress: Progress) -> None:
     """GNU tar from src piped through us into tar in rootfs, so we can count the bytes."""
     progress.start(f"copying {src}", disk_usage(src))
     with tempfile.TemporaryFile() as err_c, tempfile.TemporaryFile() as err_x, \

@@ -256,6 +256,24 @@ class Store:
                 raise
         return self.version(name, "1")
 
+    def publish_version(self, name: str, staging: str, parent: str | None, source: str, size: int) -> Version:
+        """Make the layer at staging/rootfs the next version of a base and switch 'current' to it."""
+        with self.lock():
+            self.require(name)
+            vdir = os.path.join(self.base_dir(name), "versions")
+            number = str(max((int(v) for v in os.listdir(vdir) if v.isdigit()), default=0) + 1)
+            target = os.path.join(vdir, number)
+            os.rename(staging, target)
+            os.chmod(target, 0o755)
+            write_json(os.path.join(target, "version.json"),
+                       {"version": int(number), "parent": int(parent) if parent else None, "created": time.time(),
+                        "size": size, "source": source})
+            self.set_current(name, number)
+        return self.version(name, number)
+
+    def depth(self, name: str, version: str) -> int:
+        return len(self.lower_stack(name, version))
+
     def set_current(self, name: str, version: str) -> None:
         """Switch 'current' with one atomic rename (caller holds the lock)."""
         self.version(name, version)

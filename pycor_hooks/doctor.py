@@ -1,0 +1,176 @@
+"""`pycor doctor`: check what pycor relies on, and name a fix for each miss.
+
+Overlay features are probed for real, with small test mounts on the
+store's own filesystem, since what matters is what this kernel does with
+this filesystem. Not a hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+from . import linux
+from .install import HOOKS, LXC_HOOKS_DIR
+from .store import Store
+
+
+class Check:
+    __slots__ = ("name", "ok", "required", "detail", "fix")
+
+    def __init__(self, name: str, ok: bool, detail: str, fix: str = "", required: bool = True) -> None:
+        self.name, self.ok, self.detail, self.fix, self.required = name, ok, detail, fix, required
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "required": self.required, "detail": self.detail, "fix": self.fix}
+
+
+def _fs_of(path: str) -> tuple[str, str, str]:
+    """(mount point, filesystem type, source) of the mount holding path."""
+    path = os.path.realpath(path)
+    best = ("/", "?", "?")
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].replace("\\040", " ")
+            fstype, source = right.split()[:2]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, fstype, source)
+    return best
+
+
+def _try_overlay(work: str, extra: str = "") -> str | None:
+    """Mount a small overlay with extra options; None if it worked, else the error."""
+    lower, upper, wdir, merged = (os.path.join(work, d) for d in ("l", "u", "w", "m"))
+    for d in (lower, upper, wdir, merged):
+        os.makedirs(d, exist_ok=True)
+    opts = f"lowerdir={lower},upperdir={upper},workdir={wdir}" + (f",{extra}" if extra else "")
+    try:
+        linux.mount("overlay", merged, "overlay", 0, opts)
+    except OSError as e:
+        return e.strerror
+    linux.umount2(merged, linux.MNT_DETACH)
+    return None
+
+
+def overlay_checks(probe_dir: str) -> list[Check]:
+    with open("/proc/filesystems", encoding="utf-8") as f:
+        has_overlay = any(line.split()[-1] == "overlay" for line in f if line.strip())
+    checks = [Check("overlay filesystem", has_overlay, "in /proc/filesystems" if has_overlay else "not in /proc/filesystems",
+                    "load it: modprobe overlay (CONFIG_OVERLAY_FS)")]
+    if not has_overlay:
+        return checks
+    features = [
+        ("overlay mount on the store's filesystem", "", True, "the store needs a filesystem overlayfs accepts as upper (ext4, xfs with ftype=1, btrfs)"),
+        ("overlay userxattr (unprivileged containers)", "userxattr", True, "Linux 5.11 or newer"),
+        ("overlay redirect_dir", "redirect_dir=on", False, "optional; pycor does not need it"),
+        ("overlay metacopy", "metacopy=on", False, "optional; pycor does not need it"),
+        ("overlay index", "index=on", False, "optional; pycor does not need it"),
+        ("overlay volatile", "volatile", False, "optional; pycor does not need it"),
+    ]
+    for i, (name, option, required, fix) in enumerate(features):
+        err = _try_overlay(os.path.join(probe_dir, f"o{i}"), option)
+        checks.append(Check(name, err is None, "works" if err is None else f"refused: {err}", fix, required))
+    return checks
+
+
+def idmap_check(probe_dir: str) -> Check:
+    from . import idmap
+
+    src, dst = os.path.join(probe_dir, "src"), os.path.join(probe_dir, "view")
+    os.makedirs(src, exist_ok=True)
+    fix = "Linux 5.12 or newer and a store on ext4, xfs, btrfs or tmpfs; without it only privileged containers run"
+    try:
+        m = idmap.IdMap.parse_lxc_config("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n")
+        fd = idmap.userns_fd(m)
+        try:
+            idmap.make_view(src, dst, fd)
+        finally:
+            os.close(fd)
+        uid = os.stat(dst).st_uid
+        idmap.remove_view(dst)
+        return Check("idmapped layers (unprivileged containers)", uid == 100000, f"a view of the store shows root as {uid}", fix)
+    except Exception as e:  # any failure here is the answer, not a crash
+        return Check("idmapped layers (unprivileged containers)", False, f"refused: {e}", fix)
+
+
+def store_checks(store: Store, probe_dir: str) -> list[Check]:
+    point, fstype, source = _fs_of(store.root)
+    checks = [Check("store filesystem", fstype in ("ext4", "xfs", "btrfs", "tmpfs", "f2fs"),
+                    f"{store.root} is on {fstype} ({source} at {point})", "put the store on ext4, xfs or btrfs ('store =' in /etc/pycor/pycor.conf)")]
+    probe = os.path.join(probe_dir, "xattr")
+    open(probe, "w").close()
+    for ns in ("trusted", "user"):
+        try:
+            os.setxattr(probe, f"{ns}.pycor", b"1")
+            checks.append(Check(f"{ns}.* xattrs on the store", True, "settable"))
+        except OSError as e:
+            checks.append(Check(f"{ns}.* xattrs on the store", False, e.strerror, "mount the store's filesystem with xattr support"))
+    checks.append(device_check(store.root))
+    return checks
+
+
+def device_check(path: str) -> Check:
+    """The block device under a path, through pyudev (sysfs works without a udev daemon)."""
+    try:
+        import pyudev
+
+        dev = pyudev.Devices.from_device_number(pyudev.Context(), "block", os.stat(path).st_dev)
+        detail = f"{dev.device_node} ({dev.get('ID_FS_TYPE') or 'type unknown to udev'})"
+        return Check("block device under the store", True, detail, required=False)
+    except ImportError:
+        return Check("block device under the store", False, "pyudev is missing", "pip install pyudev", required=False)
+    except Exception as e:  # a virtual filesystem has no block device
+        return Check("block device under the store", False, f"none found ({e})", "only informational", required=False)
+
+
+def capability_checks() -> list[Check]:
+    try:
+        import prctl
+
+        admin = bool(prctl.cap_effective.sys_admin)
+        return [Check("CAP_SYS_ADMIN", admin, "held" if admin else "missing", "run pycor as root")]
+    except ImportError:
+        return [Check("CAP_SYS_ADMIN", os.geteuid() == 0, "python-prctl is missing; judged by uid", "pip install python-prctl")]
+
+
+def tool_checks() -> list[Check]:
+    checks = []
+    for tool, args, fix, required in (("lxc-start", ["--version"], "apt-get install lxc", True),
+                                      ("lxd", ["--version"], "apt-get install lxd (only for LXD containers)", False)):
+        path = shutil.which(tool)
+        version = subprocess.run([tool, *args], capture_output=True, text=True).stdout.strip() if path else ""
+        checks.append(Check(tool.split("-")[0].upper(), bool(path), f"{tool} {version}" if path else "not installed", fix, required))
+    from .lxd import Lxd
+
+    client = Lxd()
+    running = client.available()
+    checks.append(Check("LXD daemon", running, "answers on its socket" if running else "not running",
+                        "start it: lxd --group root &; lxd waitready; lxd init --auto", required=False))
+    if running:
+        checks.append(Check("LXD profile overlay", client.has_profile(), "present" if client.has_profile() else "missing",
+                            "pycor lxd init", required=False))
+    missing = [h for h in HOOKS if not os.access(os.path.join(LXC_HOOKS_DIR, h), os.X_OK)]
+    checks.append(Check("pycor hooks installed", not missing, f"in {LXC_HOOKS_DIR}" if not missing else f"missing: {', '.join(missing)}",
+                        "pycor install"))
+    return checks
+
+
+def run_checks(store: Store) -> list[Check]:
+    checks = [Check("kernel", True, platform.release(), required=False)]
+    checks += capability_checks()
+    os.makedirs(store.root, mode=0o755, exist_ok=True)
+    probe_dir = tempfile.mkdtemp(prefix=".doctor.", dir=store.root)
+    try:
+        checks += overlay_checks(probe_dir)
+        checks.append(idmap_check(probe_dir))
+        checks += store_checks(store, probe_dir)
+    finally:
+        from .fsutil import remove_tree
+
+        remove_tree(probe_dir)
+    checks += tool_checks()
+    return checks

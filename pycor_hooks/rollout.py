@@ -1,0 +1,110 @@
+"""`pycor rollout`: move running containers that follow a base onto its current version.
+
+A batch at a time: restart each container, wait until it runs again on the
+current version (and the check command succeeds inside it, if given), and
+stop at the first failure. Containers not yet reached keep running on their
+old version; nothing is ever half-moved, because a container only changes
+version by a full restart.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from . import lxc
+from .driver import Driver
+from .errors import PycorError
+
+WAIT_SECONDS = 60
+
+
+class Outcome:
+    __slots__ = ("name", "runtime", "status", "version", "detail")
+
+    def __init__(self, name: str, runtime: str, status: str, version: str, detail: str = "") -> None:
+        self.name, self.runtime, self.status, self.version, self.detail = name, runtime, status, version, detail
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
+
+
+def restart(c, project_client=None) -> None:  # type: ignore[no-untyped-def]
+    if c.runtime == "lxc":
+        lxc._run(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
+        if lxc.state(c.name, c.lxcpath) != "STOPPED":
+            lxc._run(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
+        lxc._run(["lxc-start", "-n", c.name, "-P", c.lxcpath])
+        lxc._run(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
+    else:
+        project_client.set_state(c.name, "restart")
+
+
+def run_check(c, command: str, project: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    if c.runtime == "lxc":
+        argv = ["lxc-attach", "-n", c.name, "-P", c.lxcpath, "--clear-env", "--", "/bin/sh", "-c", command]
+    else:
+        argv = ["lxc", "--project", project, "exec", c.name, "--", "/bin/sh", "-c", command]
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_SECONDS)
+
+
+def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        state = driver.run_state(c.name, c.rootfs)
+        if state is not None and state.version == version:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
+            lxd_client=None, report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
+    """containers: the running containers of every runtime (cli.Listed)."""
+    driver.store.require(base)
+    if batch < 1:
+        raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
+    target = driver.store.current(base)
+    followers = []
+    for c in containers:
+        if c.state != "RUNNING":
+            continue
+        try:
+            meta = driver.volume_meta(c.rootfs)
+        except PycorError:
+            continue
+        if meta.base != base or meta.pin:
+            continue
+        state = driver.run_state(c.name, c.rootfs)
+        followers.append((c, state.version if state else "?"))
+    outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in followers if v == target]
+    todo = [(c, v) for c, v in followers if v != target]
+    project = lxd_client.project if lxd_client is not None else "default"
+
+    def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
+        try:
+            restart(c, lxd_client)
+            if not wait_on_version(driver, c, target):
+                raise PycorError(f"did not come back on version {target} within {WAIT_SECONDS} s")
+            if check:
+                proc = run_check(c, check, project)
+                if proc.returncode != 0:
+                    raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
+            return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")
+        except (PycorError, subprocess.SubprocessError, OSError) as e:
+            state = driver.run_state(c.name, c.rootfs)
+            return Outcome(c.name, c.runtime, "failed", state.version if state else "?", str(e))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    for start in range(0, len(todo), batch):
+        group = todo[start:start + batch]
+        if any(o.status == "failed" for o in outcomes):
+            outcomes += [Outcome(c.name, c.runtime, "not moved", v, "rollout stopped at a failure") for c, v in group]
+            continue
+        with ThreadPoolExecutor(max_workers=len(group)) as pool:
+            results = list(pool.map(lambda cv: move(*cv), group))
+        for o in results:
+            report(f"{o.name}: {o.status} ({o.detail})" if o.status == "failed" else f"{o.name}: moved to version {o.version} ({o.detail})")
+        outcomes += results
+    return outcomes
