@@ -29,7 +29,7 @@ from .layer import LayerMeta
 from .store import Store, Version
 
 OPAQUE = b"y"
-SQUASH_ADVISED_DEPTH = 16  # from benchmarks/stack_depth.py: see README.md, "Versions"
+SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one layer at 32, 2.6x at 64
 
 
 # -- turning an upper directory into a lower layer -----------------------------------
@@ -102,12 +102,12 @@ def merged_view(lowerdirs: list[str], at: str, userxattr: bool = False) -> Itera
     """Mount a read-only overlay of lowerdirs (top first) at a fresh directory; unmount on exit."""
     os.mkdir(at, 0o700)
     try:
-        opts = "lowerdir=" + ":".join(overlay.escape(p) for p in lowerdirs)
-        if userxattr:
-            opts += ",userxattr"
-        if len(lowerdirs) == 1:
-            opts += ":" + overlay.escape(lowerdirs[0])  # overlayfs wants two layers without an upper
-        linux.mount("overlay", at, "overlay", linux.MS_RDONLY, opts)
+        if len(lowerdirs) == 1:  # overlayfs wants two layers when it has no upper: a read-only bind is the same view
+            linux.mount(lowerdirs[0], at, None, linux.MS_BIND)
+            linux.mount("none", at, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
+        else:
+            opts = "lowerdir=" + ":".join(overlay.escape(p) for p in lowerdirs)
+            linux.mount("overlay", at, "overlay", linux.MS_RDONLY, opts + (",userxattr" if userxattr else ""))
         try:
             yield at
         finally:
