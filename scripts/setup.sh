@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(lxc lxd debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux
+APT_PACKAGES=(lxc lxd debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux btrfs-progs
               python3 python3-venv python3-dev gcc libcap-dev ca-certificates)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end at tiny sizes, so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import host_overlays, view_mounts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def lxd_names(*args: str) -> list[str]:
+    out = subprocess.run(["lxc", *args, "--format", "csv"], capture_output=True, text=True).stdout
+    return [line.split(",")[0] for line in out.splitlines()]
+
+
+def test_benchmark_harness_smoke_run_writes_every_figure_and_leaves_nothing(lxd_project, tmp_path):
+    overlays, views = host_overlays(), view_mounts()
+    projects, pools = lxd_names("project", "list"), lxd_names("storage", "list")
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--base-source", "busybox",
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    names = [r["system"] for r in data["systems"]]
+    assert names == ["pycor-lxc", "pycor-lxd", "lxc-overlay", "lxc-copy", "lxd-dir", "lxd-btrfs"]
+    for r in data["systems"]:
+        assert r["create_s"]["n"] == 2 and r["start_first_s"]["median"] > 0
+        assert set(r["page_cache_bytes"]) == {"1", "2"}
+        assert r["copy_up"]["first_write_s"] > 0
+    assert {d["system"] for d in data["density"]} == {"pycor-lxc", "pycor-lxd", "lxc-overlay", "lxd-btrfs"}
+    assert data["rollout"]["pycor"]["containers"] == 2
+    assert set(data["hooks_share"]) == {"pycor-lxc", "pycor-lxd"}
+    for name in ("results.md", "page_cache.png", "create_time.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| pycor-lxc |" in (out / "results.md").read_text()
+    # it cleaned up after itself
+    assert lxd_names("project", "list") == projects and lxd_names("storage", "list") == pools
+    assert host_overlays() == overlays and view_mounts() == views
+    assert not [d for d in os.listdir("/var/tmp") if d.startswith("pycor-bench-")]
