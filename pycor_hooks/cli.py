@@ -217,7 +217,7 @@ def cmd_base_squash(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
     from .versions import gc
 
-    removed = gc(driver.store, used_versions(driver, args))
+    removed = gc(driver.store, lambda: used_versions(driver, args))
     for base, version in removed:
         print(f"removed {base} version {version}")
     if not removed:
@@ -332,18 +332,8 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
     state = driver.run_state(c.name, c.rootfs) if c.state == "RUNNING" else None
     version = state.version if state else (meta.pin or driver.store.current(meta.base))
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
-    shift = None
-    if not idmap.is_empty:
-        u = next(e for e in idmap.entries if e.kind == "u" and e.nsid == 0)
-        g = next(e for e in idmap.entries if e.kind == "g" and e.nsid == 0)
-        shift = (u.hostid, u.range, g.hostid, g.range)
-    fd = layer.open_rootfs(c.rootfs)
-    try:
-        for sub_fd in layer.open_layer_dirs(fd, c.rootfs):
-            os.close(sub_fd)
-    finally:
-        os.close(fd)
-    changes = diff_layer(os.path.join(c.rootfs, UPPER), driver.store.lower_stack(meta.base, version), shift)
+    with layer.OpenLayer(c.rootfs) as lay:
+        changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())
     if args.format == "json":
         emit(args, [ch.to_json() for ch in changes], [])
         return
@@ -545,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pycor: error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"  hint: {e.hint}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"pycor: error: {e.strerror or e}:{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pycor: interrupted", file=sys.stderr)

@@ -18,6 +18,8 @@ import os
 import stat
 
 from . import linux
+from .fsutil import walk
+from .idmap import IdMap
 from .overlay import is_opaque, stat_is_whiteout
 
 
@@ -99,53 +101,51 @@ class LowerStack:
             os.close(fd)
 
 
-Shift = tuple[int, int, int, int]  # uid base, uid count, gid base, gid count
+def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) -> list[Change]:
+    """Changes recorded in upper (a path or a directory fd) against the lower stack (top first), sorted by path.
 
-
-def diff_layer(upper: str, lowers: list[str], shift: Shift | None = None) -> list[Change]:
-    """Changes recorded in upper against the lower stack (top first), sorted by path.
-
-    shift: the host ids of an unprivileged container's root, so that its
-    copied-up directories compare equal to the base's root-owned ones.
+    idmap: an unprivileged container's map, so that its copied-up
+    directories, owned by host ids, compare equal to the base's.
     """
     stack = LowerStack(lowers)
     changes: list[Change] = []
+    hidden: list[str] = []  # directories whose lower contents do not show: added or opaque
     try:
-        _walk(upper, "", stack, changes, False, shift)
+        for rel, st, parent, name in walk(upper, strict=False):
+            kind = file_type(st.st_mode)
+            under = any(rel.startswith(h + "/") for h in hidden)
+            lower = None if under else stack.lookup(rel)
+            if stat_is_whiteout(st):
+                if lower is not None:
+                    changes.append(Change("/" + rel, "deleted", file_type(lower.st_mode)))
+                continue
+            if kind != "dir":
+                changes.append(Change("/" + rel, "added" if lower is None else "changed", kind))
+                continue
+            opaque = _is_opaque_at(parent, name)
+            if lower is None:
+                changes.append(Change("/" + rel, "added", kind))
+                hidden.append(rel)
+            elif opaque:
+                changes.append(Change("/" + rel, "replaced", kind))
+                hidden.append(rel)
+            elif _meta_differs(st, lower, idmap):
+                changes.append(Change("/" + rel, "changed", kind))
     finally:
         stack.close()
     return sorted(changes, key=lambda c: c.path)
 
 
-def _walk(upper: str, rel: str, stack: LowerStack, out: list[Change], under_opaque: bool, shift: Shift | None) -> None:
-    with os.scandir(os.path.join(upper, rel) if rel else upper) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        path = f"{rel}/{entry.name}" if rel else entry.name
-        st = entry.stat(follow_symlinks=False)
-        kind = file_type(st.st_mode)
-        lower = None if under_opaque else stack.lookup(path)
-        if stat_is_whiteout(st):
-            if lower is not None:
-                out.append(Change("/" + path, "deleted", file_type(lower.st_mode)))
-            continue
-        if kind == "dir":
-            opaque = is_opaque(entry.path)
-            if lower is None:
-                out.append(Change("/" + path, "added", kind))
-            elif opaque:
-                out.append(Change("/" + path, "replaced", kind))
-            elif _meta_differs(st, lower, shift):
-                out.append(Change("/" + path, "changed", kind))
-            _walk(upper, path, stack, out, under_opaque or opaque or lower is None, shift)
-        else:
-            out.append(Change("/" + path, "added" if lower is None else "changed", kind))
+def _is_opaque_at(parent: int, name: str) -> bool:
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        return is_opaque(linux.fd_path(fd))
+    finally:
+        os.close(fd)
 
 
-def _meta_differs(a: os.stat_result, b: os.stat_result, shift: Shift | None) -> bool:
+def _meta_differs(a: os.stat_result, b: os.stat_result, idmap: IdMap | None) -> bool:
     uid, gid = a.st_uid, a.st_gid
-    if shift:
-        ub, uc, gb, gc = shift
-        uid = uid - ub if ub <= uid < ub + uc else uid
-        gid = gid - gb if gb <= gid < gb + gc else gid
+    if idmap is not None:
+        uid, gid = idmap.host_to_ns("u", uid), idmap.host_to_ns("g", gid)
     return (a.st_mode, uid, gid) != (b.st_mode, b.st_uid, b.st_gid)

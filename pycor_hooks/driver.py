@@ -87,8 +87,7 @@ def layer_id(base: str, layer_path: str) -> str:
 
 def check_layer_owner(st: os.stat_result, idmap, name: str, rootfs: str) -> None:  # type: ignore[no-untyped-def]
     """upper and work must belong to container root, or the overlay mounted in its namespace cannot write."""
-    root_uid = next(e.hostid for e in idmap.entries if e.kind == "u" and e.nsid == 0)
-    root_gid = next(e.hostid for e in idmap.entries if e.kind == "g" and e.nsid == 0)
+    root_uid, root_gid = idmap.root()
     if (st.st_uid, st.st_gid) != (root_uid, root_gid):
         raise PycorError(
             f"container {name}: {rootfs}/.pycor/upper and work belong to {st.st_uid}:{st.st_gid}, "
@@ -162,18 +161,12 @@ class Driver:
         the container cannot write) the lower stack is made of idmapped views
         of the base layers, shared by every container with the same map.
         """
-        meta = self.volume_meta(rootfs)
         idmap = read_idmap(config_file)
-        fd = layer.open_rootfs(rootfs)
-        try:
-            for sub in layer.open_layer_dirs(fd, rootfs):
-                try:
-                    if idmap is not None:
-                        check_layer_owner(os.fstat(sub), idmap, name, rootfs)
-                finally:
-                    os.close(sub)
-        finally:
-            os.close(fd)
+        with layer.OpenLayer(rootfs) as lay:
+            meta = lay.meta
+            if idmap is not None:
+                for fd in (lay.upper_fd, lay.work_fd):
+                    check_layer_owner(os.fstat(fd), idmap, name, rootfs)
         with self.store.lock(exclusive=False):
             if not self.store.exists(meta.base):
                 raise PycorError(

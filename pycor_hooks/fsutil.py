@@ -1,54 +1,92 @@
-"""Filesystem helpers for the front ends: sizes and removal, never following symlinks."""
+"""Filesystem helpers for the front ends: walks, sizes and removal, never following symlinks.
+
+Container layers are walked by host root while the container may run: every
+directory is entered through its parent's file descriptor with O_NOFOLLOW,
+so a directory swapped for a symlink is never followed out of the tree.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+
+from .errors import PycorError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk(root: str | int, strict: bool = True) -> Iterator[tuple[str, os.stat_result, int, str]]:
+    """Every entry below root, depth first and iteratively: (relative path, lstat, parent dir fd, name).
+
+    Each directory is opened from root with openat2(RESOLVE_BENEATH |
+    RESOLVE_NO_SYMLINKS): a directory swapped for a symlink is never followed,
+    and only one directory is open at a time however wide the tree. The
+    parent fd is valid while the caller handles the entry (use it with
+    dir_fd= to act on the entry). A directory that cannot be entered raises
+    PycorError when strict, else is skipped.
+    """
+    from .linux import open_beneath
+
+    top = os.open(root, _DIR_FLAGS) if isinstance(root, str) else os.open(".", _DIR_FLAGS, dir_fd=root)
+    pending = [""]
+    try:
+        while pending:
+            rel = pending.pop()
+            try:
+                fd = open_beneath(top, rel, os.O_RDONLY | os.O_DIRECTORY) if rel else os.dup(top)
+            except OSError as e:
+                if strict:
+                    raise PycorError(f"cannot enter {rel}: {e.strerror}", "was it replaced while pycor read it?") from None
+                continue
+            try:
+                for name in sorted(os.listdir(fd), reverse=True):
+                    path = f"{rel}/{name}" if rel else name
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone while we looked (a running container)
+                    yield path, st, fd, name
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(path)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 def disk_usage(path: str) -> int:
     """Bytes allocated under path, each hard-linked inode counted once, symlinks not followed."""
+    try:
+        top = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(top.st_mode):
+        return top.st_blocks * 512
     seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [path]
-    while stack:
-        top = stack.pop()
-        try:
-            st = os.lstat(top)
-        except FileNotFoundError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key not in seen:
-            seen.add(key)
-            total += st.st_blocks * 512
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                with os.scandir(top) as it:
-                    stack.extend(e.path for e in it)
-            except (FileNotFoundError, NotADirectoryError):
-                pass
+    total = top.st_blocks * 512
+    try:
+        for _, st, _, _ in walk(path, strict=False):
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_blocks * 512
+    except OSError:
+        pass  # a tree that changes under us gets the size read so far
     return total
 
 
 def remove_tree(path: str) -> None:
-    """Remove a directory tree we own; shutil.rmtree never follows symlinks inside it."""
-    if os.path.islink(path) or not os.path.lexists(path):
-        if os.path.lexists(path):
-            os.unlink(path)
-        return
-    # Directories made unreadable (overlayfs' work/work is mode 000) need their mode back first.
-    def onerror(func, p, exc):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(p)
-        if not os.path.islink(parent):
-            os.chmod(parent, 0o700)
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.chmod(p, 0o700)
-            shutil.rmtree(p, onerror=onerror)
-        else:
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
+    """Remove a directory tree we own (root needs no mode bits); rmtree never follows symlinks inside it."""
+    try:
+        if os.path.islink(path) or not os.path.isdir(path):
+            if os.path.lexists(path):
+                os.unlink(path)
+            return
+        shutil.rmtree(path)
+    except OSError as e:
+        raise PycorError(f"cannot remove {e.filename or path}: {e.strerror}", "is something mounted or busy below it?") from None
 
 
 def human_size(n: float) -> str:

@@ -84,9 +84,14 @@ def main(hook: str, argv: list[str] | None = None) -> int:
     try:
         run(hook, sys.argv[1:] if argv is None else argv)
         return 0
-    except (PycorError, OSError) as e:
+    except (PycorError, OSError, ValueError, KeyError) as e:
         who = os.environ.get("LXC_NAME") or "?"
-        text = str(e) if isinstance(e, PycorError) else f"{e.strerror}: {e.filename}"
+        if isinstance(e, OSError):
+            text = f"{e.strerror}: {e.filename}"
+        elif isinstance(e, PycorError):
+            text = str(e)
+        else:  # a damaged record under /run/pycor or the store
+            text = f"unreadable pycor record ({type(e).__name__}: {e})"
         line = f"pycor-{hook}: container {who}: {text}"
         # LXC files a hook's stdout in the container's log (lxc-start -o, at
         # INFO level) and passes stderr to lxc-start's own: say it on both.

@@ -268,11 +268,11 @@ def staging_dir(store: Store, name: str) -> Iterator[str]:
     try:
         yield staging
     except BaseException:
-        _discard(staging)
+        discard_staging(staging)
         raise
 
 
-def _discard(staging: str) -> None:
+def discard_staging(staging: str) -> None:
     if not os.path.lexists(staging):
         return
     # Never walk into a mount (a helper's /proc or /sys bind): detach them first.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from . import linux
 from .errors import PycorError
@@ -55,7 +56,12 @@ def open_rootfs(rootfs: str) -> int:
 
 
 def is_layer(rootfs: str) -> bool:
-    return os.path.isfile(os.path.join(rootfs, META)) and not os.path.islink(os.path.join(rootfs, PYCOR_DIR))
+    """Whether rootfs holds a pycor layer: a real .pycor directory with a regular layer.json (no symlink followed)."""
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(rootfs, PYCOR_DIR)).st_mode) and \
+            stat.S_ISREG(os.lstat(os.path.join(rootfs, META)).st_mode)
+    except OSError:
+        return False
 
 
 def parse_meta(data: bytes, where: str) -> LayerMeta:
@@ -71,12 +77,15 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
 def read_meta(rootfs_fd: int, rootfs: str) -> LayerMeta:
     where = os.path.join(rootfs, META)
     try:
-        fd = linux.open_beneath(rootfs_fd, META, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted here must not hang a hook
+        fd = linux.open_beneath(rootfs_fd, META, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PycorError(f"{where} is missing: this is not a pycor container", "create it with 'lxc-create -t pycor' or 'pycor create'") from None
     except OSError as e:
         raise PycorError(f"refusing to open {where}: {e.strerror}", "a symlink was planted in the container's layer; remove it") from None
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PycorError(f"{where} is not a regular file", "something replaced the container's layer metadata; recreate it")
         data = f.read(META_LIMIT + 1)
     if len(data) > META_LIMIT:
         raise PycorError(f"{where} is larger than {META_LIMIT} bytes", "it was not written by pycor")
@@ -89,13 +98,17 @@ def write_meta(rootfs: str, meta: LayerMeta) -> None:
         dfd = linux.open_beneath(fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         os.close(fd)
+    tmp = f"layer.json.tmp{os.getpid()}"
     try:
-        tmp = f"layer.json.tmp{os.getpid()}"
-        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-        with os.fdopen(wfd, "w", encoding="utf-8") as f:
-            json.dump(meta.to_json(), f)
-            f.write("\n")
-        os.rename(tmp, "layer.json", src_dir_fd=dfd, dst_dir_fd=dfd)
+        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        try:
+            with os.fdopen(wfd, "w", encoding="utf-8") as f:
+                json.dump(meta.to_json(), f)
+                f.write("\n")
+            os.rename(tmp, "layer.json", src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
     finally:
         os.close(dfd)
 
@@ -115,8 +128,12 @@ def create_layer(rootfs: str, meta: LayerMeta, uid: int = 0, gid: int = 0) -> No
         for sub, mode in (("upper", 0o755), ("work", 0o700)):
             path = f"{PYCOR_DIR}/{sub}"
             os.mkdir(path, mode, dir_fd=fd)
-            os.chown(path, uid, gid, dir_fd=fd, follow_symlinks=False)
-        os.chmod(os.path.join(rootfs, UPPER), 0o755)  # mkdir honoured the umask
+            sfd = linux.open_beneath(fd, path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fchown(sfd, uid, gid)
+                os.fchmod(sfd, mode)  # mkdir honoured the umask
+            finally:
+                os.close(sfd)
     finally:
         os.close(fd)
     write_meta(rootfs, meta)
@@ -139,3 +156,32 @@ def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
             os.close(fd)
         raise
     return fds[0], fds[1]
+
+
+class OpenLayer:
+    """A container's layer, checked and held open: meta, and O_PATH fds of rootfs, upper and work.
+
+    Callers act on the fds (or their /proc/self/fd paths), never on path
+    strings, so nothing swapped in after the check is followed.
+    """
+
+    def __init__(self, rootfs: str) -> None:
+        self.rootfs = rootfs
+        self.rootfs_fd = open_rootfs(rootfs)
+        try:
+            self.meta = read_meta(self.rootfs_fd, rootfs)
+            self.upper_fd, self.work_fd = open_layer_dirs(self.rootfs_fd, rootfs)
+        except BaseException:
+            os.close(self.rootfs_fd)
+            raise
+
+    @property
+    def upper(self) -> str:
+        return linux.fd_path(self.upper_fd)
+
+    def __enter__(self) -> "OpenLayer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in (self.upper_fd, self.work_fd, self.rootfs_fd):
+            os.close(fd)

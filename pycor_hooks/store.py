@@ -256,18 +256,29 @@ class Store:
                 raise
         return self.version(name, "1")
 
-    def publish_version(self, name: str, staging: str, parent: str | None, source: str, size: int) -> Version:
-        """Make the layer at staging/rootfs the next version of a base and switch 'current' to it."""
+    def publish_version(self, name: str, staging: str, parent: str | None, source: str, size: int,
+                        expected_current: str | None = None) -> Version:
+        """Make the layer at staging/rootfs the next version of a base and switch 'current' to it.
+
+        expected_current: refuse if 'current' moved meanwhile (another update
+        published), rather than silently dropping that version's changes.
+        """
         with self.lock():
             self.require(name)
+            if expected_current is not None and self.current(name) != expected_current:
+                raise PycorError(
+                    f"base {name} moved to version {self.current(name)} while this was built on {expected_current}",
+                    "run the command again on the new current version",
+                )
             vdir = os.path.join(self.base_dir(name), "versions")
-            number = str(max((int(v) for v in os.listdir(vdir) if v.isdigit()), default=0) + 1)
-            target = os.path.join(vdir, number)
-            os.rename(staging, target)
-            os.chmod(target, 0o755)
-            write_json(os.path.join(target, "version.json"),
+            number = str(max((int(v.lstrip(".").split(".")[0]) for v in os.listdir(vdir)
+                              if v.lstrip(".").split(".")[0].isdigit()), default=0) + 1)
+            write_json(os.path.join(staging, "version.json"),
                        {"version": int(number), "parent": int(parent) if parent else None, "created": time.time(),
                         "size": size, "source": source})
+            target = os.path.join(vdir, number)
+            os.rename(staging, target)  # the version appears whole, or not at all
+            os.chmod(target, 0o755)
             self.set_current(name, number)
         return self.version(name, number)
 

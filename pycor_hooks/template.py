@@ -93,9 +93,7 @@ def mapped_root(keys: dict[str, list[str]], extra: list[str]) -> tuple[int, int]
     idmap = IdMap.parse_lxc_config(text)
     if idmap.is_empty:
         return 0, 0
-    idmap.check()
-    return (next(e.hostid for e in idmap.entries if e.kind == "u" and e.nsid == 0),
-            next(e.hostid for e in idmap.entries if e.kind == "g" and e.nsid == 0))
+    return idmap.check().root()
 
 
 def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, store: Store,

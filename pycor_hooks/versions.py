@@ -14,16 +14,18 @@ import contextlib
 import fcntl
 import os
 import shlex
+import shutil
 import stat
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import layer as layers
 from . import linux, overlay
 from .errors import PycorError
-from .fsutil import disk_usage, remove_tree
-from .imports import Progress, copy_tree
+from .fsutil import disk_usage, remove_tree, walk
+from .idmap import IdMap
+from .imports import Progress, copy_tree, discard_staging
 from .install import LXC_HOOKS_DIR
 from .layer import LayerMeta
 from .store import Store, Version
@@ -35,19 +37,15 @@ SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one la
 # -- turning an upper directory into a lower layer -----------------------------------
 
 
-def _shift(value: int, base: int, count: int) -> int:
-    return value - base if base <= value < base + count else value
-
-
-def _shift_caps(raw: bytes, uid_base: int, uid_count: int) -> bytes:
+def _shift_caps(raw: bytes, idmap: IdMap) -> bytes:
     """A v3 file capability names the namespace root's host uid; move it like the owners."""
     if len(raw) == 24 and struct.unpack_from("<I", raw)[0] >> 24 == 3:
         rootid = struct.unpack_from("<I", raw, 20)[0]
-        return raw[:20] + struct.pack("<I", _shift(rootid, uid_base, uid_count))
+        return raw[:20] + struct.pack("<I", idmap.host_to_ns("u", rootid))
     return raw
 
 
-def normalize_layer(root: str, uid_shift: tuple[int, int] | None = None, gid_shift: tuple[int, int] | None = None) -> None:
+def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
     """Make an upper directory fit to be a lower layer for every kind of overlay mount.
 
     - an opaque directory carries both trusted.overlay.opaque (read by
@@ -55,43 +53,53 @@ def normalize_layer(root: str, uid_shift: tuple[int, int] | None = None, gid_shi
       inside user namespaces);
     - other overlay xattrs (origin, impure, redirect...) are dropped: they
       describe the old upper, not this layer;
-    - with a shift, ids of an unprivileged container's layer (host id
-      BASE+n) become what the container saw (n), keeping setuid bits and
+    - with the idmap of an unprivileged container, host ids become what the
+      container saw, through every range of its map, keeping setuid bits and
       file capabilities that chown would clear.
-    Never follows a symlink.
+    Works through directory fds; never follows a symlink.
     """
-    _normalize_entry(root, uid_shift, gid_shift)
-    for dirpath, dirnames, filenames in os.walk(root):  # os.walk never descends into a symlink
-        for name in dirnames + filenames:
-            _normalize_entry(os.path.join(dirpath, name), uid_shift, gid_shift)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(root, str) else os.dup(root)
+    try:
+        _normalize_entry(top, ".", os.fstat(top), idmap)
+        for _, st, parent, name in walk(top):
+            _normalize_entry(parent, name, st, idmap)
+    finally:
+        os.close(top)
 
 
-def _normalize_entry(path: str, uid_shift: tuple[int, int] | None, gid_shift: tuple[int, int] | None) -> None:
-    st = os.lstat(path)
-    is_dir = stat.S_ISDIR(st.st_mode)
+def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None) -> None:
     is_link = stat.S_ISLNK(st.st_mode)
+    caps = None
     if not is_link:
-        names = os.listxattr(path, follow_symlinks=False)
-        opaque = is_dir and overlay.is_opaque(path)
-        for name in names:
-            if name.startswith(("trusted.overlay.", "user.overlay.")):
-                os.removexattr(path, name, follow_symlinks=False)
-        if opaque:
-            for name in overlay.OPAQUE_XATTRS:
-                os.setxattr(path, name, OPAQUE, follow_symlinks=False)
-    if uid_shift or gid_shift:
-        uid = _shift(st.st_uid, *uid_shift) if uid_shift else st.st_uid
-        gid = _shift(st.st_gid, *gid_shift) if gid_shift else st.st_gid
-        if (uid, gid) != (st.st_uid, st.st_gid):
-            caps = None
-            if stat.S_ISREG(st.st_mode):
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            path = linux.fd_path(fd)
+            opaque = stat.S_ISDIR(st.st_mode) and overlay.is_opaque(path)
+            for attr in os.listxattr(path):
+                if attr.startswith(("trusted.overlay.", "user.overlay.")):
+                    os.removexattr(path, attr)
+            if opaque:
+                for attr in overlay.OPAQUE_XATTRS:
+                    os.setxattr(path, attr, OPAQUE)
+            if idmap is not None and stat.S_ISREG(st.st_mode):
                 with contextlib.suppress(OSError):
-                    caps = os.getxattr(path, "security.capability", follow_symlinks=False)
-            os.chown(path, uid, gid, follow_symlinks=False)
-            if not is_link:
-                os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared setuid and setgid
-            if caps is not None:
-                os.setxattr(path, "security.capability", _shift_caps(caps, *(uid_shift or (0, 0))), follow_symlinks=False)
+                    caps = os.getxattr(path, "security.capability")
+        finally:
+            os.close(fd)
+    if idmap is None:
+        return
+    uid, gid = idmap.host_to_ns("u", st.st_uid), idmap.host_to_ns("g", st.st_gid)
+    if (uid, gid) == (st.st_uid, st.st_gid):
+        return
+    os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+    if not is_link:
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent)  # chown cleared setuid and setgid
+    if caps is not None:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.setxattr(linux.fd_path(fd), "security.capability", _shift_caps(caps, idmap))
+        finally:
+            os.close(fd)
 
 
 # -- read-only merged views ---------------------------------------------------------------
@@ -99,15 +107,13 @@ def _normalize_entry(path: str, uid_shift: tuple[int, int] | None, gid_shift: tu
 
 @contextlib.contextmanager
 def merged_view(lowerdirs: list[str], at: str, userxattr: bool = False) -> Iterator[str]:
-    """Mount a read-only overlay of lowerdirs (top first) at a fresh directory; unmount on exit."""
+    """Mount a read-only overlay of lowerdirs (top first, at least two) at a fresh directory; unmount on exit."""
+    if len(lowerdirs) < 2:
+        raise ValueError("overlayfs needs two lower layers when it has no upper")
     os.mkdir(at, 0o700)
     try:
-        if len(lowerdirs) == 1:  # overlayfs wants two layers when it has no upper: a read-only bind is the same view
-            linux.mount(lowerdirs[0], at, None, linux.MS_BIND)
-            linux.mount("none", at, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
-        else:
-            opts = "lowerdir=" + ":".join(overlay.escape(p) for p in lowerdirs)
-            linux.mount("overlay", at, "overlay", linux.MS_RDONLY, opts + (",userxattr" if userxattr else ""))
+        opts = "lowerdir=" + ":".join(overlay.escape(p) for p in lowerdirs)
+        linux.mount("overlay", at, "overlay", linux.MS_RDONLY, opts + (",userxattr" if userxattr else ""))
         try:
             yield at
         finally:
@@ -117,6 +123,16 @@ def merged_view(lowerdirs: list[str], at: str, userxattr: bool = False) -> Itera
 
 
 # -- update -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _staging(store: Store, label: str) -> Iterator[str]:
+    """A staging directory, removed on the way out unless it was published (renamed into the store)."""
+    path = store.new_staging(label)
+    try:
+        yield path
+    finally:
+        discard_staging(path)  # unmounts anything left below it first
 
 
 @contextlib.contextmanager
@@ -180,8 +196,7 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
     with _base_update_lock(store, base):
         current = store.current(base)
         stack = store.lower_stack(base, current)
-        staging = store.new_staging(f"{base}.update")
-        try:
+        with _staging(store, f"{base}.update") as staging:
             lxcpath = os.path.join(staging, "lxc")
             rootfs = os.path.join(lxcpath, "builder", "rootfs")
             os.makedirs(rootfs, mode=0o755)
@@ -197,16 +212,12 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
                 )
             upper = os.path.join(rootfs, layers.UPPER)
             if not os.listdir(upper):
-                remove_tree(staging)
                 return None
             normalize_layer(upper)
             os.rename(upper, os.path.join(staging, "rootfs"))
             remove_tree(lxcpath)
-            return store.publish_version(base, staging, current, f"update: {shlex.join(argv)}", disk_usage(os.path.join(staging, "rootfs")))
-        except BaseException:
-            if os.path.lexists(staging):
-                remove_tree(staging)
-            raise
+            return store.publish_version(base, staging, current, f"update: {shlex.join(argv)}",
+                                         disk_usage(os.path.join(staging, "rootfs")), expected_current=current)
 
 
 def squash_base(store: Store, base: str, progress: Progress | None = None) -> Version:
@@ -217,17 +228,13 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
         stack = store.lower_stack(base, current)
         if len(stack) == 1:
             raise PycorError(f"base {base} version {current} is already one layer", "nothing to squash")
-        staging = store.new_staging(f"{base}.squash")
-        try:
+        with _staging(store, f"{base}.squash") as staging:
             rootfs = os.path.join(staging, "rootfs")
             os.mkdir(rootfs)
             with merged_view(stack, os.path.join(staging, "merged")) as merged:
                 copy_tree(merged, rootfs, progress or Progress())
-            return store.publish_version(base, staging, None, f"squash of version {current} ({len(stack)} layers)", disk_usage(rootfs))
-        except BaseException:
-            if os.path.lexists(staging):
-                remove_tree(staging)
-            raise
+            return store.publish_version(base, staging, None, f"squash of version {current} ({len(stack)} layers)",
+                                         disk_usage(rootfs), expected_current=current)
 
 
 def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | None, to_base: str | None,
@@ -236,53 +243,38 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
 
     With --to the container's own base at its current version, the container's
     layer becomes one more layer on top (cheap, shares every base inode);
-    otherwise the merged view is copied into one layer.
+    otherwise the merged view is copied into one layer. The layer is read
+    through the fds checked when it was opened, never by path.
     """
-    from .idmap import IdMap
-
-    fd = layers.open_rootfs(rootfs)
-    try:
-        meta = layers.read_meta(fd, rootfs)
-        for sub in layers.open_layer_dirs(fd, rootfs):
-            os.close(sub)
-    finally:
-        os.close(fd)
-    store.require(meta.base)
-    version = meta.pin or store.current(meta.base)
-    stack = store.lower_stack(meta.base, version)
-    upper = os.path.join(rootfs, layers.UPPER)
-    idmap = IdMap.parse_lxc_config(idmap_text or "")
-    uid_shift = gid_shift = None
-    if not idmap.is_empty:
-        idmap.check()
-        uid = next(e for e in idmap.entries if e.kind == "u" and e.nsid == 0)
-        gid = next(e for e in idmap.entries if e.kind == "g" and e.nsid == 0)
-        uid_shift, gid_shift = (uid.hostid, uid.range), (gid.hostid, gid.range)
     target = as_base or to_base
     assert target is not None
-    if as_base and store.exists(as_base):
-        raise PycorError(f"base {as_base!r} already exists", f"use --to {as_base} to add a version to it, or pick a new name")
-    if to_base:
-        store.require(to_base)
-    staging = store.new_staging(f"{target}.commit")
-    try:
-        new = os.path.join(staging, "rootfs")
-        os.mkdir(new)
-        on_top = to_base == meta.base and version == store.current(to_base)
-        if on_top:
-            copy_tree(upper, new, progress or Progress())
-        else:
-            with merged_view([upper, *stack], os.path.join(staging, "merged"), userxattr=uid_shift is not None) as merged:
-                copy_tree(merged, new, progress or Progress())
-        normalize_layer(new, uid_shift, gid_shift)
-        source = f"commit of {rootfs}"
-        if as_base:
-            return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
-        return store.publish_version(to_base, staging, version if on_top else None, source, disk_usage(new))  # type: ignore[arg-type]
-    except BaseException:
-        if os.path.lexists(staging):
-            remove_tree(staging)
-        raise
+    idmap = IdMap.parse_lxc_config(idmap_text or "")
+    idmap = None if idmap.is_empty else idmap.check()
+    with layers.OpenLayer(rootfs) as lay:
+        meta = lay.meta
+        store.require(meta.base)
+        if as_base and store.exists(as_base):
+            raise PycorError(f"base {as_base!r} already exists", f"use --to {as_base} to add a version to it, or pick a new name")
+        if to_base:
+            store.require(to_base)
+        with _base_update_lock(store, to_base) if to_base else contextlib.nullcontext():
+            version = meta.pin or store.current(meta.base)
+            stack = store.lower_stack(meta.base, version)
+            on_top = to_base == meta.base and version == store.current(to_base)
+            with _staging(store, f"{target}.commit") as staging:
+                new = os.path.join(staging, "rootfs")
+                os.mkdir(new)
+                if on_top:
+                    copy_tree(lay.upper, new, progress or Progress())
+                else:
+                    with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
+                        copy_tree(merged, new, progress or Progress())
+                normalize_layer(new, idmap)
+                source = f"commit of {rootfs}"
+                if as_base:
+                    return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
+                return store.publish_version(target, staging, version if on_top else None, source, disk_usage(new),
+                                             expected_current=store.current(target))
 
 
 # -- garbage collection and reset ----------------------------------------------------------------
@@ -299,12 +291,18 @@ def versions_in_use(store: Store, base: str, used: set[str]) -> set[str]:
     return keep
 
 
-def gc(store: Store, used: dict[str, set[str]]) -> list[tuple[str, str]]:
-    """Remove versions neither current nor used (used: base -> versions containers use). Returns what went."""
+def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> list[tuple[str, str]]:
+    """Remove versions neither current nor used; returns what went.
+
+    used() lists, per base, the versions containers use (running, pinned).
+    It is called under the store's exclusive lock, so no container can start
+    on a version between the count and the removal.
+    """
     removed = []
     with store.lock():
+        in_use = used()
         for base in store.base_names():
-            keep = versions_in_use(store, base, used.get(base, set()))
+            keep = versions_in_use(store, base, in_use.get(base, set()))
             for v in store.versions(base):
                 if v.version not in keep:
                     doomed = os.path.join(store.base_dir(base), "versions", f".{v.version}.rm")
@@ -325,26 +323,25 @@ def _remove_stale_staging(store: Store) -> None:
     for entry in entries:
         parts = entry.rsplit(".", 2)
         if len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-            remove_tree(os.path.join(store.staging_dir, entry))
+            discard_staging(os.path.join(store.staging_dir, entry))
 
 
 def reset(rootfs: str) -> None:
-    """Discard a stopped container's changes: empty upper and work, same owners and modes."""
-    fd = layers.open_rootfs(rootfs)
-    try:
-        layers.read_meta(fd, rootfs)
-        for sub in layers.open_layer_dirs(fd, rootfs):
-            os.close(sub)
-    finally:
-        os.close(fd)
-    for rel in (layers.UPPER, layers.WORK):
-        path = os.path.join(rootfs, rel)
-        st = os.lstat(path)
-        fresh = f"{path}.reset{os.getpid()}"
-        os.mkdir(fresh, stat.S_IMODE(st.st_mode))
-        os.chown(fresh, st.st_uid, st.st_gid, follow_symlinks=False)
-        os.chmod(fresh, stat.S_IMODE(st.st_mode))
-        old = f"{path}.old{os.getpid()}"
-        os.rename(path, old)
-        os.rename(fresh, path)
-        remove_tree(old)
+    """Discard a stopped container's changes: fresh upper and work, same owners and modes.
+
+    Everything happens relative to the checked .pycor directory's fd.
+    """
+    with layers.OpenLayer(rootfs) as lay:
+        dfd = linux.open_beneath(lay.rootfs_fd, layers.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, fd in (("upper", lay.upper_fd), ("work", lay.work_fd)):
+                st = os.fstat(fd)
+                fresh, old = f"{name}.reset{os.getpid()}", f"{name}.old{os.getpid()}"
+                os.mkdir(fresh, 0o700, dir_fd=dfd)
+                os.chown(fresh, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+                os.chmod(fresh, stat.S_IMODE(st.st_mode), dir_fd=dfd)
+                os.rename(name, old, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.rename(fresh, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                shutil.rmtree(old, dir_fd=dfd)
+        finally:
+            os.close(dfd)

@@ -111,6 +111,16 @@ def test_base_rm_refuses_while_used_and_names_users(make_container, env, lxcpath
     assert not os.path.exists(os.path.join(store, "bases", "used"))
 
 
+def test_fifo_planted_as_layer_metadata_fails_the_start_instead_of_hanging(make_container):
+    c = make_container()
+    meta = os.path.join(c.rootfs, ".pycor", "layer.json")
+    os.unlink(meta)
+    os.mkfifo(meta)
+    proc = c.lxc("lxc-start", "-l", "DEBUG", "-o", c.log, check=False)
+    assert proc.returncode != 0
+    assert "layer.json is not a regular file" in open(c.log).read()
+
+
 @pytest.mark.parametrize("planted", ["upper", "work", "layer.json"])
 def test_planted_symlink_in_layer_stops_the_start_and_touches_nothing_outside(make_container, session_dir, planted):
     c = make_container()

@@ -87,3 +87,46 @@ def test_template_reports_missing_network_links():
     keys = {"lxc.net.0.type": ["veth"], "lxc.net.0.link": ["no-such-br0"], "lxc.net.1.link": ["lo"]}
     assert template.missing_links(keys) == ["no-such-br0"]
     assert os.path.exists("/sys/class/net/lo")
+
+
+def test_idmap_root_and_host_to_ns_cover_every_range():
+    from pycor_hooks.idmap import IdMap
+
+    m = IdMap.parse_lxc_config("lxc.idmap = u 0 100000 1000\nlxc.idmap = u 1000 1000 1\n"
+                               "lxc.idmap = u 1001 101001 64535\nlxc.idmap = g 0 200000 65536\n").check()
+    assert m.root() == (100000, 200000)
+    assert [m.host_to_ns("u", i) for i in (100000, 100999, 1000, 101001, 165535, 7)] == [0, 999, 1000, 1001, 65535, 7]
+    assert m.host_to_ns("g", 200033) == 33
+
+
+def test_walk_never_follows_a_directory_swapped_for_a_symlink(tmp_path):
+    from pycor_hooks.fsutil import walk
+
+    (tmp_path / "tree" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "tree" / "a" / "b" / "f").write_text("x")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("s")
+    seen = []
+    for rel, st, _, _ in walk(str(tmp_path / "tree"), strict=False):
+        seen.append(rel)
+        if rel == "a":  # swap a/b for a link out of the tree after it was listed
+            os.rename(tmp_path / "tree" / "a" / "b", tmp_path / "moved")
+            os.symlink(tmp_path / "outside", tmp_path / "tree" / "a" / "b")
+    assert "a/b/secret" not in seen and seen[:2] == ["a", "a/b"]
+
+
+def test_publish_version_refuses_when_current_moved(tmp_path):
+    from pycor_hooks.store import Store
+
+    store = Store(str(tmp_path / "store"))
+
+    def staged() -> str:
+        s = store.new_staging("t")
+        os.makedirs(os.path.join(s, "rootfs", "etc"))
+        return s
+
+    store.publish_base("b", staged(), "test", 1, [])
+    store.publish_version("b", staged(), "1", "update", 1, expected_current="1")
+    with pytest.raises(PycorError, match="moved to version 2"):
+        store.publish_version("b", staged(), "1", "update", 1, expected_current="1")
+    assert store.current("b") == "2" and [v.version for v in store.versions("b")] == ["1", "2"]
