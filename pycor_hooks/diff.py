@@ -96,7 +96,7 @@ class LowerStack:
         except OSError:
             return False
         try:
-            return is_opaque(linux.fd_path(fd))
+            return is_opaque(fd)
         finally:
             os.close(fd)
 
@@ -137,9 +137,12 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) 
 
 
 def _is_opaque_at(parent: int, name: str) -> bool:
-    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
-        return is_opaque(linux.fd_path(fd))
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return False  # replaced while we looked
+    try:
+        return is_opaque(fd)
     finally:
         os.close(fd)
 

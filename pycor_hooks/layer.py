@@ -177,7 +177,8 @@ class OpenLayer:
 
     @property
     def upper(self) -> str:
-        return linux.fd_path(self.upper_fd)
+        """upper as a path naming exactly the checked directory, valid in this process and its children."""
+        return f"/proc/{os.getpid()}/fd/{self.upper_fd}"
 
     def __enter__(self) -> "OpenLayer":
         return self

@@ -49,11 +49,11 @@ def stat_is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(path: str) -> bool:
-    """Whether a directory in an upper layer hides everything below it."""
+def is_opaque(dir_fd: int) -> bool:
+    """Whether a directory (an O_RDONLY fd) in a layer hides everything below it."""
     for name in OPAQUE_XATTRS:
         try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+            if os.getxattr(dir_fd, name) == b"y":
                 return True
         except OSError:
             continue

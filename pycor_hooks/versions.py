@@ -68,22 +68,22 @@ def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
 
 
 def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None) -> None:
-    is_link = stat.S_ISLNK(st.st_mode)
+    is_dir, is_reg = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
     caps = None
-    if not is_link:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    if is_dir or is_reg:  # overlay xattrs live on directories and files; whiteouts and links carry none
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
+        fd = os.open(name, flags, dir_fd=parent)
         try:
-            path = linux.fd_path(fd)
-            opaque = stat.S_ISDIR(st.st_mode) and overlay.is_opaque(path)
-            for attr in os.listxattr(path):
+            opaque = is_dir and overlay.is_opaque(fd)
+            for attr in os.listxattr(fd):
                 if attr.startswith(("trusted.overlay.", "user.overlay.")):
-                    os.removexattr(path, attr)
+                    os.removexattr(fd, attr)
             if opaque:
                 for attr in overlay.OPAQUE_XATTRS:
-                    os.setxattr(path, attr, OPAQUE)
-            if idmap is not None and stat.S_ISREG(st.st_mode):
+                    os.setxattr(fd, attr, OPAQUE)
+            if idmap is not None and is_reg:
                 with contextlib.suppress(OSError):
-                    caps = os.getxattr(path, "security.capability")
+                    caps = os.getxattr(fd, "security.capability")
         finally:
             os.close(fd)
     if idmap is None:
@@ -92,12 +92,12 @@ def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | 
     if (uid, gid) == (st.st_uid, st.st_gid):
         return
     os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
-    if not is_link:
+    if not stat.S_ISLNK(st.st_mode):
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent)  # chown cleared setuid and setgid
     if caps is not None:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
         try:
-            os.setxattr(linux.fd_path(fd), "security.capability", _shift_caps(caps, idmap))
+            os.setxattr(fd, "security.capability", _shift_caps(caps, idmap))
         finally:
             os.close(fd)
 

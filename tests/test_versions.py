@@ -84,11 +84,12 @@ def test_update_that_changes_nothing_publishes_nothing(env, base):
 
 
 def test_updated_opaque_directories_work_for_unprivileged_containers_too(make_container, env, base):
+    update(env, base, "echo old > /etc/init.d/old")
     update(env, base, "rm -rf /etc/init.d && mkdir /etc/init.d && printf '#!/bin/sh\\n' > /etc/init.d/rcS && chmod +x /etc/init.d/rcS "
                       "&& echo only > /etc/init.d/only")
     for c in (make_container(base=base), make_container(base=base, extra=("--unprivileged",))):
         c.start()
-        assert sorted(c.sh("ls /etc/init.d").stdout.split()) == ["only", "rcS"]
+        assert sorted(c.sh("ls /etc/init.d").stdout.split()) == ["only", "rcS"]  # 'old', below the opaque dir, is hidden
 
 
 def test_rollout_moves_followers_batch_by_batch_and_never_breaks_one(make_container, env, base):
