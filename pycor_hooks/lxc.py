@@ -11,7 +11,7 @@ from .errors import PycorError
 from .layer import is_layer, rootfs_dir
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
@@ -23,7 +23,7 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str
 
 
 def default_lxcpath() -> str:
-    return _run(["lxc-config", "lxc.lxcpath"]).stdout.strip() or "/var/lib/lxc"
+    return run_tool(["lxc-config", "lxc.lxcpath"]).stdout.strip() or "/var/lib/lxc"
 
 
 @dataclass
@@ -63,7 +63,7 @@ def containers(lxcpath: str) -> list[LxcContainer]:
 
 
 def state(name: str, lxcpath: str) -> str:
-    proc = _run(["lxc-info", "-n", name, "-P", lxcpath, "-s", "-H"], check=False)
+    proc = run_tool(["lxc-info", "-n", name, "-P", lxcpath, "-s", "-H"], check=False)
     return proc.stdout.strip() or "UNKNOWN"
 
 
@@ -90,7 +90,7 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
     if unprivileged:
         argv += ["--unprivileged"]
     try:
-        proc = _run(argv, check=False)
+        proc = run_tool(argv, check=False)
     finally:
         if conf:
             os.unlink(conf)
@@ -105,5 +105,5 @@ def destroy(name: str, lxcpath: str, force: bool = False) -> None:
     if state(name, lxcpath) != "STOPPED":
         if not force:
             raise PycorError(f"container {name!r} is running", f"stop it first (lxc-stop -n {name}) or use --force")
-        _run(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], check=False)
-    _run(["lxc-destroy", "-n", name, "-P", lxcpath])
+        run_tool(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], check=False)
+    run_tool(["lxc-destroy", "-n", name, "-P", lxcpath])

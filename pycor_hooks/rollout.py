@@ -31,11 +31,11 @@ class Outcome:
 
 def restart(c, project_client=None) -> None:  # type: ignore[no-untyped-def]
     if c.runtime == "lxc":
-        lxc._run(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
+        lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
         if lxc.state(c.name, c.lxcpath) != "STOPPED":
-            lxc._run(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
-        lxc._run(["lxc-start", "-n", c.name, "-P", c.lxcpath])
-        lxc._run(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
+            lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
+        lxc.run_tool(["lxc-start", "-n", c.name, "-P", c.lxcpath])
+        lxc.run_tool(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
     else:
         project_client.set_state(c.name, "restart")
 
