@@ -265,15 +265,14 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             meta = driver.volume_meta(c.rootfs)
         except PycorError:
             continue
-        state = c.state
-        run = driver.run_state(c.name, c.rootfs) if state == "RUNNING" else None
+        known = driver.store.exists(meta.base)
         rows.append({
             "name": c.name,
             "runtime": c.runtime,
             "base": meta.base,
-            "version": run.version if run else (meta.pin or driver.store.current(meta.base) if driver.store.exists(meta.base) else "-"),
+            "version": driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
             "pinned": meta.pin is not None,
-            "state": state,
+            "state": c.state,
             "changes": disk_usage(os.path.join(c.rootfs, UPPER)),
             "lxcpath": c.lxcpath,
         })
@@ -294,8 +293,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         version = check_version(args.version)
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
-        state = driver.run_state(c.name, c.rootfs) if c.state == "RUNNING" else None
-        version = state.version if state else driver.store.current(meta.base)
+        version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
     write_meta(c.rootfs, LayerMeta(meta.base, version))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
@@ -329,8 +327,7 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    state = driver.run_state(c.name, c.rootfs) if c.state == "RUNNING" else None
-    version = state.version if state else (meta.pin or driver.store.current(meta.base))
+    version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
     with layer.OpenLayer(c.rootfs) as lay:
         changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())

@@ -120,6 +120,11 @@ class Driver:
         finally:
             os.close(fd)
 
+    def volume_version(self, name: str, rootfs: str, meta: LayerMeta, running: bool) -> str:
+        """The base version a container is on: the one it started on while it runs, else its pin, else current."""
+        state = self.run_state(name, rootfs) if running else None
+        return state.version if state else (meta.pin or self.store.current(meta.base))
+
     def register(self, reg: Registration) -> None:
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.registry_dir, volume_key(reg.name, reg.rootfs) + ".json")

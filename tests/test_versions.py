@@ -67,6 +67,9 @@ def test_update_publishes_a_stacked_version_that_followers_see_and_pinned_do_not
     pinned.stop()
     pinned.start()
     assert pinned.sh("cat /etc/version", check=False).returncode != 0
+    pinned.stop()
+    out = pycor(env, "pin", pinned.name, "-P", pinned.lxcpath).stdout  # no version: where it would start, its pin
+    assert "version 1" in out
 
 
 def test_failing_update_publishes_nothing(env, store, base):
