@@ -5,7 +5,8 @@ set -euo pipefail
 if ! lxc info >/dev/null 2>&1; then
     if ! pgrep -x lxd >/dev/null; then
         mkdir -p /var/log
-        nohup lxd --group root --logfile /var/log/lxd-daemon.log >/dev/null 2>&1 &
+        # from /: the daemon outlives this checkout, and its helpers (rsync) need a cwd that exists
+        (cd / && nohup lxd --group root --logfile /var/log/lxd-daemon.log >/dev/null 2>&1 &)
     fi
     timeout 120 lxd waitready
 fi
