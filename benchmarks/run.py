@@ -358,7 +358,9 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="pycor-bench-", dir="/var/tmp")
     os.chmod(work, 0o755)
     project = f"pycor-bench-{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, PYCOR_STORE=os.path.join(work, "store"), PYCOR_LXD_PROJECT=project)
+    env = dict(os.environ, PYCOR_STORE=os.path.join(work, "store"), PYCOR_LXD_PROJECT=project,
+               PYCOR_HOOKS_DIR=os.path.join(work, "hooks"), PYCOR_TEMPLATES_DIR=os.path.join(work, "templates"))
+    sh(PYCOR + ["install"], env=env)  # this checkout's hooks, in the run's own folder
     wanted = args.systems.split(",")
     systems: list[System] = []
     try:

@@ -251,7 +251,10 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
         print(f"container {name} created on base {args.base} (lxc start {name})")
         return
     lxcpath = lxcpath_of(args)
-    template = args.template or "pycor"
+    from .install import LXC_TEMPLATES_DIR, TEMPLATE
+    from .store import templates_dir
+
+    template = args.template or ("pycor" if templates_dir() == LXC_TEMPLATES_DIR else os.path.join(templates_dir(), TEMPLATE))
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
                store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None,
                unprivileged=args.unprivileged)
@@ -398,11 +401,11 @@ def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
 
 def lxd_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
     """The overlay profile and one image per base; safe to repeat."""
-    from .install import LXC_HOOKS_DIR
+    from .store import hooks_dir
     from .template import hook_lines
 
     done = []
-    if client.ensure_profile("\n".join(hook_lines(LXC_HOOKS_DIR, driver.store))):
+    if client.ensure_profile("\n".join(hook_lines(hooks_dir(), driver.store))):
         done.append("profile overlay written")
     for base in driver.store.base_names():
         if client.ensure_image(base):
@@ -427,7 +430,7 @@ def cmd_install(args: argparse.Namespace, driver: Driver) -> None:
 
 # -- parser -----------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
-    from .install import LXC_HOOKS_DIR, LXC_TEMPLATES_DIR
+    from .store import hooks_dir, templates_dir
 
     p = argparse.ArgumentParser(prog="pycor", description="LXC and LXD containers on one shared, read-only base")
     p.add_argument("--version", action="version", version=f"pycor {__version__}")
@@ -517,8 +520,8 @@ def parser() -> argparse.ArgumentParser:
     lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
-    ins.add_argument("--hooks-dir", default=LXC_HOOKS_DIR)
-    ins.add_argument("--templates-dir", default=LXC_TEMPLATES_DIR)
+    ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")
+    ins.add_argument("--templates-dir", default=templates_dir(), help="default: $PYCOR_TEMPLATES_DIR, 'templates_dir =', /usr/share/lxc/templates")
     ins.set_defaults(func=cmd_install)
     return p
 

@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 
 from . import linux
-from .install import HOOKS, LXC_HOOKS_DIR
+from .install import HOOKS
+from .store import hooks_dir
 from .store import Store
 
 
@@ -153,8 +154,9 @@ def tool_checks() -> list[Check]:
     if running:
         checks.append(Check("LXD profile overlay", client.has_profile(), "present" if client.has_profile() else "missing",
                             "pycor lxd init", required=False))
-    missing = [h for h in HOOKS if not os.access(os.path.join(LXC_HOOKS_DIR, h), os.X_OK)]
-    checks.append(Check("pycor hooks installed", not missing, f"in {LXC_HOOKS_DIR}" if not missing else f"missing: {', '.join(missing)}",
+    where = hooks_dir()
+    missing = [h for h in HOOKS if not os.access(os.path.join(where, h), os.X_OK)]
+    checks.append(Check("pycor hooks installed", not missing, f"in {where}" if not missing else f"missing: {', '.join(missing)}",
                         "pycor install"))
     return checks
 

@@ -81,8 +81,13 @@ def read_idmap(config_file: str | None):  # type: ignore[no-untyped-def]
 
 
 def layer_id(base: str, layer_path: str) -> str:
-    """A stable name for one base layer: BASE.VERSION (versions are digits, so this is unique)."""
-    return f"{base}.{os.path.basename(os.path.dirname(layer_path))}"
+    """A name for one base layer directory: BASE.VERSION.DEV.INODE.
+
+    The inode makes it unique on this host: a base removed and imported
+    again, or the same base name in another store, gets other views.
+    """
+    st = os.stat(layer_path, follow_symlinks=False)
+    return f"{base}.{os.path.basename(os.path.dirname(layer_path))}.{st.st_dev:x}.{st.st_ino:x}"
 
 
 def check_layer_owner(st: os.stat_result, idmap, name: str, rootfs: str) -> None:  # type: ignore[no-untyped-def]

@@ -48,6 +48,16 @@ def setting(key: str, env: str, default: str) -> str:
     return default
 
 
+def hooks_dir() -> str:
+    """Where the hook files LXC runs live: $PYCOR_HOOKS_DIR, 'hooks_dir =' in the config file, else LXC's folder."""
+    return setting("hooks_dir", "PYCOR_HOOKS_DIR", "/usr/share/lxc/hooks")
+
+
+def templates_dir() -> str:
+    """Where the LXC template lives: $PYCOR_TEMPLATES_DIR, 'templates_dir =' in the config file, else LXC's folder."""
+    return setting("templates_dir", "PYCOR_TEMPLATES_DIR", "/usr/share/lxc/templates")
+
+
 def store_root(explicit: str | None = None) -> str:
     """The store path: argument, then $PYCOR_STORE, then 'store =' in the config file."""
     return os.path.abspath(explicit or setting("store", STORE_ENV, DEFAULT_STORE))

@@ -26,9 +26,8 @@ from .errors import PycorError
 from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
 from .imports import Progress, copy_tree, discard_staging
-from .install import LXC_HOOKS_DIR
 from .layer import LayerMeta
-from .store import Store, Version
+from .store import Store, Version, hooks_dir
 
 OPAQUE = b"y"
 SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one layer at 32, 2.6x at 64
@@ -176,7 +175,7 @@ def builder_config(store: Store, base: str, rootfs: str, stack: list[str]) -> st
         f"lxc.include = {os.path.join(LXC_CONFIG_DIR, 'common.conf')}",
         "lxc.net.0.type = none",  # the host's network, for apt-get and the like
         "lxc.uts.name = pycor-builder",
-        *hook_lines(LXC_HOOKS_DIR, store),
+        *hook_lines(hooks_dir(), store),
         *store.base(base).lxc,
     ]
     if _lower_has_file(stack, "etc/resolv.conf"):

@@ -21,12 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed() -> None:
-    """The hooks and the template, installed where LXC looks (what users run)."""
-    run(PYCOR + ["install"])
-
-
-@pytest.fixture(scope="session")
 def session_dir() -> Iterator[str]:
     path = os.path.join(TEST_ROOT, uuid.uuid4().hex[:8])
     os.makedirs(path)
@@ -37,13 +31,36 @@ def session_dir() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def hooks_dir(session_dir: str) -> str:
+    """This session's own copy of the hooks: test runs of two checkouts never run each other's code."""
+    return os.path.join(session_dir, "hooks")
+
+
+@pytest.fixture(scope="session")
+def templates_dir(session_dir: str) -> str:
+    return os.path.join(session_dir, "templates")
+
+
+@pytest.fixture(scope="session")
+def template(templates_dir: str) -> str:
+    """What to pass to lxc-create -t: this session's template, by absolute path."""
+    return os.path.join(templates_dir, "lxc-pycor")
+
+
+@pytest.fixture(scope="session")
+def installed(env: dict[str, str]) -> None:
+    """The hooks and the template, installed as users install them, into this session's folders."""
+    run(PYCOR + ["install"], env=env)
+
+
+@pytest.fixture(scope="session")
 def store(session_dir: str) -> str:
     return os.path.join(session_dir, "store")
 
 
 @pytest.fixture(scope="session")
-def env(store: str) -> dict[str, str]:
-    return dict(os.environ, PYCOR_STORE=store)
+def env(store: str, hooks_dir: str, templates_dir: str) -> dict[str, str]:
+    return dict(os.environ, PYCOR_STORE=store, PYCOR_HOOKS_DIR=hooks_dir, PYCOR_TEMPLATES_DIR=templates_dir)
 
 
 @pytest.fixture(scope="session")

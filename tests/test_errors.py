@@ -19,8 +19,8 @@ def test_create_on_unknown_base_makes_nothing(installed, env, lxcpath):
     assert not os.path.exists(os.path.join(lxcpath, "nobase"))
 
 
-def test_lxc_create_template_on_unknown_base_makes_nothing(installed, env, lxcpath):
-    proc = run(["lxc-create", "-t", "pycor", "-n", "nobase2", "-P", lxcpath, "--", "--base", "nope", "--store", env["PYCOR_STORE"]],
+def test_lxc_create_template_on_unknown_base_makes_nothing(installed, env, lxcpath, template):
+    proc = run(["lxc-create", "-t", template, "-n", "nobase2", "-P", lxcpath, "--", "--base", "nope", "--store", env["PYCOR_STORE"]],
                check=False)
     assert proc.returncode != 0
     assert "unknown base 'nope'" in proc.stderr
@@ -46,13 +46,13 @@ def test_invalid_base_name_is_refused(installed, env, store, name):
     assert after == before
 
 
-def test_name_already_taken_is_one_error_and_keeps_the_first(make_container, env, lxcpath, busybox_base):
+def test_name_already_taken_is_one_error_and_keeps_the_first(make_container, env, lxcpath, busybox_base, template):
     c = make_container()
     with open(os.path.join(c.upper, "keep"), "w") as f:
         f.write("mine")
     proc = run(PYCOR + ["create", c.name, "--base", busybox_base, "-P", lxcpath], check=False, env=env)
     assert proc.returncode == 1 and "already exists" in proc.stderr
-    proc = run(["lxc-create", "-t", "pycor", "-n", c.name, "-P", lxcpath, "--", "--base", busybox_base], check=False)
+    proc = run(["lxc-create", "-t", template, "-n", c.name, "-P", lxcpath, "--", "--base", busybox_base], check=False, env=env)
     assert proc.returncode != 0
     assert open(os.path.join(c.upper, "keep")).read() == "mine"
 
@@ -73,9 +73,9 @@ def test_import_from_missing_dir_and_non_rootfs_tar(installed, env, store, sessi
 
 
 @pytest.mark.parametrize("hook", ["pre-start", "pre-mount", "post-stop"])
-def test_hook_without_lxc_environment_fails_clearly(installed, hook):
+def test_hook_without_lxc_environment_fails_clearly(installed, hooks_dir, hook):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LXC_")}
-    proc = subprocess.run([f"/usr/share/lxc/hooks/pycor-{hook}"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([f"{hooks_dir}/pycor-{hook}"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
     assert "LXC_NAME and LXC_ROOTFS_PATH are not set" in proc.stderr

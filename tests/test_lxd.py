@@ -11,11 +11,11 @@ import threading
 from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts
 
 
-def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base):
+def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base, hooks_dir):
     again = run(PYCOR + ["lxd", "init"], env=lxd_env).stdout
     assert "already set up" in again
     raw = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
-    assert "lxc.hook.pre-mount = /usr/share/lxc/hooks/pycor-pre-mount" in raw
+    assert f"lxc.hook.pre-mount = {hooks_dir}/pycor-pre-mount" in raw
     images = json.loads(run(["lxc", "image", "list", "--project", lxd_project, "--format", "json"]).stdout)
     aliases = {a["name"] for i in images for a in i["aliases"]}
     assert f"pycor/{busybox_base}" in aliases
