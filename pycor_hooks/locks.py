@@ -1,0 +1,66 @@
+"""The one lock helper: flock on a file, as a context manager.
+
+Locks pycor takes, outermost first (always in this order, so none deadlock):
+
+- a container name in an lxcpath (create, adopt): ``/run/pycor/locks/name-<hash>``
+- a container layer, by its rootfs directory (start, reset, commit, diff,
+  rebase, pin): ``/run/pycor/locks/layer-<hash>``
+- the store lock, ``STORE/lock``: shared to resolve a start, exclusive to
+  remove or switch versions (see Store.lock)
+
+Hot path: pre-start takes the layer lock. Imports stay minimal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import zlib
+
+from .errors import Busy
+
+LOCK_DIR = "/run/pycor/locks"
+
+
+class Flock:
+    """flock(2) on path (created 0600, never through a symlink); released on exit or when the process dies."""
+
+    def __init__(self, path: str, exclusive: bool = True, wait: bool = True, what: str = "") -> None:
+        self.path, self.exclusive, self.wait, self.what = path, exclusive, wait, what
+        self.fd = -1
+
+    def __enter__(self) -> "Flock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(self.fd, op)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = -1
+            raise Busy(f"{self.what or self.path} is busy: another pycor command holds it", "wait for it to finish, then run this again") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _lock_dir() -> str:
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    return LOCK_DIR
+
+
+def _key(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}{zlib.adler32(text.encode()):08x}"
+
+
+def layer_lock(rootfs: str, exclusive: bool = True, wait: bool = True) -> Flock:
+    """One container layer: a start, reset, commit, diff or rebase holds it across its check and its action."""
+    return Flock(os.path.join(_lock_dir(), "layer-" + _key(os.path.abspath(rootfs))), exclusive, wait, f"container layer {rootfs}")
+
+
+def name_lock(lxcpath: str, name: str, wait: bool = True) -> Flock:
+    """One container name in one lxcpath: creates of the same name exclude each other."""
+    return Flock(os.path.join(_lock_dir(), "name-" + _key(os.path.abspath(lxcpath) + "\0" + name)), True, wait,
+                 f"container name {name} in {lxcpath}")
