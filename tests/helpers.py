@@ -55,6 +55,12 @@ def layer_of(store: str, base: str, version: str = "1") -> str:
     return os.path.join(store, "bases", base, "versions", version, "rootfs")
 
 
+def view_suffix(store: str, base: str, version: str = "1") -> str:
+    """How the idmapped views of one base layer of this store end: /BASE.VERSION.DEV.INODE."""
+    st = os.stat(layer_of(store, base, version))
+    return f"/{base}.{version}.{st.st_dev:x}.{st.st_ino:x}"
+
+
 def view_mounts() -> list[str]:
     """Mount points of pycor's idmapped views on the host."""
     with open("/proc/self/mountinfo") as f:

@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 import threading
 
-from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts
+from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts, view_suffix
 
 
 def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base, hooks_dir):
@@ -57,7 +57,7 @@ def test_isolated_idmaps_share_the_base_without_copies(launch, store, busybox_ba
     map_a = a.sh("cat /proc/self/uid_map").stdout.split()[1]
     map_b = b.sh("cat /proc/self/uid_map").stdout.split()[1]
     assert map_a != map_b
-    mine = [v for v in view_mounts() if v.endswith(f"/{busybox_base}.1")]
+    mine = [v for v in view_mounts() if v.endswith(view_suffix(store, busybox_base))]
     assert len(mine) >= 2
     for c, host_root in ((a, map_a), (b, map_b)):
         c.sh("touch /root/owned")
@@ -171,7 +171,7 @@ def test_pycor_create_ls_rm_cover_lxd(lxd_env, lxd_project, busybox_base):
         subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
 
 
-def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_project, busybox_base):
+def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_project, store, busybox_base):
     before_views, before_overlays = view_mounts(), host_overlays()
     containers = [launch(start=False) for _ in range(20)]
     errors: list[str] = []
@@ -191,8 +191,8 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_
         assert c.sh("cat /etc/passwd").returncode == 0
     new_views = [v for v in view_mounts() if v not in before_views]
     assert len(new_views) <= 1  # one view for the shared map (or the one already there)
-    assert len([v for v in view_mounts() if v.endswith(f"/{busybox_base}.1")]) == len(
-        [v for v in before_views if v.endswith(f"/{busybox_base}.1")]) + len(new_views)
+    assert len([v for v in view_mounts() if v.endswith(view_suffix(store, busybox_base))]) == len(
+        [v for v in before_views if v.endswith(view_suffix(store, busybox_base))]) + len(new_views)
     run(["lxc", "stop", "--force", *[c.name for c in containers], "--project", lxd_project], timeout=300)
     assert [v for v in view_mounts() if v not in before_views] == []
     assert host_overlays() == before_overlays
