@@ -297,7 +297,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
         version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
-    write_meta(c.rootfs, LayerMeta(meta.base, version))
+    write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
 
@@ -306,7 +306,7 @@ def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    write_meta(c.rootfs, LayerMeta(meta.base, None))
+    write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
     print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
 
 

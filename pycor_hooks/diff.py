@@ -55,6 +55,11 @@ class LowerStack:
         """The lower entry a path shows in the merged view, or None, resolved as overlayfs does:
         a directory merges the layers that have it, down to the first opaque one; a
         whiteout or a non-directory hides everything of that name below it."""
+        found = self.find(rel)
+        return found[1] if found else None
+
+    def find(self, rel: str) -> tuple[int, os.stat_result] | None:
+        """Like lookup, with the fd of the layer that holds the entry (to read it beneath that fd)."""
         parts = rel.split("/")
         active = self.fds
         for i in range(len(parts) - 1):
@@ -75,7 +80,7 @@ class LowerStack:
         for fd in active:
             st = self._stat(fd, rel)
             if st is not None:
-                return None if stat_is_whiteout(st) else st
+                return None if stat_is_whiteout(st) else (fd, st)
         return None
 
     @staticmethod

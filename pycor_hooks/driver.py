@@ -115,7 +115,7 @@ class Driver:
         self.store.require(base)
         if pin:
             self.store.version(base, pin)
-        layer.create_layer(rootfs, LayerMeta(base, pin), uid, gid)
+        layer.create_layer(rootfs, LayerMeta(base, pin, pin or self.store.current(base)), uid, gid)
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
     def volume_meta(self, rootfs: str) -> LayerMeta:
@@ -307,3 +307,44 @@ class Driver:
             doomed = os.path.join(self.store.bases_dir, f".{base}.rm{os.getpid()}")
             os.rename(self.store.base_dir(base), doomed)  # gone from view in one step
         remove_tree(doomed)
+
+    # -- moving a layer's changes between versions (reconciliation) -------------------
+    def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]
+        """Bring a layer's changes from the version they were made against to target.
+
+        The caller holds the layer lock and the store's lock (the container is
+        not running). Returns the reconciliation plan, or None when there was
+        nothing to reconcile. A layer that does not know its version (made by
+        pycor 0.1), or whose version is gone, is recorded as being on target.
+        Raises Conflict (an id collision) unless forced; nothing is changed then.
+        """
+        meta = lay.meta
+        old = meta.based_on
+        if old == target:
+            return None
+        result = None
+        if old is not None:
+            try:
+                a = self.store.lower_stack(meta.base, old)
+            except PycorError:
+                a = None  # that version is gone: no common ancestor to merge against
+            if a is not None:
+                from . import reconcile
+
+                result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
+                                             self.store.lower_stack(meta.base, target), force, dry_run)
+        if not dry_run:
+            lay.meta = LayerMeta(meta.base, meta.pin, target)
+            layer.write_meta(lay.rootfs, lay.meta)
+        return result
+
+    def recover_volume(self, lay: layer.OpenLayer) -> None:
+        """Finish (or discard) a reconciliation a crash interrupted; cheap when there is none."""
+        from . import reconcile
+
+        if not reconcile.pending(lay.rootfs_fd):
+            return
+        target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
+        if target:
+            lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
+            layer.write_meta(lay.rootfs, lay.meta)

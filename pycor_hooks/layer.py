@@ -31,9 +31,16 @@ META_LIMIT = 4096
 
 
 class LayerMeta(Record):
-    __slots__ = ("base", "pin")
+    """What a layer's changes run on: its base, a pinned version (or None: follow current), and the
+    version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1)."""
+
+    __slots__ = ("base", "pin", "based_on")
     base: str
     pin: str | None
+    based_on: str | None
+
+    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None) -> None:
+        super().__init__(base, pin, based_on)
 
 
 def rootfs_dir(path: str) -> str:
@@ -68,8 +75,8 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
     try:
         raw = json.loads(data)
         base = check_name(str(raw["base"]), "base name")
-        pin = raw.get("pin")
-        return LayerMeta(base, check_version(str(pin)) if pin else None)
+        pin, based_on = raw.get("pin"), raw.get("based_on")
+        return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 

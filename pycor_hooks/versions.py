@@ -20,6 +20,7 @@ import struct
 import subprocess
 from collections.abc import Callable, Iterator
 
+from . import builder
 from . import layer as layers
 from . import linux, overlay
 from .errors import PycorError
@@ -27,7 +28,7 @@ from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
 from .imports import Progress, copy_tree, discard_staging
 from .layer import LayerMeta
-from .store import Store, Version, hooks_dir
+from .store import Store, Version
 
 OPAQUE = b"y"
 SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one layer at 32, 2.6x at 64
@@ -148,42 +149,8 @@ def _base_update_lock(store: Store, base: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _lower_has_file(stack: list[str], rel: str) -> bool:
-    """Whether the topmost layer holding rel has a regular file there (no symlink followed)."""
-    for top in stack:
-        dirfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = linux.open_beneath(dirfd, rel, os.O_PATH)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False  # a symlink on the way: not a plain file
-        finally:
-            os.close(dirfd)
-        try:
-            return stat.S_ISREG(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-    return False
-
-
-def builder_config(store: Store, base: str, rootfs: str, stack: list[str]) -> str:
-    from .template import LXC_CONFIG_DIR, hook_lines
-
-    lines = [
-        f"lxc.rootfs.path = dir:{rootfs}",
-        f"lxc.include = {os.path.join(LXC_CONFIG_DIR, 'common.conf')}",
-        "lxc.net.0.type = none",  # the host's network, for apt-get and the like
-        "lxc.uts.name = pycor-builder",
-        *hook_lines(hooks_dir(), store),
-        *store.base(base).lxc,
-    ]
-    if _lower_has_file(stack, "etc/resolv.conf"):
-        lines.append("lxc.mount.entry = /etc/resolv.conf etc/resolv.conf none bind,ro 0 0")
-    return "\n".join(lines) + "\n"
-
-
-def update_base(store: Store, base: str, argv: list[str], progress: Progress | None = None) -> Version | None:
+def update_base(store: Store, base: str, argv: list[str], progress: Progress | None = None,
+                keep_apt_lists: bool = False) -> Version | None:
     """Run argv as root in a throwaway builder container on the current version; publish what it changed.
 
     Returns the new version, or None when the command changed nothing. A
@@ -193,36 +160,101 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
         raise PycorError("no command to run", f"e.g. pycor base update {base} -- apt-get -y upgrade")
     store.require(base)
     with _base_update_lock(store, base):
+        builder.require_no_edit(store, base)
         current = store.current(base)
         stack = store.lower_stack(base, current)
         with _staging(store, f"{base}.update") as staging:
-            lxcpath = os.path.join(staging, "lxc")
-            rootfs = os.path.join(lxcpath, "builder", "rootfs")
-            os.makedirs(rootfs, mode=0o755)
-            os.chmod(staging, 0o755)
-            layers.create_layer(rootfs, LayerMeta(base, current))
-            with open(os.path.join(lxcpath, "builder", "config"), "w", encoding="utf-8") as f:
-                f.write(builder_config(store, base, rootfs, stack))
-            proc = subprocess.run(["lxc-execute", "-n", "builder", "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
+            lxcpath = builder.prepare(store, base, staging, current, stack)
+            rc = builder.execute(lxcpath, argv)
+            if rc != 0:
                 raise PycorError(
-                    f"the update command exited with status {proc.returncode}: no new version, base {base} stays at version {current}",
+                    f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
                     "fix the command and run 'pycor base update' again",
                 )
-            upper = os.path.join(rootfs, layers.UPPER)
-            if not os.listdir(upper):
-                return None
-            normalize_layer(upper)
-            os.rename(upper, os.path.join(staging, "rootfs"))
-            remove_tree(lxcpath)
-            return store.publish_version(base, staging, current, f"update: {shlex.join(argv)}",
-                                         disk_usage(os.path.join(staging, "rootfs")), expected_current=current)
+            return _publish_builder(store, base, staging, lxcpath, current, stack, f"update: {shlex.join(argv)}", keep_apt_lists)
+
+
+def _publish_builder(store: Store, base: str, staging: str, lxcpath: str, version: str, stack: list[str],
+                     source: str, keep_apt_lists: bool) -> Version | None:
+    """The builder's upper, made lean and normalised, published as the next version (None if nothing changed)."""
+    upper = os.path.join(lxcpath, builder.BUILDER, "rootfs", layers.UPPER)
+    if not builder.finish_layer(upper, stack, keep_apt_lists):
+        return None
+    normalize_layer(upper)
+    os.rename(upper, os.path.join(staging, "rootfs"))
+    remove_tree(lxcpath)
+    return store.publish_version(base, staging, version, source, disk_usage(os.path.join(staging, "rootfs")),
+                                 expected_current=version)
+
+
+SHELL = ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"]
+
+
+def shell_base(store: Store, base: str, discard: bool = False, keep_apt_lists: bool = False) -> Version | None:
+    """An interactive shell in a builder on the current version: publish on exit status 0, discard otherwise."""
+    store.require(base)
+    with _base_update_lock(store, base):
+        builder.require_no_edit(store, base)
+        current = store.current(base)
+        stack = store.lower_stack(base, current)
+        with _staging(store, f"{base}.shell") as staging:
+            lxcpath = builder.prepare(store, base, staging, current, stack)
+            rc = builder.execute(lxcpath, SHELL, interactive=True)
+            if rc != 0 or discard:
+                why = "asked to discard" if discard else f"the shell exited with status {rc}"
+                raise PycorError(f"{why}: nothing published, base {base} stays at version {current}",
+                                 "exit the shell with status 0 to publish what you changed")
+            return _publish_builder(store, base, staging, lxcpath, current, stack, "shell", keep_apt_lists)
+
+
+def edit_base(store: Store, base: str) -> str:
+    """Start a builder on the current version that stays running until publish_edit or discard_edit; returns its lxcpath."""
+    store.require(base)
+    with _base_update_lock(store, base):
+        builder.require_no_edit(store, base)
+        current = store.current(base)
+        stack = store.lower_stack(base, current)
+        staging = store.new_staging(f"{base}.edit")
+        try:
+            lxcpath = builder.prepare(store, base, staging, current, stack)
+            builder.start_detached(lxcpath)
+            builder.save_edit(store, base, staging, current)
+        except BaseException:
+            builder.stop(os.path.join(staging, "lxc"))
+            discard_staging(staging)
+            raise
+        return lxcpath
+
+
+def publish_edit(store: Store, base: str, keep_apt_lists: bool = False) -> Version | None:
+    """Stop the edit session's builder and publish what it changed; the session ends either way but a failure to publish."""
+    store.require(base)
+    with _base_update_lock(store, base):
+        staging, version = builder.edit_staging(store, base)
+        lxcpath = os.path.join(staging, "lxc")
+        builder.stop(lxcpath)
+        stack = store.lower_stack(base, version)
+        published = _publish_builder(store, base, staging, lxcpath, version, stack, "edit", keep_apt_lists)
+        builder.end_edit(store, base)
+        if published is None:
+            discard_staging(staging)
+        return published
+
+
+def discard_edit(store: Store, base: str) -> None:
+    store.require(base)
+    with _base_update_lock(store, base):
+        staging, _ = builder.edit_staging(store, base)
+        builder.stop(os.path.join(staging, "lxc"))
+        discard_staging(staging)
+        builder.end_edit(store, base)
 
 
 def squash_base(store: Store, base: str, progress: Progress | None = None) -> Version:
     """Fold the current version's stack into one layer, published as a new version without parent."""
     store.require(base)
     with _base_update_lock(store, base):
+        builder.require_no_edit(store, base)
         current = store.current(base)
         stack = store.lower_stack(base, current)
         if len(stack) == 1:
@@ -257,6 +289,8 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
         if to_base:
             store.require(to_base)
         with _base_update_lock(store, to_base) if to_base else contextlib.nullcontext():
+            if to_base:
+                builder.require_no_edit(store, to_base)
             version = meta.pin or store.current(meta.base)
             stack = store.lower_stack(meta.base, version)
             on_top = to_base == meta.base and version == store.current(to_base)

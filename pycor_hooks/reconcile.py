@@ -1,0 +1,543 @@
+"""Reconciliation: move a container's own changes from the base version they
+were made against (A) onto another version (B).
+
+A container's upper directory shadows whole files: once it changed
+/etc/passwd, it no longer sees the base's /etc/passwd at all. When the base
+changed the same paths between A and B, the container would keep a frozen
+copy. For every path both changed:
+
+- shared databases (merge.DATABASES: accounts, dpkg, apt, debconf) are merged
+  three ways, record by record (A's file, B's file, the container's copy);
+  a result equal to B's file drops the container's copy, so it follows the
+  base again;
+- derived caches (merge.DERIVED) are dropped: B's copy shows instead of a
+  stale one;
+- per-container paths (merge.IGNORED_PREFIXES, logs) stay as they are;
+- anything else stays the container's and is reported as a conflict, as dpkg
+  keeps an admin's modified conffile.
+
+A uid or gid used by two names after the merge stops the move (Conflict),
+unless forced.
+
+Writes go only into the container's own layer, through directory fds, never
+following a symlink. Crash safety: every new file is staged in
+.pycor/reconcile/, then a plan naming every replacement and removal is
+written and renamed into place (the commit point), then applied. recover()
+rolls a committed plan forward (renames already done are skipped) and
+discards an uncommitted one, so a crash leaves the old state or the new
+one, and running it again changes nothing.
+
+Not on a normal start: pre-start imports this only when a container's version moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+
+from . import linux, merge
+from .diff import LowerStack, file_type
+from .errors import Conflict, Damaged
+from .fsutil import walk
+from .overlay import is_opaque, stat_is_whiteout
+
+RECONCILE_DIR = "reconcile"  # in .pycor/: staged files and the plan
+PLAN = "plan"
+CONFLICTS = "conflicts.json"  # in .pycor/: what the last reconciliations found, until resolved
+READ_LIMIT = 64 << 20  # a shared database larger than this is not merged (reported instead)
+
+
+class Finding:
+    """One path reconciliation looked at: merged, dropped, conflict or collision."""
+
+    __slots__ = ("path", "kind", "detail")
+
+    def __init__(self, path: str, kind: str, detail: str = "") -> None:
+        self.path, self.kind, self.detail = path, kind, detail
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "detail": self.detail}
+
+    def __repr__(self) -> str:
+        return f"Finding({self.path!r}, {self.kind!r}, {self.detail!r})"
+
+
+class Plan:
+    """What reconciling A -> B will do: staged contents, removals, and what it found."""
+
+    def __init__(self) -> None:
+        self.replace: dict[str, tuple[bytes, os.stat_result]] = {}  # rel -> (new content, the container's copy)
+        self.drop: list[str] = []
+        self.findings: list[Finding] = []
+
+    @property
+    def conflicts(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind in ("conflict", "collision")]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.replace or self.drop)
+
+
+# -- reading the two base versions -------------------------------------------------
+
+
+def _read_beneath(dirfd: int, rel: str) -> bytes:
+    fd = linux.open_beneath(dirfd, rel, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Damaged(f"{rel} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(READ_LIMIT + 1)
+    finally:
+        os.close(fd)
+    if len(data) > READ_LIMIT:
+        raise Damaged(f"{rel} is larger than {READ_LIMIT >> 20} MiB")
+    return data
+
+
+def _read_link(dirfd: int, rel: str) -> str:
+    parent, name = _parent_and_name(dirfd, rel)
+    try:
+        return os.readlink(name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _parent_and_name(dirfd: int, rel: str) -> tuple[int, str]:
+    head, _, name = rel.rpartition("/")
+    parent = linux.open_beneath(dirfd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.dup(dirfd)
+    return parent, name
+
+
+def _same_content(a_fd: int, b_fd: int, rel: str) -> bool:
+    fa = linux.open_beneath(a_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fb = linux.open_beneath(b_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            while True:
+                x, y = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)
+
+
+def _entries_equal(a: tuple[int, os.stat_result] | None, b: tuple[int, os.stat_result] | None, rel: str) -> bool:
+    """Whether the base shows the same thing at rel in A and in B (directories count as equal: they merge)."""
+    if a is None or b is None:
+        return a is b
+    (afd, ast), (bfd, bst) = a, b
+    if (ast.st_dev, ast.st_ino) == (bst.st_dev, bst.st_ino):
+        return True  # one layer below both: untouched by the update
+    if (ast.st_mode, ast.st_uid, ast.st_gid) != (bst.st_mode, bst.st_uid, bst.st_gid):
+        return False
+    if stat.S_ISDIR(ast.st_mode):
+        return True
+    if stat.S_ISLNK(ast.st_mode):
+        return _read_link(afd, rel) == _read_link(bfd, rel)
+    if stat.S_ISREG(ast.st_mode):
+        return ast.st_size == bst.st_size and _same_content(afd, bfd, rel)
+    return ast.st_rdev == bst.st_rdev
+
+
+class _Versions:
+    """The lower stacks of A and B, and the layers B has that A lacks (what the update changed)."""
+
+    def __init__(self, a_layers: list[str], b_layers: list[str]) -> None:
+        self.a, self.b = LowerStack(a_layers), LowerStack(b_layers)
+        real = [os.path.realpath(p) for p in a_layers]
+        # B stacks new layers on A when A's stack is a suffix of B's (an update): only those can differ.
+        is_suffix = len(b_layers) >= len(a_layers) and [os.path.realpath(p) for p in b_layers[len(b_layers) - len(a_layers):]] == real
+        self.new_fds = self.b.fds[: len(b_layers) - len(a_layers)] if is_suffix else None
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+    def touched(self, rel: str) -> bool:
+        """Whether the update may have changed rel: a new layer holds it, or one of its parent directories."""
+        if self.new_fds is None:
+            return True  # unrelated stacks (a squash): compare every path
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        for fd in self.new_fds:
+            for p in prefixes:
+                try:
+                    os.stat(p, dir_fd=fd, follow_symlinks=False)
+                    return True
+                except OSError:
+                    continue
+        return False
+
+    def changed(self, rel: str) -> bool:
+        return self.touched(rel) and not _entries_equal(self.a.find(rel), self.b.find(rel), rel)
+
+    def subtree_changed(self, rel: str) -> bool:
+        """For an opaque directory: did the update change anything at or below rel?"""
+        if self.new_fds is not None:
+            if not self.touched(rel):
+                return False
+            return any(_exists(fd, rel) for fd in self.new_fds) or self.changed(rel)
+        return self.changed(rel) or _listing(self.a, rel) != _listing(self.b, rel)
+
+
+def _exists(fd: int, rel: str) -> bool:
+    try:
+        os.stat(rel, dir_fd=fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+def _listing(stack: LowerStack, rel: str, limit: int = 10000) -> list[tuple[str, int, int, int]] | None:
+    """Names and sizes below rel as the stack shows them (None past limit entries: treat as changed)."""
+    found = stack.find(rel)
+    if found is None:
+        return []
+    out: list[tuple[str, int, int, int]] = []
+    try:
+        top = linux.open_beneath(found[0], rel, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for path, st, _, _ in walk(top, strict=False):
+            out.append((path, st.st_mode, st.st_size, st.st_mtime_ns))
+            if len(out) > limit:
+                return None
+    finally:
+        os.close(top)
+    return sorted(out)
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+def plan(upper_fd: int, a_layers: list[str], b_layers: list[str]) -> Plan:
+    """What moving the layer at upper_fd from A's stack to B's (both top first) does; changes nothing."""
+    result = Plan()
+    versions = _Versions(a_layers, b_layers)
+    hidden: list[str] = []  # opaque directories: the base does not show below them
+    try:
+        for rel, st, parent, name in walk(upper_fd, strict=False):
+            if any(rel.startswith(h + "/") for h in hidden):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if _opaque_at(parent, name):
+                    hidden.append(rel)
+                    if versions.subtree_changed(rel):
+                        result.findings.append(Finding("/" + rel, "conflict", "replaced here (opaque directory); the base changed it"))
+                continue
+            if not versions.changed(rel):
+                continue
+            _plan_path(result, versions, rel, st, parent, name)
+    finally:
+        versions.close()
+    _check_ids(result, upper_fd, b_layers)
+    return result
+
+
+def _opaque_at(parent: int, name: str) -> bool:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return False
+    try:
+        return is_opaque(fd)
+    finally:
+        os.close(fd)
+
+
+def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, parent: int, name: str) -> None:
+    path = "/" + rel
+    b = versions.b.find(rel)
+    if stat_is_whiteout(st):
+        if b is not None:
+            result.findings.append(Finding(path, "conflict", "deleted here; the base changed it"))
+        return
+    if rel.startswith(merge.IGNORED_PREFIXES):
+        return
+    if rel in merge.DERIVED:
+        result.drop.append(rel)
+        result.findings.append(Finding(path, "dropped", "a derived cache: the base's copy shows"))
+        return
+    kind = merge.DATABASES.get(rel)
+    a = versions.a.find(rel)
+    if kind is None or not stat.S_ISREG(st.st_mode) or any(e is not None and not stat.S_ISREG(e[1].st_mode) for e in (a, b)):
+        what = "added here and in the base" if a is None else "changed here; the base changed it too"
+        result.findings.append(Finding(path, "conflict", f"{what} ({file_type(st.st_mode)} kept)"))
+        return
+    try:
+        ours = _read_at(parent, name)
+        ancestor = _read_beneath(a[0], rel) if a else None
+        theirs = _read_beneath(b[0], rel) if b else None
+        merged = merge.merge3(kind, ancestor, theirs, ours)
+    except (Damaged, OSError) as e:
+        result.findings.append(Finding(path, "conflict", f"could not merge ({e}); kept as it was"))
+        return
+    if merged.data is None:
+        if b is None:
+            result.drop.append(rel)
+        else:
+            result.findings.append(Finding(path, "conflict", "the merge left nothing; kept as it was"))
+            return
+    elif merged.same_as_base and b is not None and stat.S_IMODE(b[1].st_mode) == stat.S_IMODE(st.st_mode):
+        result.drop.append(rel)
+    elif merged.data != ours:
+        result.replace[rel] = (merged.data, st)
+    if merged.merged:
+        result.findings.append(Finding(path, "merged", "from the base: " + ", ".join(merged.merged[:20])
+                                       + (f" and {len(merged.merged) - 20} more" if len(merged.merged) > 20 else "")))
+    for c in merged.conflicts:
+        result.findings.append(Finding(path, "conflict", f"record {c.key}: {c.detail}" if hasattr(c, "detail") else f"record {c}"))
+
+
+def _read_at(parent: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(READ_LIMIT + 1)
+    if len(data) > READ_LIMIT:
+        raise Damaged(f"larger than {READ_LIMIT >> 20} MiB")
+    return data
+
+
+def _final_view(upper_fd: int, b: LowerStack, rel: str, result: Plan) -> bytes | None:
+    """The content rel will have in the container after the plan, or None if it will not be a readable file."""
+    if rel in result.replace:
+        return result.replace[rel][0]
+    try:
+        if rel not in result.drop:
+            return _read_beneath(upper_fd, rel)
+    except FileNotFoundError:
+        pass
+    except (OSError, Damaged):
+        return None
+    found = b.find(rel)
+    try:
+        return _read_beneath(found[0], rel) if found else None
+    except (OSError, Damaged):
+        return None
+
+
+def _check_ids(result: Plan, upper_fd: int, b_layers: list[str]) -> None:
+    """A uid or gid that two names share after the move is a collision (only where the container has its own accounts)."""
+    if not any(_exists(upper_fd, p) for p in ("etc/passwd", "etc/group")):
+        return
+    stack = LowerStack(b_layers)
+    try:
+        passwd, group = (_final_view(upper_fd, stack, p, result) for p in ("etc/passwd", "etc/group"))
+    finally:
+        stack.close()
+    for what in merge.id_collisions(passwd or b"", group or b""):
+        result.findings.append(Finding("/etc/passwd" if what.startswith("uid") else "/etc/group", "collision", what))
+
+
+# -- applying ----------------------------------------------------------------------------------
+
+
+def _open_pycor(rootfs_fd: int) -> int:
+    from .layer import PYCOR_DIR
+
+    return linux.open_beneath(rootfs_fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _encode(fields: list[str]) -> bytes:
+    return b"\0".join(os.fsencode(f) for f in fields) + b"\n"
+
+
+def _records(data: bytes) -> Iterator[list[str]]:
+    for line in data.split(b"\n"):
+        if line:
+            yield [os.fsdecode(f) for f in line.split(b"\0")]
+
+
+def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
+    """Stage every new file, commit the plan with one rename, then carry it out (see recover())."""
+    pycor = _open_pycor(rootfs_fd)
+    try:
+        _discard_uncommitted(pycor)
+        os.mkdir(RECONCILE_DIR, 0o700, dir_fd=pycor)
+        rdir = os.open(RECONCILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pycor)
+        try:
+            lines = [_encode(["target", target])]
+            for i, (rel, (data, like)) in enumerate(sorted(result.replace.items())):
+                fd = os.open(str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fchown(fd, like.st_uid, like.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(like.st_mode))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                lines.append(_encode(["replace", str(i), rel]))
+            lines += [_encode(["drop", rel]) for rel in result.drop]
+            fd = os.open("plan.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
+            try:
+                os.write(fd, b"".join(lines))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            from . import faults
+
+            faults.point("reconcile-staged")
+            os.rename("plan.new", PLAN, src_dir_fd=rdir, dst_dir_fd=rdir)  # the commit point
+            os.fsync(rdir)
+        finally:
+            os.close(rdir)
+        faults.point("reconcile-committed")
+        _carry_out(pycor, upper_fd)
+    finally:
+        os.close(pycor)
+
+
+def _carry_out(pycor: int, upper_fd: int) -> str:
+    """Do what a committed plan says (each step is skipped when already done), then remove the plan."""
+    from . import faults
+
+    rdir = os.open(RECONCILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pycor)
+    try:
+        with os.fdopen(os.open(PLAN, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=rdir), "rb") as f:
+            records = list(_records(f.read()))
+        target = ""
+        for fields in records:
+            if fields[0] == "target":
+                target = fields[1]
+            elif fields[0] == "replace":
+                parent, name = _parent_and_name(upper_fd, fields[2])
+                try:
+                    os.rename(fields[1], name, src_dir_fd=rdir, dst_dir_fd=parent)
+                except FileNotFoundError:
+                    pass  # done before a crash
+                finally:
+                    os.close(parent)
+                faults.point("reconcile-replaced")
+            elif fields[0] == "drop":
+                parent, name = _parent_and_name(upper_fd, fields[1])
+                try:
+                    os.unlink(name, dir_fd=parent)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(parent)
+        for entry in os.listdir(rdir):
+            os.unlink(entry, dir_fd=rdir)
+    finally:
+        os.close(rdir)
+    os.rmdir(RECONCILE_DIR, dir_fd=pycor)
+    return target
+
+
+def _discard_uncommitted(pycor: int) -> None:
+    try:
+        rdir = os.open(RECONCILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pycor)
+    except FileNotFoundError:
+        return
+    try:
+        for entry in os.listdir(rdir):
+            os.unlink(entry, dir_fd=rdir)
+    finally:
+        os.close(rdir)
+    os.rmdir(RECONCILE_DIR, dir_fd=pycor)
+
+
+def recover(rootfs_fd: int, upper_fd: int) -> str | None:
+    """After a crash: finish a committed plan (returns its target version) or discard an uncommitted one."""
+    pycor = _open_pycor(rootfs_fd)
+    try:
+        try:
+            os.stat(f"{RECONCILE_DIR}/{PLAN}", dir_fd=pycor, follow_symlinks=False)
+        except FileNotFoundError:
+            _discard_uncommitted(pycor)
+            return None
+        return _carry_out(pycor, upper_fd)
+    finally:
+        os.close(pycor)
+
+
+def pending(rootfs_fd: int) -> bool:
+    """Whether a reconciliation was interrupted (cheap: one stat, for the start path)."""
+    from .layer import PYCOR_DIR
+
+    try:
+        os.stat(f"{PYCOR_DIR}/{RECONCILE_DIR}", dir_fd=rootfs_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# -- the conflicts record ------------------------------------------------------------------------
+
+
+def read_findings(rootfs_fd: int) -> dict:
+    """{"from": A, "to": B, "findings": [...]} of the layer's reconciliations, or an empty record."""
+    pycor = _open_pycor(rootfs_fd)
+    try:
+        fd = os.open(CONFLICTS, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pycor)
+    except FileNotFoundError:
+        return {"findings": []}
+    finally:
+        os.close(pycor)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise Damaged(f"{CONFLICTS} is not a regular file")
+        raw = json.loads(f.read(4 << 20) or b"{}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("findings", []), list):
+        raise Damaged(f"{CONFLICTS} was not written by pycor")
+    return raw
+
+
+def write_findings(rootfs_fd: int, record: dict) -> None:
+    pycor = _open_pycor(rootfs_fd)
+    try:
+        fd = os.open(f"{CONFLICTS}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pycor)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(f"{CONFLICTS}.new", CONFLICTS, src_dir_fd=pycor, dst_dir_fd=pycor)
+    finally:
+        os.close(pycor)
+
+
+def record_move(rootfs_fd: int, old: str, new: str, result: Plan) -> None:
+    """Keep the unresolved conflicts of earlier moves, replaced by this move's findings for the same paths."""
+    try:
+        previous = read_findings(rootfs_fd)
+    except (Damaged, ValueError):
+        previous = {"findings": []}
+    paths = {f.path for f in result.findings}
+    kept = [f for f in previous.get("findings", []) if f.get("kind") in ("conflict", "collision") and f.get("path") not in paths]
+    write_findings(rootfs_fd, {"from": old, "to": new, "findings": kept + [f.to_json() for f in result.findings]})
+
+
+def unresolved(rootfs_fd: int) -> list[dict]:
+    try:
+        return [f for f in read_findings(rootfs_fd).get("findings", []) if f.get("kind") in ("conflict", "collision")]
+    except (Damaged, ValueError, OSError):
+        return []
+
+
+def reconcile(rootfs_fd: int, upper_fd: int, old: str, new: str, a_layers: list[str], b_layers: list[str],
+              force: bool = False, dry_run: bool = False) -> Plan:
+    """Plan, check ids, apply and record a move from version old to new. Raises Conflict on an id collision unless forced."""
+    result = plan(upper_fd, a_layers, b_layers)
+    collisions = [f for f in result.findings if f.kind == "collision"]
+    if dry_run:
+        return result
+    if collisions and not force:
+        raise Conflict(
+            "moving would give two names one id: " + "; ".join(f.detail for f in collisions),
+            "see 'pycor conflicts NAME'; fix the container's user, or move anyway with 'pycor rebase NAME --force'",
+        )
+    apply(rootfs_fd, upper_fd, result, new)
+    record_move(rootfs_fd, old, new, result)
+    return result
