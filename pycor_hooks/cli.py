@@ -200,7 +200,7 @@ def cmd_base_update(args: argparse.Namespace, driver: Driver) -> None:
 
     name = check_name(args.name, "base name")
     argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    v = update_base(driver.store, name, argv)
+    v = update_base(driver.store, name, argv, keep_apt_lists=args.keep_apt_lists)
     if v is None:
         print(f"base {name}: the command changed nothing; current stays at version {driver.store.current(name)}")
     else:
@@ -460,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     bu = base.add_parser("update", help="run a command in a builder container and publish a new version",
                          usage="pycor base update NAME -- CMD [ARGS...]")
     bu.add_argument("name")
+    bu.add_argument("--keep-apt-lists", action="store_true", help="publish apt's package lists too (left out by default)")
     bu.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     bu.set_defaults(func=cmd_base_update)
     bsq = base.add_parser("squash", help="fold the current version's layers into one")
@@ -518,6 +519,10 @@ def parser() -> argparse.ArgumentParser:
 
     lxd = sub.add_parser("lxd", help="LXD setup").add_subparsers(dest="lxd_command", required=True, metavar="COMMAND")
     lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)
+
+    from .cli_moves import add_commands
+
+    add_commands(sub, base, fmt, where)
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
     ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")

@@ -15,12 +15,14 @@ Hot path: hooks import this module; keep its imports cheap.
 from __future__ import annotations
 
 import os
+import stat
 import time
 import zlib
 
-from . import layer, overlay
-from .errors import PycorError
+from . import layer, linux, overlay
+from .errors import Conflict, PycorError
 from .layer import LayerMeta
+from .locks import layer_lock
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
 
 RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
@@ -29,7 +31,7 @@ RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
-    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views")
+    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "held")
     name: str
     rootfs: str
     base: str
@@ -38,12 +40,14 @@ class RunState(Record):
     started: float
     idmap: str | None  # key of the container's idmap (unprivileged), else None
     views: list[str]  # layer ids of the idmapped views it uses
+    held: str | None  # why it runs on an older version than it follows (a move that conflicts), else None
 
 
 def run_state_from_json(raw: dict) -> RunState:
     return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
                     [str(p) for p in raw["lowerdirs"]], float(raw["started"]),
-                    str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])])
+                    str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
+                    str(raw["held"]) if raw.get("held") else None)
 
 
 class Registration(Record):
@@ -172,18 +176,25 @@ class Driver:
         of the base layers, shared by every container with the same map.
         """
         idmap = read_idmap(config_file)
-        with layer.OpenLayer(rootfs) as lay:
-            meta = lay.meta
+        with layer_lock(rootfs), layer.OpenLayer(rootfs) as lay, self.store.lock(exclusive=False):
             if idmap is not None:
                 for fd in (lay.upper_fd, lay.work_fd):
                     check_layer_owner(os.fstat(fd), idmap, name, rootfs)
-        with self.store.lock(exclusive=False):
+            self.recover_volume(lay)
+            meta = lay.meta
             if not self.store.exists(meta.base):
                 raise PycorError(
                     f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}",
                     f"import the base again ('pycor base import {meta.base} ...'); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
             version = meta.pin or self.store.current(meta.base)
+            held = None
+            if meta.based_on != version:
+                try:
+                    self.move_volume(lay, version)
+                except Conflict as e:
+                    # the move would hand one id to two names: stay where the changes were made
+                    held, version = e.message, str(meta.based_on)
             lowers = self.store.lower_stack(meta.base, version)
             views: list[str] = []
             if idmap is not None:
@@ -199,7 +210,7 @@ class Driver:
                 made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)))
                 lowers, views = [made[i] for i in ids], ids
             state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
-                             idmap.key if idmap is not None else None, views)
+                             idmap.key if idmap is not None else None, views, held)
             os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
             write_json(self.run_state_path(name, rootfs), state.to_json())
         self.register(Registration(name, rootfs, runtime, lxcpath))
@@ -348,3 +359,58 @@ class Driver:
         if target:
             lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
             layer.write_meta(lay.rootfs, lay.meta)
+
+    def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]
+        """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan)."""
+        with layer_lock(rootfs):
+            with layer.OpenLayer(rootfs) as lay:
+                if not dry_run:
+                    self.recover_volume(lay)
+                with self.store.lock(exclusive=False):
+                    self.store.require(lay.meta.base)
+                    target = to or lay.meta.pin or self.store.current(lay.meta.base)
+                    self.store.version(lay.meta.base, target)
+                    return target, self.move_volume(lay, target, force, dry_run)
+
+    def volume_conflicts(self, rootfs: str) -> dict:
+        """What the layer's reconciliations found: {"from", "to", "findings": [{"path", "kind", "detail"}]}."""
+        from . import reconcile
+
+        with layer.OpenLayer(rootfs) as lay:
+            return reconcile.read_findings(lay.rootfs_fd)
+
+    def resolve_conflict(self, rootfs: str, path: str, take_base: bool) -> None:
+        """Settle one reported conflict: take the base's version (drop the container's copy) or keep the container's."""
+        import shutil
+
+        from . import reconcile
+        from .errors import NotFound
+
+        rel = path.strip("/")
+        with layer_lock(rootfs):
+            with layer.OpenLayer(rootfs) as lay:
+                record = reconcile.read_findings(lay.rootfs_fd)
+                findings = record.get("findings", [])
+                hits = [f for f in findings if f.get("path") == "/" + rel and f.get("kind") in ("conflict", "collision")]
+                if not rel or not hits:
+                    raise NotFound(f"container layer {rootfs} has no conflict at /{rel}", "'pycor conflicts NAME' lists them")
+                if take_base:
+                    head, _, name = rel.rpartition("/")
+                    try:
+                        parent = linux.open_beneath(lay.upper_fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.dup(lay.upper_fd)
+                    except FileNotFoundError:
+                        parent = -1
+                    if parent >= 0:
+                        try:
+                            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                            if stat.S_ISDIR(st.st_mode):
+                                shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
+                            else:
+                                os.unlink(name, dir_fd=parent)
+                        except FileNotFoundError:
+                            pass
+                        finally:
+                            os.close(parent)
+                record["findings"] = [f for f in findings if f not in hits]
+                reconcile.write_findings(lay.rootfs_fd, record)
+

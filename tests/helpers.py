@@ -12,8 +12,10 @@ import time
 PYCOR = [sys.executable, "-m", "pycor_hooks.cli"]
 
 
-def run(argv: list[str], check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+def run(argv: list[str], check: bool = True, env: dict | None = None, timeout: float = 300,
+        stdin_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    stdin = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, **stdin)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
