@@ -105,7 +105,7 @@ def _id_range_mounts(staging: str, stack: list[str]) -> list[str]:
             continue
         path = os.path.join(staging, os.path.basename(rel))
         with open(path, "wb") as f:
-            f.write(rewrite(data, "base"))
+            f.write(rewrite("base", data))
         os.chmod(path, 0o644)
         lines.append(f"lxc.mount.entry = {path} {rel} none bind,ro 0 0")
     return lines
@@ -243,7 +243,7 @@ def _container_ranges(upper: int, stack: list[str]) -> None:
             continue  # not a plain file: leave it as the command made it
         if current is None:
             continue
-        wanted = rewrite(current, "container")
+        wanted = rewrite("container", current)
         if wanted == current:
             continue
         head, _, name = rel.rpartition("/")  # head is "etc": one level
@@ -260,6 +260,15 @@ def _container_ranges(upper: int, stack: list[str]) -> None:
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         finally:
             os.close(dfd)
+
+
+def set_container_ranges(rootfs: str) -> None:
+    """Give a new base's login.defs and adduser.conf the containers' id ranges (builders bind the base's over them)."""
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _container_ranges(fd, [])
+    finally:
+        os.close(fd)
 
 
 def finish_layer(upper_path: str, stack: list[str], keep_apt_lists: bool = False) -> bool:

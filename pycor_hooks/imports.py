@@ -256,6 +256,9 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
             rootfs = os.path.join(staging, "rootfs")
             lxc = build(rootfs)
             _check_rootfs(rootfs, what, hint)
+            from .builder import set_container_ranges
+
+            set_container_ranges(rootfs)
             return store.publish_base(name, staging, source=source, size=disk_usage(rootfs), lxc=lxc)
     finally:
         progress.close()

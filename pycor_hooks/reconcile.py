@@ -261,13 +261,14 @@ def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, 
         if b is not None:
             result.findings.append(Finding(path, "conflict", "deleted here; the base changed it"))
         return
-    if rel.startswith(merge.IGNORED_PREFIXES):
+    action = merge.classify(rel)
+    if action.action == "keep":
         return
-    if rel in merge.DERIVED:
+    if action.action == "drop":
         result.drop.append(rel)
         result.findings.append(Finding(path, "dropped", "a derived cache: the base's copy shows"))
         return
-    kind = merge.DATABASES.get(rel)
+    kind = action.kind if action.action == "merge" else None
     a = versions.a.find(rel)
     if kind is None or not stat.S_ISREG(st.st_mode) or any(e is not None and not stat.S_ISREG(e[1].st_mode) for e in (a, b)):
         what = "added here and in the base" if a is None else "changed here; the base changed it too"
@@ -295,7 +296,7 @@ def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, 
         result.findings.append(Finding(path, "merged", "from the base: " + ", ".join(merged.merged[:20])
                                        + (f" and {len(merged.merged) - 20} more" if len(merged.merged) > 20 else "")))
     for c in merged.conflicts:
-        result.findings.append(Finding(path, "conflict", f"record {c.key}: {c.detail}" if hasattr(c, "detail") else f"record {c}"))
+        result.findings.append(Finding(path, "conflict", f"record {c.key}: {c.base} in the base, {c.ours} here; the container's kept"))
 
 
 def _read_at(parent: int, name: str) -> bytes:
@@ -312,7 +313,7 @@ def _final_view(upper_fd: int, b: LowerStack, rel: str, result: Plan) -> bytes |
     if rel in result.replace:
         return result.replace[rel][0]
     try:
-        if rel not in result.drop:
+        if rel not in result.drop and upper_fd >= 0:
             return _read_beneath(upper_fd, rel)
     except FileNotFoundError:
         pass
@@ -332,10 +333,18 @@ def _check_ids(result: Plan, upper_fd: int, b_layers: list[str]) -> None:
     stack = LowerStack(b_layers)
     try:
         passwd, group = (_final_view(upper_fd, stack, p, result) for p in ("etc/passwd", "etc/group"))
+        base_own = [_final_view(-1, stack, p, Plan()) for p in ("etc/passwd", "etc/group")]
+        try:
+            known = set(merge.id_collisions(base_own[0] or b"", base_own[1] or b""))  # the base's own: not this move's doing
+            found = merge.id_collisions(passwd or b"", group or b"")
+        except Damaged as e:
+            result.findings.append(Finding("/etc/passwd", "conflict", f"cannot check ids: {e}"))
+            return
     finally:
         stack.close()
-    for what in merge.id_collisions(passwd or b"", group or b""):
-        result.findings.append(Finding("/etc/passwd" if what.startswith("uid") else "/etc/group", "collision", what))
+    for what in found:
+        if what not in known:
+            result.findings.append(Finding("/etc/passwd" if what.startswith("uid") else "/etc/group", "collision", what))
 
 
 # -- applying ----------------------------------------------------------------------------------
