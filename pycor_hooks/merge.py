@@ -1,0 +1,614 @@
+"""Three-way merge of the shared databases a container and its base both change.
+
+Pure logic on bytes: no filesystem, no subprocess. Imported only when a
+container moves to another base version (start after `current` moved,
+rollout, pin, rebase), never on a normal start.
+
+API
+- `classify(path) -> Action`: what reconciliation does with a path (no leading
+  slash) that both the container and the base changed: `merge` (with a kind,
+  see `merge3`), `drop` (a derived cache: remove the container's copy so the
+  base's shows through), `keep` (per-container by nature: the container's
+  copy stays, nothing reported) or `conflict` (the container's copy stays and
+  the path is reported, as dpkg keeps an admin's modified conffile).
+- `DATABASES` (path -> kind), `DATABASE_PATTERNS`, `DERIVED` (path -> "drop"),
+  `REGENERATE` (derived path -> command to refresh it in the container, a
+  hint), `IGNORED_PREFIXES`: the tables `classify` reads.
+  A table key ending in "/" matches everything under it; a path segment may
+  hold one "*" (any run of characters within that segment).
+- `merge3(kind, ancestor, base, ours) -> MergeResult`: record by record,
+  ancestor = the old base version's file, base = the new base version's,
+  ours = the container's copy; None = the file does not exist there.
+  The base's additions, changes and removals apply; the container's own stay;
+  a record both changed differently keeps the container's and is reported
+  (`conflicts`). `merged` lists the records taken from the base.
+  `same_as_base`: the result is byte-equal to the base's file, so the
+  container's copy can be dropped. Output is byte-stable and idempotent:
+  merging the result again with the same base changes nothing. A file that
+  cannot be parsed raises `errors.Damaged` (the caller then keeps the whole
+  file as the container's and reports it as a conflict).
+- `id_collisions(passwd, group) -> list[str]`: ids that several names share.
+- `ID_RANGES`, `login_defs_for(role, data)`, `adduser_conf_for(role, data)`:
+  disjoint uid/gid allocation ranges for base updates ("base") and containers
+  ("container"), written into /etc/login.defs and /etc/adduser.conf.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Callable, NamedTuple, Optional
+
+from .errors import Damaged
+
+# --- what reconciliation does with a path -------------------------------------------------------------
+
+DATABASES: dict[str, str] = {
+    # Account databases: one "name:..." line per account, keyed by name. A frozen copy hides the
+    # base's new system users (a service that fails with status=217/USER) and groups.
+    "etc/passwd": "passwd",
+    "etc/group": "group",
+    "etc/shadow": "shadow",
+    "etc/gshadow": "gshadow",
+    # Subordinate id ranges ("name:start:count"), written by useradd next to passwd: same hazard.
+    "etc/subuid": "subid",
+    "etc/subgid": "subid",
+    # Login shells, a set of lines: a base package adding a shell (add-shell in its postinst) must
+    # reach containers that added their own.
+    "etc/shells": "lines",
+    # dpkg's database: a frozen status hides the base's new packages from dpkg and apt.
+    "var/lib/dpkg/status": "dpkg-status",
+    "var/lib/dpkg/diversions": "dpkg-diversions",
+    "var/lib/dpkg/statoverride": "dpkg-statoverride",
+    # File-trigger interests ("path package" lines): a frozen copy stops the base's new packages'
+    # triggers from firing after a local install (no ldconfig, no systemd catalog update).
+    "var/lib/dpkg/triggers/File": "lines",
+    # apt's auto-installed marks: frozen, `apt autoremove` would treat the base's new
+    # dependencies as manually installed (never removed) or forget the container's marks.
+    "var/lib/apt/extended_states": "apt-extended-states",
+    # debconf's database: without the base's new questions, dpkg-reconfigure of a base package
+    # fails in the container and the next upgrade asks again.
+    "var/cache/debconf/config.dat": "debconf",
+    "var/cache/debconf/templates.dat": "debconf",
+    "var/cache/debconf/passwords.dat": "debconf",
+    # ucf's registry and hashes of the conffiles it manages, keyed by path: frozen, ucf treats the
+    # base's new ucf-managed files as unknown and asks, or forgets the container's.
+    "var/lib/ucf/registry": "ucf-registry",
+    "var/lib/ucf/hashfile": "ucf-hashfile",
+}
+
+# Explicit trigger interests: one file per trigger name, one interested package a line.
+DATABASE_PATTERNS: dict[str, str] = {"var/lib/dpkg/triggers/*": "lines"}
+
+DERIVED: dict[str, str] = {
+    # ldconfig's output. Dropped, the container sees the base's cache; a library the container
+    # installed in the multiarch directories is still found: with an empty /etc/ld.so.cache
+    # bind-mounted over the real one (Debian 12), ld.so falls back to its system search path
+    # (/lib/x86_64-linux-gnu, /usr/lib/x86_64-linux-gnu, ...) and `curl --version` still loads
+    # libcurl. Libraries in other ld.so.conf.d directories need `ldconfig` (REGENERATE).
+    "etc/ld.so.cache": "drop",
+    # ldconfig's stat-keyed memory of which files it already read: stale, it can skip a changed
+    # library. ldconfig rebuilds it.
+    "var/cache/ldconfig/aux-cache": "drop",
+    # apt's binary caches: rebuilt by apt from status and the lists whenever missing.
+    "var/cache/apt/pkgcache.bin": "drop",
+    "var/cache/apt/srcpkgcache.bin": "drop",
+    # man-db's index of man pages (mandb rebuilds it daily and from its dpkg trigger).
+    "var/cache/man/": "drop",
+    # journalctl's message catalog, compiled from /usr/lib/systemd/catalog by a dpkg file trigger.
+    "var/lib/systemd/catalog/database": "drop",
+}
+
+# What refreshes a dropped derived file in the container, for the container's own additions
+# (a hint for the caller; dropping alone is already safe).
+REGENERATE: dict[str, list[str]] = {
+    "etc/ld.so.cache": ["ldconfig"],
+    "var/cache/ldconfig/aux-cache": ["ldconfig"],
+    "var/cache/man/": ["mandb", "--quiet"],
+    "var/lib/systemd/catalog/database": ["journalctl", "--update-catalog"],
+}
+
+IGNORED_PREFIXES: tuple[str, ...] = (
+    # State and data a container produces for itself: never the base's business.
+    "var/log/", "var/tmp/", "tmp/", "run/", "var/spool/", "var/mail/", "var/lib/dhcp/",
+    "var/lib/apt/lists/", "var/lib/apt/periodic/", "var/cache/apt/archives/",
+    "var/lib/systemd/timers/", "var/lib/systemd/timesync/", "var/lib/systemd/coredump/",
+    "var/lib/logrotate/", "var/backups/",
+    # dpkg's journal of an interrupted run and its locks: the container's own dpkg state.
+    "var/lib/dpkg/updates/", "var/lib/dpkg/lock*", "var/lib/dpkg/triggers/Lock",
+    "var/lib/dpkg/triggers/Unincorp",
+    # Identity of this container.
+    "etc/hostname", "etc/hosts", "etc/machine-id", "var/lib/dbus/machine-id", "etc/resolv.conf",
+    "etc/mtab", "etc/adjtime", "etc/.pwd.lock", "var/lib/systemd/random-seed",
+    # The backups the tools write next to a database (passwd-, status-old, config.dat-old,
+    # registry.0): the container's own last good state, worth more to it than the base's.
+    "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-",
+    "var/lib/dpkg/*-old", "var/cache/debconf/*-old", "var/lib/ucf/registry.*",
+    "var/lib/ucf/hashfile.*",
+    # dselect's list of available packages: the container's own view of its sources.
+    "var/lib/dpkg/available",
+)
+
+
+class Action(NamedTuple):
+    action: str  # "merge" | "drop" | "keep" | "conflict"
+    kind: str = ""  # the merge3 kind for "merge"
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """A table key against a path: segment by segment, "*" within a segment; a key ending in "/"
+    matches what lies under it."""
+    under = pattern.endswith("/")
+    psegs, segs = pattern.rstrip("/").split("/"), path.split("/")
+    if len(segs) < len(psegs) + under or (not under and len(segs) != len(psegs)):
+        return False
+    for p, s in zip(psegs, segs):
+        head, star, tail = p.partition("*")
+        if not star:
+            if p != s:
+                return False
+        elif len(s) < len(head) + len(tail) or not s.startswith(head) or not s.endswith(tail):
+            return False
+    return True
+
+
+def classify(path: str) -> Action:
+    """What reconciliation does with `path` (relative, no leading slash) when both sides changed it."""
+    kind = DATABASES.get(path)
+    if kind:
+        return Action("merge", kind)
+    for pattern, action in DERIVED.items():
+        if _matches(pattern, path):
+            return Action(action)
+    for pattern in IGNORED_PREFIXES:
+        if _matches(pattern, path):
+            return Action("keep")
+    for pattern, kind in DATABASE_PATTERNS.items():
+        if _matches(pattern, path):
+            return Action("merge", kind)
+    return Action("conflict")
+
+
+# --- records ------------------------------------------------------------------------------------------
+
+class RecordConflict(NamedTuple):
+    key: str
+    base: str  # what the base did to the record: "added" | "changed" | "removed"
+    ours: str  # what the container did
+
+
+class MergeResult(NamedTuple):
+    data: Optional[bytes]  # None: the file should not exist
+    conflicts: list[RecordConflict]
+    merged: list[str]  # records taken from the base
+    same_as_base: bool
+
+
+_Order = tuple[bytes, int, bytes]
+
+
+class _Record(NamedTuple):
+    key: bytes
+    data: bytes  # the record's exact bytes, without the separator that follows it
+    order: _Order = (b"", 0, b"")  # sort key, for kinds kept sorted
+
+
+class _File(NamedTuple):
+    records: list[_Record]
+    trailer: bytes  # what follows the last record (b"\n", b"" or b"\n\n")
+
+
+class _Format(NamedTuple):
+    parse: Callable[[bytes, str], _File]
+    sep: bytes
+    sorted: bool  # new records go in sort order (dpkg status, debconf), else after their neighbour
+
+
+def _damaged(what: str, line: int, expected: str) -> Damaged:
+    return Damaged(f"{what}: line {line} is not {expected}",
+                   "the whole file is kept as the container's and reported as a conflict; fix the file, then rebase")
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    if not data:
+        return [], b"\n"
+    if data.endswith(b"\n"):
+        return data[:-1].split(b"\n"), b"\n"
+    return data.split(b"\n"), b""
+
+
+def _unique(records: list[_Record], what: str) -> None:
+    seen: set[bytes] = set()
+    for n, r in enumerate(records, 1):
+        if r.key in seen:
+            raise Damaged(f"{what}: record {n} repeats {_show(r.key)!r}",
+                          "the whole file is kept as the container's and reported as a conflict; "
+                          "remove the duplicate, then rebase")
+        seen.add(r.key)
+
+
+def _colon(fields: int, name: str) -> Callable[[bytes, str], _File]:
+    def parse(data: bytes, what: str) -> _File:
+        lines, trailer = _split_lines(data)
+        records = []
+        for n, line in enumerate(lines, 1):
+            parts = line.split(b":")
+            if len(parts) != fields or not parts[0]:
+                raise _damaged(what, n, f"a {name} entry ({fields} fields separated by ':')")
+            records.append(_Record(parts[0], line))
+        _unique(records, what)
+        return _File(records, trailer)
+    return parse
+
+
+def _keyed_lines(key_of: Callable[[bytes], Optional[bytes]], expected: str) -> Callable[[bytes, str], _File]:
+    def parse(data: bytes, what: str) -> _File:
+        lines, trailer = _split_lines(data)
+        records = []
+        for n, line in enumerate(lines, 1):
+            key = key_of(line)
+            if not key:
+                raise _damaged(what, n, expected)
+            records.append(_Record(key, line))
+        _unique(records, what)
+        return _File(records, trailer)
+    return parse
+
+
+def _line_set(data: bytes, what: str) -> _File:
+    # The line is its own key; a repeated line (blank, comment) is told apart by its occurrence.
+    lines, trailer = _split_lines(data)
+    seen: dict[bytes, int] = {}
+    records = []
+    for line in lines:
+        n = seen[line] = seen.get(line, -1) + 1
+        records.append(_Record(line + b"\0" + str(n).encode() if n else line, line))
+    return _File(records, trailer)
+
+
+def _statoverride_key(line: bytes) -> Optional[bytes]:
+    parts = line.split(b" ", 3)  # "user group mode path": the path may hold spaces
+    return parts[3] if len(parts) == 4 and parts[3].startswith(b"/") else None
+
+
+def _after(sep: bytes) -> Callable[[bytes], Optional[bytes]]:
+    def key_of(line: bytes) -> Optional[bytes]:
+        head, found, path = line.partition(sep)
+        return path if found and head and path.startswith(b"/") else None
+    return key_of
+
+
+def _diversions(data: bytes, what: str) -> _File:
+    # Groups of three lines: the diverted path, where it went, the diverting package (":" = local).
+    lines, trailer = _split_lines(data)
+    if len(lines) % 3 or not all(lines):
+        raise _damaged(what, len(lines) - len(lines) % 3 + 1, "part of a diversion (3 non-empty lines)")
+    records = [_Record(lines[i], b"\n".join(lines[i:i + 3])) for i in range(0, len(lines), 3)]
+    _unique(records, what)
+    return _File(records, trailer)
+
+
+def _paragraphs(data: bytes, what: str) -> list[tuple[int, list[bytes]]]:
+    """deb822 paragraphs (separated by empty lines) as (first line number, lines)."""
+    out: list[tuple[int, list[bytes]]] = []
+    current: list[bytes] = []
+    start = 0
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line:
+            if current:
+                out.append((start, current))
+                current = []
+            continue
+        if not current:
+            start = n
+            if line[:1] in (b" ", b"\t"):
+                raise _damaged(what, n, "a field (a paragraph starts with a continuation line)")
+        if line[:1] == b"#" or (line[:1] not in (b" ", b"\t") and b":" not in line):
+            raise _damaged(what, n, "a 'Field: value' line")
+        current.append(line)
+    if current:
+        out.append((start, current))
+    return out
+
+
+def _fields(lines: list[bytes], wanted: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    got: dict[bytes, bytes] = {}
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            continue
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in wanted:
+            got[name] = value.strip()
+    return got
+
+
+def _paragraph_trailer(data: bytes) -> bytes:
+    tail = data[len(data.rstrip(b"\n")):]
+    return tail[:2]
+
+
+def _deb822(key_fields: tuple[bytes, ...], dpkg_order: bool) -> Callable[[bytes, str], _File]:
+    wanted = tuple(f.lower() for f in key_fields) + ((b"multi-arch",) if dpkg_order else ())
+    first = wanted[0]
+
+    def parse(data: bytes, what: str) -> _File:
+        paras = _paragraphs(data, what)
+        parsed = []
+        for start, lines in paras:
+            f = _fields(lines, wanted)
+            if not f.get(first):
+                raise _damaged(what, start, f"the start of a paragraph with a {key_fields[0].decode()} field")
+            parsed.append((f, b"\n".join(lines)))
+        native = _native_arch([f for f, _ in parsed]) if dpkg_order else b""
+        records = []
+        for f, body in parsed:
+            key = b":".join(f.get(k, b"") for k in wanted[:len(key_fields)])
+            order = _dpkg_order(f, native) if dpkg_order else (key, 0, b"")
+            records.append(_Record(key, body, order))
+        _unique(records, what)
+        return _File(records, _paragraph_trailer(data) if records else b"\n\n")
+    return parse
+
+
+def _native_arch(fields: list[dict[bytes, bytes]]) -> bytes:
+    """dpkg's native architecture: dpkg's own, else the commonest one that is not "all"."""
+    counts: dict[bytes, int] = {}
+    for f in fields:
+        arch = f.get(b"architecture", b"")
+        if f[b"package"] == b"dpkg" and arch:
+            return arch
+        if arch and arch != b"all":
+            counts[arch] = counts.get(arch, 0) + 1
+    return max(sorted(counts), key=counts.__getitem__) if counts else b""
+
+
+def _dpkg_order(f: dict[bytes, bytes], native: bytes) -> _Order:
+    # As dpkg's writedb sorts (pkg_sorter_by_nonambig_name_arch): by name, then the instance whose
+    # name needs no ":arch" (native, all, Multi-Arch: same) first, foreign ones by arch name.
+    arch = f.get(b"architecture", b"")
+    plain = arch in (b"", b"all", native) or f.get(b"multi-arch") == b"same"
+    return (f[b"package"], 0, b"") if plain else (f[b"package"], 1, arch)
+
+
+_FORMATS: dict[str, _Format] = {
+    "passwd": _Format(_colon(7, "passwd"), b"\n", False),
+    "group": _Format(_colon(4, "group"), b"\n", False),
+    "shadow": _Format(_colon(9, "shadow"), b"\n", False),
+    "gshadow": _Format(_colon(4, "gshadow"), b"\n", False),
+    "subid": _Format(_colon(3, "subordinate id"), b"\n", False),
+    "lines": _Format(_line_set, b"\n", False),
+    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True),
+    # apt appends new entries at the end and keeps the file's order: no sort.
+    "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False),
+    # debconf's File driver writes its items sorted by name.
+    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True),
+    "dpkg-diversions": _Format(_diversions, b"\n", False),
+    "dpkg-statoverride": _Format(_keyed_lines(_statoverride_key, "'user group mode /path'"), b"\n", False),
+    "ucf-registry": _Format(_keyed_lines(_after(b" \t "), "'package \\t /path'"), b"\n", False),
+    "ucf-hashfile": _Format(_keyed_lines(_after(b"  "), "'md5sum  /path'"), b"\n", False),
+}
+
+KINDS: tuple[str, ...] = tuple(_FORMATS)
+
+
+def _show(key: bytes) -> str:
+    line, _, n = key.partition(b"\0")
+    text = line.decode("utf-8", "backslashreplace")
+    return f"{text} (#{int(n) + 1})" if n else text
+
+
+def _did(old: Optional[bytes], new: Optional[bytes]) -> str:
+    return "added" if old is None else "removed" if new is None else "changed"
+
+
+def _parse(fmt: _Format, data: Optional[bytes], what: str) -> Optional[_File]:
+    return None if data is None else fmt.parse(data, what)
+
+
+def merge3(kind: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Optional[bytes]) -> MergeResult:
+    """Merge the container's copy of a database (`ours`) with the base's move from `ancestor` to `base`."""
+    fmt = _FORMATS.get(kind)
+    if fmt is None:
+        raise ValueError(f"unknown merge kind {kind!r}")
+    if ours == base:
+        return MergeResult(base, [], [], True)
+    if ancestor == base:  # the base did not touch it: nothing to bring in
+        return MergeResult(ours, [], [], False)
+    name = next((p for p, k in DATABASES.items() if k == kind), kind)
+    a = _parse(fmt, ancestor, f"the old base version's {name}")
+    b = _parse(fmt, base, f"the new base version's {name}")
+    o = _parse(fmt, ours, f"the container's {name}")
+    amap = {r.key: r for r in a.records} if a else {}
+    bmap = {r.key: r for r in b.records} if b else {}
+    omap = {r.key: r for r in o.records} if o else {}
+
+    result: dict[bytes, _Record] = {}
+    conflicts: list[RecordConflict] = []
+    merged: list[str] = []
+    for key in (*bmap, *(k for k in omap if k not in bmap), *(k for k in amap if k not in bmap and k not in omap)):
+        ar, br, orr = amap.get(key), bmap.get(key), omap.get(key)
+        av, bv, ov = (r.data if r else None for r in (ar, br, orr))
+        if bv == ov:
+            keep = br
+        elif av == ov:  # only the base changed it
+            keep = br
+            merged.append(_show(key))
+        elif av == bv:  # only the container changed it
+            keep = orr
+        else:
+            keep = orr
+            conflicts.append(RecordConflict(_show(key), _did(av, bv), _did(av, ov)))
+        if keep is not None:
+            result[key] = keep
+
+    order = _order(fmt, b, o, result, set(bmap) - set(amap))
+    records = [result[k] for k in order]
+    if not records and (ours is None or base is None):
+        data: Optional[bytes] = None
+    else:
+        trailer = next((f.trailer for f in (o, b, a) if f and f.records), fmt.sep)
+        data = fmt.sep.join(r.data for r in records) + trailer if records else b""
+    return MergeResult(data, conflicts, merged, data == base)
+
+
+def _order(fmt: _Format, b: Optional[_File], o: Optional[_File], result: dict[bytes, _Record],
+           base_added: set[bytes]) -> list[bytes]:
+    """The base's order, with the container's own records put where the container had them."""
+    skeleton = [r.key for r in b.records if r.key in result] if b else []
+    placed = set(skeleton)
+    own = [r.key for r in o.records if r.key in result and r.key not in placed] if o else []
+    if not own:
+        return skeleton
+    if fmt.sorted:
+        # Each new record before the first record of the base that sorts after it.
+        keys = [result[k].order for k in skeleton]
+        slots: dict[int, list[bytes]] = {}
+        for k in own:
+            slots.setdefault(bisect_right(keys, result[k].order), []).append(k)
+        out: list[bytes] = []
+        for i, k in enumerate(skeleton):
+            out.extend(sorted(slots.get(i, ()), key=lambda x: result[x].order))
+            out.append(k)
+        out.extend(sorted(slots.get(len(skeleton), ()), key=lambda x: result[x].order))
+        return out
+    # After the record that preceded it in the container's file, past the base's own additions
+    # that follow that record (so a re-merge finds every record where it left it).
+    after: dict[Optional[bytes], list[bytes]] = {}
+    anchor: Optional[bytes] = None
+    for r in o.records if o else ():
+        if r.key in placed:
+            anchor = r.key
+        elif r.key in result:
+            after.setdefault(anchor, []).append(r.key)
+    out = []
+    pending = after.get(None, [])
+    for k in skeleton:
+        if pending and k not in base_added:
+            out.extend(pending)
+            pending = []
+        out.append(k)
+        pending = pending + after.get(k, [])
+    out.extend(pending)
+    return out
+
+
+# --- ids ----------------------------------------------------------------------------------------------
+
+def _ids(data: bytes, kind: str) -> dict[int, list[str]]:
+    by_id: dict[int, list[str]] = {}
+    for r in _FORMATS[kind].parse(data, f"/etc/{kind}").records:
+        field = r.data.split(b":")[2]
+        if not field.isdigit():
+            raise Damaged(f"/etc/{kind}: {_show(r.key)!r} has the id {_show(field)!r}",
+                          "an id is a decimal number; fix the entry, then rebase")
+        by_id.setdefault(int(field), []).append(_show(r.key))
+    return by_id
+
+
+def id_collisions(passwd: bytes, group: bytes) -> list[str]:
+    """Every uid and gid that more than one name holds, e.g. "uid 999: polkitd, systemd-timesync".
+
+    Files the base owns under such an id would belong to the other name. Compare with the same call
+    on the base's own files to keep only the collisions a merge brought in.
+    """
+    out = []
+    for what, data, kind in (("uid", passwd, "passwd"), ("gid", group, "group")):
+        for n, names in sorted(_ids(data, kind).items()):
+            if len(names) > 1:
+                out.append(f"{what} {n}: {', '.join(names)}")
+    return out
+
+
+class IdRanges(NamedTuple):
+    system: tuple[int, int]  # first, last system uid and gid
+    users: tuple[int, int]  # first, last uid and gid of people's accounts
+
+
+# Debian's defaults give both sides the same ranges (login.defs: system 100-999, users 1000-60000;
+# adduser.conf: system 100-999, users 1000-59999), so a base update and a container both hand out
+# 100, 101... (adduser counts up from FIRST_SYSTEM_UID, useradd -r down from SYS_UID_MAX).
+# pycor splits them. systemd-sysusers (bookworm, 252) ignores login.defs: with SYS_UID_MAX 499 in
+# a root's login.defs, `systemd-sysusers --root` still created uid 999, then 998. So 900-999 is
+# left to sysusers on both sides (its collisions are caught by id_collisions), and users stay
+# under 60000 (60000-64999 Debian's reserved block, 61184-65519 systemd's DynamicUser=).
+ID_RANGES: dict[str, IdRanges] = {
+    "base": IdRanges((100, 499), (1000, 29999)),
+    "container": IdRanges((500, 899), (30000, 59999)),
+}
+SYSUSERS_RANGE: tuple[int, int] = (900, 999)
+
+
+def _ranges(role: str) -> IdRanges:
+    try:
+        return ID_RANGES[role]
+    except KeyError:
+        raise ValueError(f"role must be one of {', '.join(ID_RANGES)}, not {role!r}") from None
+
+
+def _set_values(data: bytes, values: dict[str, int], separators: bytes, assign: bytes) -> bytes:
+    """Set `values` in a "KEY<separators>VALUE" file, touching only those lines.
+
+    Every active line of a key is rewritten in place; a key with none takes over its first
+    commented-out line ("#KEY 100" -> "KEY 500"); a key with neither is appended.
+    """
+    lines = data.splitlines(keepends=True)
+    keys = [k.encode() for k in values]
+
+    def key_of(text: bytes) -> Optional[bytes]:
+        for k in keys:
+            if text.startswith(k) and len(text) > len(k) and text[len(k)] in separators:
+                return k
+        return None
+
+    active = {key_of(line.lstrip(b" \t")) for line in lines} - {None}
+    uncommented: set[bytes] = set()
+    out = []
+    for line in lines:
+        body = line.rstrip(b"\r\n")
+        end = line[len(body):]
+        indent = body[:len(body) - len(body.lstrip(b" \t"))]
+        text = body[len(indent):]
+        k = key_of(text)
+        if k is None and text.startswith(b"#"):
+            k = key_of(text[1:])
+            if k is None or k in active or k in uncommented:
+                out.append(line)
+                continue
+            uncommented.add(k)
+            text = text[1:]
+        if k is None:
+            out.append(line)
+            continue
+        i = len(k)
+        while i < len(text) and text[i] in separators:
+            i += 1
+        j = i
+        while j < len(text) and text[j] not in b" \t":
+            j += 1
+        out.append(indent + text[:i] + str(values[k.decode()]).encode() + text[j:] + end)
+    missing = [k for k in keys if k not in active and k not in uncommented]
+    if missing and out and not out[-1].endswith(b"\n"):
+        out[-1] += b"\n"
+    out.extend(k + assign + str(values[k.decode()]).encode() + b"\n" for k in missing)
+    return b"".join(out)
+
+
+def _with_ranges(role: str, data: bytes, names: tuple[str, str, str, str], separators: bytes,
+                 assign: bytes) -> bytes:
+    # names: the settings for the first and last system id, then the first and last user id,
+    # with "{}" standing for UID or GID.
+    r = _ranges(role)
+    values: dict[str, int] = {}
+    for id_ in ("UID", "GID"):
+        values.update(zip((n.format(id_) for n in names), (*r.system, *r.users)))
+    return _set_values(data, values, separators, assign)
+
+
+def login_defs_for(role: str, data: bytes) -> bytes:
+    """/etc/login.defs with the uid and gid ranges of `role` ("base" or "container") for useradd/groupadd."""
+    return _with_ranges(role, data, ("SYS_{}_MIN", "SYS_{}_MAX", "{}_MIN", "{}_MAX"), b" \t", b"\t\t")
+
+
+def adduser_conf_for(role: str, data: bytes) -> bytes:
+    """/etc/adduser.conf with the uid and gid ranges of `role` ("base" or "container") for adduser."""
+    return _with_ranges(role, data, ("FIRST_SYSTEM_{}", "LAST_SYSTEM_{}", "FIRST_{}", "LAST_{}"), b" \t=", b"=")
