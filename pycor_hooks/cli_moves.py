@@ -70,7 +70,9 @@ def cmd_conflicts(args: argparse.Namespace, driver: Driver) -> None:
         emit(args, [{"container": c.name, "from": record.get("from"), "to": record.get("to"), "findings": rows}], [])
         return
     open_ = [r for r in rows if r.get("kind") in ("conflict", "collision")]
-    if record.get("to"):
+    if record.get("held_back"):
+        print(f"container {c.name}: held back on version {record.get('from')}: moving to {record.get('to')} would give two names one id")
+    elif record.get("to"):
         print(f"container {c.name}: last moved from version {record.get('from')} to {record.get('to')}")
     _print_findings(rows)
     if open_:

@@ -517,15 +517,19 @@ def write_findings(rootfs_fd: int, record: dict) -> None:
         os.close(pycor)
 
 
-def record_move(rootfs_fd: int, old: str, new: str, result: Plan) -> None:
-    """Keep the unresolved conflicts of earlier moves, replaced by this move's findings for the same paths."""
+def record_move(rootfs_fd: int, old: str, new: str, result: Plan, held_back: bool = False) -> None:
+    """Keep the unresolved conflicts of earlier moves, replaced by this move's findings for the same paths.
+
+    held_back: the move did not happen (an id collision); its findings say why.
+    """
     try:
         previous = read_findings(rootfs_fd)
     except (Damaged, ValueError):
         previous = {"findings": []}
     paths = {f.path for f in result.findings}
     kept = [f for f in previous.get("findings", []) if f.get("kind") in ("conflict", "collision") and f.get("path") not in paths]
-    write_findings(rootfs_fd, {"from": old, "to": new, "findings": kept + [f.to_json() for f in result.findings]})
+    write_findings(rootfs_fd, {"from": old, "to": new, "held_back": held_back,
+                               "findings": kept + [f.to_json() for f in result.findings]})
 
 
 def unresolved(rootfs_fd: int) -> list[dict]:
@@ -543,6 +547,9 @@ def reconcile(rootfs_fd: int, upper_fd: int, old: str, new: str, a_layers: list[
     if dry_run:
         return result
     if collisions and not force:
+        held = Plan()
+        held.findings = collisions
+        record_move(rootfs_fd, old, new, held, held_back=True)
         raise Conflict(
             "moving would give two names one id: " + "; ".join(f.detail for f in collisions),
             "see 'pycor conflicts NAME'; fix the container's user, or move anyway with 'pycor rebase NAME --force'",
