@@ -17,8 +17,9 @@ from typing import Iterator
 
 import pytest
 from conftest import Container, destroy
-from helpers import PYCOR, run, tree_checksum
+from helpers import PYCOR, run, tree_checksum, wait_for
 
+from pycor_hooks import locks
 from pycor_hooks import template as template_mod
 
 # -- pure logic ---------------------------------------------------------------------
@@ -266,3 +267,36 @@ def test_twenty_parallel_creates_of_one_name_leave_exactly_one_container(env, lx
             c.stop()
     finally:
         destroy(name, lxcpath)
+
+
+def waits_on_lock(pid: int, lock_path: str) -> bool:
+    """Whether process pid is blocked in flock on lock_path (a '->' waiter line in /proc/locks)."""
+    ino = os.stat(lock_path).st_ino
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "->" in fields and fields[fields.index("->") + 4] == str(pid) and fields[fields.index("->") + 5].endswith(f":{ino}"):
+                return True
+    return False
+
+
+def test_create_checks_under_the_name_lock(env, lxcpath, busybox_base, installed):
+    """A create that finds the name taken once it holds the lock refuses and leaves the winner's directory alone."""
+    name = f"w{uuid.uuid4().hex[:8]}"
+    path = os.path.join(lxcpath, name)
+    argv = PYCOR + ["create", name, "--base", busybox_base, "-P", lxcpath, "--network", "none"]
+    try:
+        with locks.name_lock(lxcpath, name) as held:  # another create of this name is under way
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL)
+            wait_for(lambda: proc.poll() is not None or waits_on_lock(proc.pid, held.path), 60, "the create to wait or end")
+            os.makedirs(os.path.join(path, "rootfs"), exist_ok=True)  # what the other create has made so far
+            with open(os.path.join(path, "partial"), "w") as f:
+                f.write("")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out + err
+        one_error(err)
+        assert sorted(os.listdir(path)) == ["partial", "rootfs"] and not os.listdir(os.path.join(path, "rootfs"))
+    finally:
+        destroy(name, lxcpath)
+        shutil.rmtree(path, ignore_errors=True)
