@@ -25,7 +25,7 @@ import time
 
 from .driver import Driver
 from .errors import Conflict, PycorError
-from .layer import rootfs_dir
+from .layer import open_rootfs, read_meta, rootfs_dir
 from .names import check_name, check_version
 from .store import DEFAULT_STORE, Store
 
@@ -165,8 +165,9 @@ def data_to_keep(path: str, rootfs: str) -> list[str]:
     except FileNotFoundError:
         entries = []
     for entry in entries:
-        full = os.path.join(path, entry)
-        if entry in LXC_CREATE_FILES or (full == rootfs and not _holds_data(rootfs)):
+        # lxc-create makes an empty 'rootfs' here even when --dir puts the rootfs elsewhere
+        if entry in LXC_CREATE_FILES or (entry == "rootfs" and os.path.isdir(os.path.join(path, entry))
+                                         and not _holds_data(os.path.join(path, entry))):
             continue
         keep.append(path)
         break
@@ -263,25 +264,42 @@ def main(argv: list[str], hooks_dir: str) -> int:
         run(argv, hooks_dir)
         return 0
     except BaseException as e:  # argparse's exit and Ctrl-C too: lxc-create's cleanup follows any failure
-        if not keep:
-            if isinstance(e, (PycorError, OSError)):
-                report(e)
-                return 1
-            raise
-        cause = e.message if isinstance(e, PycorError) else str(e) if isinstance(e, OSError) else "the template did not finish"
-        try:
-            moves = [(p, keep_aside(p, LXC_CREATE_FILES if p == os.path.abspath(path) else ())) for p in keep]  # type: ignore[arg-type]
-        except OSError as err:
-            report(PycorError(f"{cause}; and {keep[0]} could not be moved out of lxc-create's way ({err.strerror}): "
-                              "lxc-create deletes it when a template fails", "copy it away before running lxc-create again"))
+        if keep and path and rootfs:
+            report(keep_before_failing(e, keep, path, rootfs, adopt))
             return 1
-        name = os.path.basename(os.path.abspath(path))  # type: ignore[arg-type]
-        hint = f"{e.hint}; then " if isinstance(e, PycorError) and e.hint and adopt else ""
-        report(PycorError(
-            f"{cause}; lxc-create deletes what it finds there when a template fails, so pycor moved it to "
-            f"{' and '.join(kept for _, kept in moves)}",
-            f"{hint}to re-create the container around its pycor layer, keeping its changes: "
-            f"{put_back(moves)} && pycor create {name} --base BASE --adopt"
-            + "".join(f" --dir {shlex.quote(orig)}" for orig, _ in moves if orig != os.path.abspath(path)),  # type: ignore[arg-type]
-        ))
-        return 1
+        if isinstance(e, (PycorError, OSError)):
+            report(e)
+            return 1
+        raise
+
+
+def keep_before_failing(e: BaseException, keep: list[str], path: str, rootfs: str, adopt: bool) -> PycorError:
+    """Move what existed before lxc-create out of its cleanup's way; the error to report."""
+    cause = e.message if isinstance(e, PycorError) else str(e) if isinstance(e, OSError) else "the template did not finish"
+    path, rootfs = os.path.abspath(path), os.path.abspath(rootfs)
+    try:
+        moves = [(p, keep_aside(p, LXC_CREATE_FILES if p == path else ())) for p in keep]
+    except OSError as err:
+        return PycorError(f"{cause}; and {keep[0]} could not be moved out of lxc-create's way ({err.strerror}): "
+                          "lxc-create deletes it when a template fails", "copy it away before running lxc-create again")
+    return PycorError(f"{cause}; lxc-create deletes what it finds there when a template fails, so pycor moved it to "
+                      f"{' and '.join(kept for _, kept in moves)}",
+                      kept_hint(e if adopt else None, path, rootfs, moves))
+
+
+def kept_hint(error: BaseException | None, path: str, rootfs: str, moves: list[tuple[str, str]]) -> str:
+    """How to put kept data back, and adopt the pycor layer in it if there is one."""
+    kept_rootfs = next((kept + rootfs[len(orig):] for orig, kept in moves
+                        if rootfs == orig or rootfs.startswith(orig + "/")), rootfs)
+    try:
+        fd = open_rootfs(kept_rootfs)
+        try:
+            base = read_meta(fd, kept_rootfs).base
+        finally:
+            os.close(fd)
+    except PycorError:
+        return f"it holds no valid pycor layer; put it back when this name is free: {put_back(moves)}"
+    name = os.path.basename(path)
+    first = f"{error.hint}; then " if isinstance(error, PycorError) and error.hint else ""
+    return (f"{first}to re-create the container around its pycor layer, keeping its changes: {put_back(moves)} && "
+            f"pycor create {name} --base {base} --adopt" + (f" --dir {shlex.quote(rootfs)}" if rootfs != os.path.join(path, "rootfs") else ""))

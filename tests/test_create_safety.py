@@ -43,7 +43,7 @@ def test_lost_layer_and_other_files_are_data_to_keep(tmp_path):
 
 def test_non_empty_outside_rootfs_is_data_to_keep(tmp_path):
     path, rootfs = tmp_path / "c1", tmp_path / "elsewhere"
-    path.mkdir()
+    (path / "rootfs").mkdir(parents=True)  # lxc-create makes it even with --dir
     (path / "config").write_text("")
     rootfs.mkdir()
     assert template_mod.data_to_keep(str(path), str(rootfs)) == []
@@ -222,6 +222,7 @@ def test_raw_lxc_create_on_an_existing_dir_does_not_delete_it(env, lxcpath, busy
         assert len(aside) == 1 and aside[0] in proc.stderr
         assert tree_checksum(aside[0]) == before
         assert not os.path.exists(os.path.join(lxcpath, name))
+        assert not glob.glob(os.path.join(lxcpath, f".{name}.pycor-kept-*"))  # lxc-create's own directory held nothing
     finally:
         destroy(name, lxcpath)
         shutil.rmtree(data, ignore_errors=True)
@@ -300,3 +301,36 @@ def test_create_checks_under_the_name_lock(env, lxcpath, busybox_base, installed
     finally:
         destroy(name, lxcpath)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def test_create_with_a_new_dir_puts_the_layer_there(env, lxcpath, busybox_base, session_dir):
+    name = f"d{uuid.uuid4().hex[:8]}"
+    data = os.path.join(session_dir, f"data-{name}")
+    try:
+        create(name, busybox_base, lxcpath, env, "--dir", data, check=True)
+        assert os.path.isdir(os.path.join(data, ".pycor", "upper"))
+        c = Container(name, lxcpath, env)
+        c.start()
+        try:
+            c.sh("echo there > /keep")
+        finally:
+            c.stop()
+        assert open(os.path.join(data, ".pycor", "upper", "keep")).read() == "there\n"
+    finally:
+        destroy(name, lxcpath)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_adopt_an_unprivileged_layer_needs_unprivileged(make_container, env, lxcpath, busybox_base):
+    c = make_container(extra=("--unprivileged",))
+    write_change(c, "mapped")
+    before = lose_config(c)
+    proc = create(c.name, busybox_base, lxcpath, env, "--adopt")
+    assert proc.returncode == 1 and "--unprivileged" in one_error(proc.stderr)
+    assert tree_checksum(os.path.join(c.rootfs, ".pycor")) == before and not os.path.exists(c.config)
+    create(c.name, busybox_base, lxcpath, env, "--adopt", "--unprivileged", check=True)
+    c.start()
+    try:
+        assert c.sh("cat /keep").stdout.strip() == "mapped"
+    finally:
+        c.stop()
