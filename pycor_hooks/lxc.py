@@ -13,9 +13,9 @@ from .errors import Conflict, NotFound, PycorError
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
 
 
-def run_tool(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
     except FileNotFoundError:
         raise PycorError(f"{argv[0]} is not installed", "install LXC: apt-get install lxc") from None
     if check and proc.returncode != 0:
@@ -119,7 +119,7 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
     creates of one name never both pass the check (the loser's cleanup would
     remove the winner's directory). check(rootfs) runs under it too.
     """
-    with locks.name_lock(lxcpath, name):
+    with locks.name_lock(lxcpath, name) as held:
         rootfs = check_free(name, lxcpath, base, rootfs, adopt)
         if check:
             check(rootfs)
@@ -142,7 +142,8 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
         if adopt:
             argv += ["--adopt"]
         try:
-            proc = run_tool(argv, check=False)
+            # lxc-create holds the lock too: if this process is killed, no other create slips in while it runs
+            proc = run_tool(argv, check=False, pass_fds=(held.fd,))
         finally:
             if conf:
                 os.unlink(conf)
