@@ -240,6 +240,10 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     driver.store.require(check_name(args.base, "base name"))
+    if args.runtime == "lxd" and (args.adopt or args.dir):
+        raise PycorError("--adopt and --dir are for LXC containers", "drop them, or use --runtime lxc")
+    if args.adopt and args.pin:
+        raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
     if args.runtime == "lxd":
         client = lxd_client()
         if client is None:
@@ -255,10 +259,19 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     from .store import templates_dir
 
     template = args.template or ("pycor" if templates_dir() == LXC_TEMPLATES_DIR else os.path.join(templates_dir(), TEMPLATE))
+
+    def check_layer(rootfs: str) -> None:
+        if args.adopt:  # all of it, before lxc-create runs
+            from .template import idmap_lines, mapped_root
+
+            uid, gid = mapped_root({}, idmap_lines({}, args.unprivileged))
+            driver.adopt_volume(name, rootfs, args.base, uid, gid, register=False)
+
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
                store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None,
-               unprivileged=args.unprivileged)
-    print(f"container {name} created on base {args.base} (lxc-start -n {name}{'' if not args.lxcpath else ' -P ' + lxcpath})")
+               unprivileged=args.unprivileged, adopt=args.adopt, rootfs=args.dir, check=check_layer)
+    print(f"container {name} {'re-created around its layer' if args.adopt else 'created'} on base {args.base} "
+          f"(lxc-start -n {name}{'' if not args.lxcpath else ' -P ' + lxcpath})")
 
 
 def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
@@ -480,6 +493,9 @@ def parser() -> argparse.ArgumentParser:
                     help="default: LXC's default config; none: lxc.net.0.type = empty")
     cr.add_argument("--unprivileged", action="store_true", help="map container root to an unprivileged host id")
     cr.add_argument("--runtime", choices=("lxc", "lxd"), default="lxc", help="LXC (default) or LXD (always unprivileged)")
+    cr.add_argument("--adopt", action="store_true",
+                    help="re-create a container whose LXC config was lost around the layer in its rootfs, keeping its changes")
+    cr.add_argument("--dir", metavar="DIR", help="rootfs directory elsewhere than LXCPATH/NAME/rootfs (new or empty, or a layer with --adopt)")
     cr.add_argument("--template", help=argparse.SUPPRESS)
     cr.set_defaults(func=cmd_create)
     ls = sub.add_parser("ls", help="list pycor containers", parents=[fmt, where])

@@ -20,7 +20,7 @@ import time
 import zlib
 
 from . import layer, linux, overlay
-from .errors import Conflict, PycorError
+from .errors import Conflict, NotFound, PycorError
 from .layer import LayerMeta
 from .locks import layer_lock
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -121,6 +121,33 @@ class Driver:
             self.store.version(base, pin)
         layer.create_layer(rootfs, LayerMeta(base, pin, pin or self.store.current(base)), uid, gid)
         self.register(Registration(name, rootfs, runtime, lxcpath))
+
+    def adopt_volume(self, name: str, rootfs: str, base: str, uid: int | None = 0, gid: int | None = 0,
+                     runtime: str = "lxc", lxcpath: str | None = None, register: bool = True) -> LayerMeta:
+        """Take over an existing layer whose container config was lost, changing nothing in it.
+
+        Checked in full first: layer.json readable (no symlink followed),
+        naming this base, which exists (and its pin, if pinned); upper and work
+        owned by container root (uid, gid; None skips that check).
+        """
+        if not os.path.lexists(os.path.join(rootfs, layer.PYCOR_DIR)):
+            raise NotFound(f"nothing to adopt: {rootfs} holds no pycor layer", "drop --adopt to create a new container")
+        with layer.OpenLayer(rootfs) as lay:
+            meta = lay.meta
+            owners = [os.fstat(fd) for fd in ((lay.work_fd, lay.upper_fd) if uid else (lay.work_fd,))]
+        if meta.base != base:
+            raise Conflict(f"the layer in {rootfs} runs on base {meta.base!r}, not {base!r}",
+                           f"adopt it with --base {meta.base}")
+        self.store.require(base)
+        if meta.pin:
+            self.store.version(base, meta.pin)
+        if uid is not None and any((st.st_uid, st.st_gid) != (uid, gid) for st in owners):
+            raise Conflict(f"{rootfs}/{layer.UPPER} and work belong to {owners[0].st_uid}:{owners[0].st_gid}, "
+                           f"not to container root {uid}:{gid}",
+                           "adopt it as it was created: with --unprivileged if its ids are mapped, without if not")
+        if register:
+            self.register(Registration(name, rootfs, runtime, lxcpath))
+        return meta
 
     def volume_meta(self, rootfs: str) -> LayerMeta:
         fd = layer.open_rootfs(rootfs)

@@ -6,14 +6,16 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 
-from .errors import PycorError
-from .layer import is_layer, rootfs_dir
+from . import locks
+from .errors import Conflict, NotFound, PycorError
+from .layer import PYCOR_DIR, is_layer, rootfs_dir
 
 
-def run_tool(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
     except FileNotFoundError:
         raise PycorError(f"{argv[0]} is not installed", "install LXC: apt-get install lxc") from None
     if check and proc.returncode != 0:
@@ -71,35 +73,90 @@ def exists(name: str, lxcpath: str) -> bool:
     return os.path.exists(os.path.join(lxcpath, name, "config"))
 
 
+def check_free(name: str, lxcpath: str, base: str, rootfs: str | None = None, adopt: bool = False) -> str:
+    """Refuse, before lxc-create runs, anything its failure cleanup would delete; return the rootfs.
+
+    lxc-create removes the container directory and a --dir rootfs when its
+    template fails, whatever they held before. The caller holds the name lock.
+    """
+    path = os.path.join(lxcpath, name)
+    rootfs = os.path.abspath(rootfs) if rootfs else os.path.join(path, "rootfs")
+    if os.path.lexists(os.path.join(path, "config")):
+        raise Conflict(f"container {name!r} already exists in {lxcpath}", "pick another name, or 'pycor rm' it first")
+    if adopt:
+        if not os.path.lexists(os.path.join(rootfs, PYCOR_DIR)):
+            raise NotFound(f"nothing to adopt: {rootfs} holds no pycor layer", "drop --adopt to create a new container")
+        return rootfs
+    if os.path.lexists(os.path.join(rootfs, PYCOR_DIR)):
+        raise Conflict(f"{rootfs} holds the changes of a container whose LXC config is missing",
+                       f"re-create the container around them, keeping them: pycor create {name} --base {base} --adopt"
+                       + (f" --dir {rootfs}" if rootfs != os.path.join(path, "rootfs") else ""))
+    if os.path.lexists(path):
+        raise Conflict(f"{path} already exists, and lxc-create would delete it if creating failed",
+                       "move it away, or pick another name")
+    if os.path.lexists(rootfs) and (not os.path.isdir(rootfs) or os.path.islink(rootfs) or os.listdir(rootfs)):
+        raise Conflict(f"--dir {rootfs} is not an empty directory, and lxc-create would delete it if creating failed",
+                       "pass a new or empty directory")
+    return rootfs
+
+
+def template_error(stderr: str, returncode: int) -> PycorError:
+    """The template's own 'error:' and 'hint:' lines, else lxc-create's last line."""
+    said = {kind: [line.split(f"lxc-pycor: {kind}: ", 1)[1] for line in stderr.splitlines() if f"lxc-pycor: {kind}: " in line]
+            for kind in ("error", "hint")}
+    if said["error"]:
+        return PycorError(said["error"][-1], said["hint"][-1] if said["hint"] else None)
+    lines = stderr.strip().splitlines()
+    return PycorError(f"lxc-create failed: {lines[-1] if lines else 'exit ' + str(returncode)}")
+
+
 def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = None,
-           network: str = "default", store: str | None = None, unprivileged: bool = False) -> None:
-    if exists(name, lxcpath):
-        raise PycorError(f"container {name!r} already exists in {lxcpath}", "pick another name, or 'pycor rm' it first")
-    argv = ["lxc-create", "-n", name, "-P", lxcpath, "-t", template]
-    conf = None
-    if network == "none":
-        fd, conf = tempfile.mkstemp(prefix="pycor-", suffix=".conf")
-        with os.fdopen(fd, "w") as f:
-            f.write("lxc.net.0.type = empty\n")
-        argv += ["-f", conf]
-    argv += ["--", "--base", base]
-    if pin:
-        argv += ["--pin", pin]
-    if store:
-        argv += ["--store", store]
-    if unprivileged:
-        argv += ["--unprivileged"]
-    try:
-        proc = run_tool(argv, check=False)
-    finally:
-        if conf:
-            os.unlink(conf)
+           network: str = "default", store: str | None = None, unprivileged: bool = False,
+           adopt: bool = False, rootfs: str | None = None, check: Callable[[str], None] | None = None) -> None:
+    """lxc-create -t pycor, refusing first whatever its failure cleanup would delete.
+
+    Holds the name lock from the check to the end of lxc-create, so two
+    creates of one name never both pass the check (the loser's cleanup would
+    remove the winner's directory). check(rootfs) runs under it too.
+    """
+    with locks.name_lock(lxcpath, name) as held:
+        rootfs = check_free(name, lxcpath, base, rootfs, adopt)
+        if check:
+            check(rootfs)
+        argv = ["lxc-create", "-n", name, "-P", lxcpath, "-t", template]
+        if rootfs != os.path.join(lxcpath, name, "rootfs"):
+            argv += ["-B", "dir", "--dir", rootfs]
+        conf = None
+        if network == "none":
+            fd, conf = tempfile.mkstemp(prefix="pycor-", suffix=".conf")
+            with os.fdopen(fd, "w") as f:
+                f.write("lxc.net.0.type = empty\n")
+            argv += ["-f", conf]
+        argv += ["--", "--base", base]
+        if pin:
+            argv += ["--pin", pin]
+        if store:
+            argv += ["--store", store]
+        if unprivileged:
+            argv += ["--unprivileged"]
+        if adopt:
+            argv += ["--adopt"]
+        try:
+            # lxc-create holds the lock too: if this process is killed, no other create slips in while it runs
+            proc = run_tool(argv, check=False, pass_fds=(held.fd,))
+        finally:
+            if conf:
+                os.unlink(conf)
     if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if "lxc-pycor:" in line] or proc.stderr.strip().splitlines()
-        raise PycorError(lines[-1].split("lxc-pycor: ", 1)[-1] if lines else f"lxc-create failed (exit {proc.returncode})")
+        raise template_error(proc.stderr, proc.returncode)
 
 
 def destroy(name: str, lxcpath: str, force: bool = False) -> None:
+    with locks.name_lock(lxcpath, name):  # never in the middle of a create of the same name
+        _destroy(name, lxcpath, force)
+
+
+def _destroy(name: str, lxcpath: str, force: bool) -> None:
     if not exists(name, lxcpath):
         raise PycorError(f"no container {name!r} in {lxcpath}", "'pycor ls' lists them")
     if state(name, lxcpath) != "STOPPED":

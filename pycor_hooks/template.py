@@ -3,8 +3,15 @@
 lxc-create makes the container directory, writes LXC's default config
 (network included) and the rootfs path, then runs us with --path, --name,
 --rootfs (and --mapped-uid/--mapped-gid when run unprivileged). We add the
-pycor hooks and LXC's common includes to the config and create the layer.
-If we fail, lxc-create removes the container: nothing is left half-made.
+pycor hooks and LXC's common includes to the config and create the layer
+(or, with --adopt, take over the layer already there).
+
+If we fail, lxc-create removes the container directory and a `-B dir --dir`
+rootfs (LXC 5.0.2), whatever they held before it ran. So a template that
+finds data there from before (a container whose config was lost, a non-empty
+--dir) never fails with it in place: without --adopt, or if adopting fails,
+it first renames that data to a hidden sibling (.NAME.pycor-kept-TIME) and
+says where it is.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import stat
 import sys
+import time
 
 from .driver import Driver
-from .errors import PycorError
-from .layer import rootfs_dir
+from .errors import Conflict, PycorError
+from .layer import open_rootfs, read_meta, rootfs_dir
 from .names import check_name, check_version
 from .store import DEFAULT_STORE, Store
 
@@ -35,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--unprivileged", action="store_true",
                    help="map container root to root's subordinate ids (/etc/subuid, else 100000:65536)")
     p.add_argument("--store", help="pycor store (default: $PYCOR_STORE, /etc/pycor/pycor.conf, /var/lib/pycor)")
+    p.add_argument("--adopt", action="store_true",
+                   help="re-create the container around the pycor layer already in its rootfs, keeping its changes")
     return p
 
 
@@ -112,11 +123,94 @@ def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, st
     return lines
 
 
+# What lxc-create itself put in the container directory before it ran us.
+LXC_CREATE_FILES = ("config", "partial")
+
+
+def lxc_create_paths(argv: list[str]) -> tuple[str | None, str | None]:
+    """--path and --rootfs as lxc-create passes them, read before any other parsing can fail."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        for opt in ("--path", "--rootfs"):
+            if arg.startswith(opt + "="):
+                found[opt] = arg[len(opt) + 1:]
+            elif arg == opt and i + 1 < len(argv):
+                found[opt] = argv[i + 1]
+    path = found.get("--path")
+    rootfs = found.get("--rootfs") or (os.path.join(path, "rootfs") if path else None)
+    if rootfs and rootfs.startswith("dir:"):
+        rootfs = rootfs[4:]
+    return path, rootfs
+
+
+def _holds_data(path: str) -> bool:
+    """A real directory (no symlink followed) with anything in it."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode) and bool(os.listdir(path))
+    except FileNotFoundError:
+        return False
+
+
+def data_to_keep(path: str, rootfs: str) -> list[str]:
+    """What lxc-create's failure cleanup would delete that existed before it ran.
+
+    The container directory if it holds anything but lxc-create's own config
+    and partial files and an empty rootfs; a rootfs outside it if not empty.
+    """
+    path, rootfs = os.path.abspath(path), os.path.abspath(rootfs)
+    inside = os.path.commonpath([path, rootfs]) == path
+    keep = []
+    try:
+        entries = os.listdir(path) if stat.S_ISDIR(os.lstat(path).st_mode) else []
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        # lxc-create makes an empty 'rootfs' here even when --dir puts the rootfs elsewhere
+        if entry in LXC_CREATE_FILES or (entry == "rootfs" and os.path.isdir(os.path.join(path, entry))
+                                         and not _holds_data(os.path.join(path, entry))):
+            continue
+        keep.append(path)
+        break
+    if not inside and _holds_data(rootfs):
+        keep.append(rootfs)
+    return keep
+
+
+def keep_aside(path: str, drop: tuple[str, ...] = ()) -> str:
+    """Rename path to a new hidden sibling (same filesystem, one rename) and return it.
+
+    drop names files lxc-create made inside it in this run; they are removed
+    so that moving the kept directory back restores exactly what was there.
+    """
+    parent, leaf = os.path.split(os.path.abspath(path))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        kept = os.path.join(parent, f".{leaf}.pycor-kept-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            os.mkdir(kept, 0o700)  # claims the name; rename then replaces this empty directory
+        except FileExistsError:
+            continue
+        os.rename(path, kept)
+        for name in drop:
+            try:
+                os.unlink(os.path.join(kept, name))
+            except FileNotFoundError:
+                pass
+        return kept
+    raise PycorError(f"cannot find a free name to keep {path} aside in {parent}")
+
+
+def put_back(moves: list[tuple[str, str]]) -> str:
+    return " && ".join(f"mv {shlex.quote(kept)} {shlex.quote(orig)}" for orig, kept in moves)
+
+
 def run(argv: list[str], hooks_dir: str) -> None:
     args = parser().parse_args(argv)
     name = check_name(args.name, "container name")
     base = check_name(args.base, "base name")
     pin = check_version(args.pin) if args.pin else None
+    if args.adopt and pin:
+        raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
     store = Store(args.store)
     store.require(base)
     if pin:
@@ -136,20 +230,76 @@ def run(argv: list[str], hooks_dir: str) -> None:
     uid, gid = mapped_root(keys, idmap)
     if args.mapped_uid is not None:  # lxc-create run by an unprivileged user
         uid, gid = args.mapped_uid, args.mapped_gid if args.mapped_gid is not None else args.mapped_uid
+    lxcpath = os.path.dirname(os.path.abspath(args.path))
+    driver = Driver(store)
+    if args.adopt:  # checked in full before anything is changed
+        driver.adopt_volume(name, rootfs, base, uid, gid, runtime="lxc", lxcpath=lxcpath)
     if uid:
         # Container root must reach its rootfs: LXC needs the same of the container directory.
         os.chown(args.path, uid, gid, follow_symlinks=False)
         os.chmod(args.path, 0o770)
-    lxcpath = os.path.dirname(os.path.abspath(args.path))
-    Driver(store).create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
+    if not args.adopt:
+        driver.create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
     with open(config, "a", encoding="utf-8") as f:
         f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap)) + "\n")
 
 
+def report(e: BaseException) -> None:
+    """One 'error:' line, and a 'hint:' line, that 'pycor create' reads back from lxc-create's output."""
+    message, hint = (e.message, e.hint) if isinstance(e, PycorError) else (str(e), None)
+    if isinstance(e, OSError):
+        message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+    print(f"lxc-pycor: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"lxc-pycor: hint: {hint}", file=sys.stderr)
+
+
 def main(argv: list[str], hooks_dir: str) -> int:
+    path, rootfs = lxc_create_paths(argv)
+    keep = data_to_keep(path, rootfs) if path and rootfs else []
+    adopt = "--adopt" in argv
     try:
+        if keep and not adopt:
+            raise Conflict(f"{' and '.join(keep)} already held data when lxc-create ran")
         run(argv, hooks_dir)
         return 0
-    except (PycorError, OSError) as e:
-        print(f"lxc-pycor: error: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:  # argparse's exit and Ctrl-C too: lxc-create's cleanup follows any failure
+        if keep and path and rootfs:
+            report(keep_before_failing(e, keep, path, rootfs, adopt))
+            return 1
+        if isinstance(e, (PycorError, OSError)):
+            report(e)
+            return 1
+        raise
+
+
+def keep_before_failing(e: BaseException, keep: list[str], path: str, rootfs: str, adopt: bool) -> PycorError:
+    """Move what existed before lxc-create out of its cleanup's way; the error to report."""
+    cause = e.message if isinstance(e, PycorError) else str(e) if isinstance(e, OSError) else "the template did not finish"
+    path, rootfs = os.path.abspath(path), os.path.abspath(rootfs)
+    try:
+        moves = [(p, keep_aside(p, LXC_CREATE_FILES if p == path else ())) for p in keep]
+    except OSError as err:
+        return PycorError(f"{cause}; and {keep[0]} could not be moved out of lxc-create's way ({err.strerror}): "
+                          "lxc-create deletes it when a template fails", "copy it away before running lxc-create again")
+    return PycorError(f"{cause}; lxc-create deletes what it finds there when a template fails, so pycor moved it to "
+                      f"{' and '.join(kept for _, kept in moves)}",
+                      kept_hint(e if adopt else None, path, rootfs, moves))
+
+
+def kept_hint(error: BaseException | None, path: str, rootfs: str, moves: list[tuple[str, str]]) -> str:
+    """How to put kept data back, and adopt the pycor layer in it if there is one."""
+    kept_rootfs = next((kept + rootfs[len(orig):] for orig, kept in moves
+                        if rootfs == orig or rootfs.startswith(orig + "/")), rootfs)
+    try:
+        fd = open_rootfs(kept_rootfs)
+        try:
+            base = read_meta(fd, kept_rootfs).base
+        finally:
+            os.close(fd)
+    except PycorError:
+        return f"it holds no valid pycor layer; put it back when this name is free: {put_back(moves)}"
+    name = os.path.basename(path)
+    first = f"{error.hint}; then " if isinstance(error, PycorError) and error.hint else ""
+    return (f"{first}to re-create the container around its pycor layer, keeping its changes: {put_back(moves)} && "
+            f"pycor create {name} --base {base} --adopt" + (f" --dir {shlex.quote(rootfs)}" if rootfs != os.path.join(path, "rootfs") else ""))

@@ -136,26 +136,29 @@ def test_ids_of_base_and_container_never_meet_and_a_forced_collision_is_held_bac
 
 @pytest.mark.parametrize("step", ["reconcile-staged", "reconcile-committed", "reconcile-replaced"])
 def test_rebase_killed_half_way_and_run_again_ends_as_one_run(make_container, rbase, env, step):
-    a, b = make_container(base=rbase, extra=("--pin", "1")), make_container(base=rbase, extra=("--pin", "1"))
+    def current() -> str:
+        return [v for v in json.loads(run(PYCOR + ["base", "versions", rbase, "--format", "json"], env=env).stdout) if v["current"]][0]["version"]
+
+    old = current()
+    a, b = make_container(base=rbase, extra=("--pin", old)), make_container(base=rbase, extra=("--pin", old))
     for c in (a, b):
         c.start()
         c.sh("useradd carol && echo x > /etc/issue")
         local_deb(c, "localpkg")
         c.stop()
-    versions = json.loads(run(PYCOR + ["base", "versions", rbase, "--format", "json"], env=env).stdout)
-    if len(versions) < 2:
-        update(env, rbase, APT.format("hello"))
-    run(PYCOR + ["rebase", a.name, "-P", a.lxcpath, "--to", "2"], env=env)
-    proc = run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", "2"], env=dict(env, PYCOR_FAULT=step), check=False)
+    update(env, rbase, f"useradd -r kill{step.split('-')[1]} && echo base >> /etc/issue && " + APT.format("hello"))
+    new = current()
+    run(PYCOR + ["rebase", a.name, "-P", a.lxcpath, "--to", new], env=env)
+    proc = run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", new], env=dict(env, PYCOR_FAULT=step), check=False)
     assert proc.returncode != 0
-    run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", "2"], env=env)
+    run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", new], env=env)
     for rel in ("etc/passwd", "etc/group", "etc/shadow", "var/lib/dpkg/status", "etc/issue"):
         pa, pb = os.path.join(a.upper, rel), os.path.join(b.upper, rel)
         assert os.path.exists(pa) == os.path.exists(pb), rel
         if os.path.exists(pa):
             assert open(pa, "rb").read() == open(pb, "rb").read(), rel
     assert not os.path.exists(os.path.join(b.rootfs, ".pycor", "reconcile"))
-    again = run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", "2"], env=env).stdout
+    again = run(PYCOR + ["rebase", b.name, "-P", b.lxcpath, "--to", new], env=env).stdout
     assert "nothing to reconcile" in again
 
 
