@@ -20,8 +20,10 @@ API
   ancestor = the old base version's file, base = the new base version's,
   ours = the container's copy; None = the file does not exist there.
   The base's additions, changes and removals apply; the container's own stay;
-  a record both changed differently keeps the container's and is reported
-  (`conflicts`). `merged` lists the records taken from the base.
+  a record both changed merges field by field (accounts, deb822 paragraphs;
+  group member lists as sets), and when one field was changed both ways the
+  container's record stays whole and is reported (`conflicts`). `merged`
+  lists the records the base's changes reached.
   `same_as_base`: the result is byte-equal to the base's file, so the
   container's copy can be dropped. Output is byte-stable and idempotent:
   merging the result again with the same base changes nothing. A file that
@@ -179,7 +181,7 @@ class RecordConflict(NamedTuple):
 class MergeResult(NamedTuple):
     data: Optional[bytes]  # None: the file should not exist
     conflicts: list[RecordConflict]
-    merged: list[str]  # records taken from the base
+    merged: list[str]  # records the base's changes reached (taken, or merged field by field)
     same_as_base: bool
 
 
@@ -201,6 +203,8 @@ class _Format(NamedTuple):
     parse: Callable[[bytes, str], _File]
     sep: bytes
     sorted: bool  # new records go in sort order (dpkg status, debconf), else after their neighbour
+    # Merges one record both sides changed (ancestor, base, ours), or None when they truly clash.
+    fields: Optional[Callable[[bytes, bytes, bytes], Optional[bytes]]] = None
 
 
 def _damaged(what: str, line: int, expected: str) -> Damaged:
@@ -226,20 +230,6 @@ def _unique(records: list[_Record], what: str) -> None:
         seen.add(r.key)
 
 
-def _colon(fields: int, name: str) -> Callable[[bytes, str], _File]:
-    def parse(data: bytes, what: str) -> _File:
-        lines, trailer = _split_lines(data)
-        records = []
-        for n, line in enumerate(lines, 1):
-            parts = line.split(b":")
-            if len(parts) != fields or not parts[0]:
-                raise _damaged(what, n, f"a {name} entry ({fields} fields separated by ':')")
-            records.append(_Record(parts[0], line))
-        _unique(records, what)
-        return _File(records, trailer)
-    return parse
-
-
 def _keyed_lines(key_of: Callable[[bytes], Optional[bytes]], expected: str) -> Callable[[bytes, str], _File]:
     def parse(data: bytes, what: str) -> _File:
         lines, trailer = _split_lines(data)
@@ -252,6 +242,13 @@ def _keyed_lines(key_of: Callable[[bytes], Optional[bytes]], expected: str) -> C
         _unique(records, what)
         return _File(records, trailer)
     return parse
+
+
+def _colon(fields: int, name: str) -> Callable[[bytes, str], _File]:
+    def key_of(line: bytes) -> Optional[bytes]:
+        parts = line.split(b":")
+        return parts[0] if len(parts) == fields else None
+    return _keyed_lines(key_of, f"a {name} entry ({fields} fields separated by ':')")
 
 
 def _line_set(data: bytes, what: str) -> _File:
@@ -281,44 +278,41 @@ def _diversions(data: bytes, what: str) -> _File:
     # Groups of three lines: the diverted path, where it went, the diverting package (":" = local).
     lines, trailer = _split_lines(data)
     if len(lines) % 3 or not all(lines):
-        raise _damaged(what, len(lines) - len(lines) % 3 + 1, "part of a diversion (3 non-empty lines)")
+        bad = next((n for n, line in enumerate(lines) if not line), len(lines) - len(lines) % 3)
+        raise _damaged(what, bad + 1, "part of a diversion (3 non-empty lines)")
     records = [_Record(lines[i], b"\n".join(lines[i:i + 3])) for i in range(0, len(lines), 3)]
     _unique(records, what)
     return _File(records, trailer)
 
 
-def _paragraphs(data: bytes, what: str) -> list[tuple[int, list[bytes]]]:
-    """deb822 paragraphs (separated by empty lines) as (first line number, lines)."""
-    out: list[tuple[int, list[bytes]]] = []
-    current: list[bytes] = []
-    start = 0
-    for n, line in enumerate(data.split(b"\n"), 1):
-        if not line:
-            if current:
-                out.append((start, current))
-                current = []
-            continue
-        if not current:
-            start = n
-            if line[:1] in (b" ", b"\t"):
-                raise _damaged(what, n, "a field (a paragraph starts with a continuation line)")
-        if line[:1] == b"#" or (line[:1] not in (b" ", b"\t") and b":" not in line):
-            raise _damaged(what, n, "a 'Field: value' line")
-        current.append(line)
-    if current:
-        out.append((start, current))
+def _paragraphs(data: bytes) -> list[tuple[int, bytes]]:
+    """deb822 paragraphs (separated by empty lines) as (offset in data, text)."""
+    out = []
+    pos = 0
+    for chunk in data.split(b"\n\n"):
+        text = chunk.strip(b"\n")  # more than one empty line between paragraphs
+        if text:
+            out.append((pos + len(chunk) - len(chunk.lstrip(b"\n")), text))
+        pos += len(chunk) + 2
     return out
 
 
-def _fields(lines: list[bytes], wanted: tuple[bytes, ...]) -> dict[bytes, bytes]:
+def _fields(data: bytes, offset: int, text: bytes, wanted: dict[bytes, bytes], what: str) -> dict[bytes, bytes]:
+    """The `wanted` fields of one paragraph (written as dpkg, apt and debconf spell them), keyed by
+    their lower-case names; every line checked to be a field or a continuation."""
     got: dict[bytes, bytes] = {}
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
+    for line in text.split(b"\n"):
+        c = line[0]  # no empty line inside a paragraph
+        if c == 32 or c == 9:  # a continuation line
             continue
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        if name in wanted:
-            got[name] = value.strip()
+        colon = line.find(b":")
+        if colon <= 0 or c == 35:  # "#"
+            raise _damaged(what, data.count(b"\n", 0, data.find(line, offset)) + 1, "a 'Field: value' line")
+        key = wanted.get(line[:colon])
+        if key:
+            got[key] = line[colon + 1:].strip()
+    if text.startswith((b" ", b"\t")):
+        raise _damaged(what, data.count(b"\n", 0, offset) + 1, "a field (a paragraph starts with a continuation line)")
     return got
 
 
@@ -328,21 +322,22 @@ def _paragraph_trailer(data: bytes) -> bytes:
 
 
 def _deb822(key_fields: tuple[bytes, ...], dpkg_order: bool) -> Callable[[bytes, str], _File]:
-    wanted = tuple(f.lower() for f in key_fields) + ((b"multi-arch",) if dpkg_order else ())
-    first = wanted[0]
+    wanted = {f: f.lower() for f in key_fields + ((b"Multi-Arch",) if dpkg_order else ())}
+    keys = [f.lower() for f in key_fields]
+    first = keys[0]
 
     def parse(data: bytes, what: str) -> _File:
-        paras = _paragraphs(data, what)
         parsed = []
-        for start, lines in paras:
-            f = _fields(lines, wanted)
+        for offset, text in _paragraphs(data):
+            f = _fields(data, offset, text, wanted, what)
             if not f.get(first):
-                raise _damaged(what, start, f"the start of a paragraph with a {key_fields[0].decode()} field")
-            parsed.append((f, b"\n".join(lines)))
+                raise _damaged(what, data.count(b"\n", 0, offset) + 1,
+                               f"the start of a paragraph with a {key_fields[0].decode()} field")
+            parsed.append((f, text))
         native = _native_arch([f for f, _ in parsed]) if dpkg_order else b""
         records = []
         for f, body in parsed:
-            key = b":".join(f.get(k, b"") for k in wanted[:len(key_fields)])
+            key = b":".join(f.get(k, b"") for k in keys)
             order = _dpkg_order(f, native) if dpkg_order else (key, 0, b"")
             records.append(_Record(key, body, order))
         _unique(records, what)
@@ -370,18 +365,86 @@ def _dpkg_order(f: dict[bytes, bytes], native: bytes) -> _Order:
     return (f[b"package"], 0, b"") if plain else (f[b"package"], 1, arch)
 
 
+def _pick(a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> tuple[bool, Optional[bytes]]:
+    """The three-way rule for one field: (True, whichever side changed it), (False, None) if both
+    changed it differently."""
+    if a == o or b == o:
+        return True, b
+    return a == b, o if a == b else None
+
+
+def _members(a: bytes, b: bytes, o: bytes) -> bytes:
+    """A comma-separated member list both sides changed: the base's, less whom the container
+    removed, plus whom the container added."""
+    am, om = set(a.split(b",")), set(o.split(b","))
+    bl = b.split(b",")
+    kept = [m for m in bl if m and (m in om or m not in am)]
+    return b",".join(kept + [m for m in o.split(b",") if m and m not in am and m not in bl])
+
+
+def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes, bytes], Optional[bytes]]:
+    # An account both sides changed merges field by field: the base moves a system user's home,
+    # the container sets its password; a group's member list merges as a set (the base adds
+    # _chrony to a group, the container adds alice).
+    def merge_fields(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+        out = []
+        for i, (x, y, z) in enumerate(zip(a.split(b":"), b.split(b":"), o.split(b":"))):
+            _, v = _pick(x, y, z)  # every field exists on each side: None is a clash
+            if v is not None:
+                out.append(v)
+            elif i in member_fields:
+                out.append(_members(x, y, z))
+            else:
+                return None
+        return b":".join(out)
+    return merge_fields
+
+
+def _deb822_fields(text: bytes) -> Optional[dict[bytes, bytes]]:
+    """A paragraph's fields, name -> the field's lines (continuations included), in order."""
+    fields: dict[bytes, bytes] = {}
+    name = b""
+    for line in text.split(b"\n"):
+        if line.startswith((b" ", b"\t")):
+            fields[name] += b"\n" + line
+            continue
+        name = line.partition(b":")[0]
+        if name in fields:
+            return None  # a field twice: no field-wise merge
+        fields[name] = line
+    return fields
+
+
+def _paragraph_merge(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+    # A paragraph both sides changed merges field by field: the base upgrades a package (Version,
+    # Depends...) that the container put on hold (Status), the base adds an owner to a debconf
+    # question the container answered (Value). The base's field order; the container's new fields last.
+    af, bf, of = _deb822_fields(a), _deb822_fields(b), _deb822_fields(o)
+    if af is None or bf is None or of is None:
+        return None
+    out = []
+    for name in (*bf, *(n for n in of if n not in bf), *(n for n in af if n not in bf and n not in of)):
+        ok, v = _pick(af.get(name), bf.get(name), of.get(name))
+        if not ok:
+            return None
+        if v is not None:
+            out.append(v)
+    return b"\n".join(out)
+
+
 _FORMATS: dict[str, _Format] = {
-    "passwd": _Format(_colon(7, "passwd"), b"\n", False),
-    "group": _Format(_colon(4, "group"), b"\n", False),
-    "shadow": _Format(_colon(9, "shadow"), b"\n", False),
-    "gshadow": _Format(_colon(4, "gshadow"), b"\n", False),
+    "passwd": _Format(_colon(7, "passwd"), b"\n", False, _field_merge()),
+    "group": _Format(_colon(4, "group"), b"\n", False, _field_merge((3,))),
+    "shadow": _Format(_colon(9, "shadow"), b"\n", False, _field_merge()),
+    "gshadow": _Format(_colon(4, "gshadow"), b"\n", False, _field_merge((2, 3))),
     "subid": _Format(_colon(3, "subordinate id"), b"\n", False),
     "lines": _Format(_line_set, b"\n", False),
-    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True),
+    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _paragraph_merge),
     # apt appends new entries at the end and keeps the file's order: no sort.
-    "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False),
+    "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False,
+                                   _paragraph_merge),
     # debconf's File driver writes its items sorted by name.
-    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True),
+    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _paragraph_merge),
     "dpkg-diversions": _Format(_diversions, b"\n", False),
     "dpkg-statoverride": _Format(_keyed_lines(_statoverride_key, "'user group mode /path'"), b"\n", False),
     "ucf-registry": _Format(_keyed_lines(_after(b" \t "), "'package \\t /path'"), b"\n", False),
@@ -399,6 +462,12 @@ def _show(key: bytes) -> str:
 
 def _did(old: Optional[bytes], new: Optional[bytes]) -> str:
     return "added" if old is None else "removed" if new is None else "changed"
+
+
+def _fields_merged(fmt: _Format, a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> Optional[bytes]:
+    if fmt.fields is None or a is None or b is None or o is None:
+        return None
+    return fmt.fields(a, b, o)
 
 
 def _parse(fmt: _Format, data: Optional[bytes], what: str) -> Optional[_File]:
@@ -435,7 +504,10 @@ def merge3(kind: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Op
             merged.append(_show(key))
         elif av == bv:  # only the container changed it
             keep = orr
-        else:
+        elif (both := _fields_merged(fmt, av, bv, ov)) is not None and orr:
+            keep = orr._replace(data=both)
+            merged.append(_show(key))
+        else:  # a true clash: the container's record stays
             keep = orr
             conflicts.append(RecordConflict(_show(key), _did(av, bv), _did(av, ov)))
         if keep is not None:

@@ -19,7 +19,7 @@ def record(kind: str, key: str, v: str = "1") -> str:
     h = int(hashlib.md5(v.encode()).hexdigest()[:4], 16)
     return {
         "passwd": f"{key}:x:{n}:{n}:{v}:/home/{key}:/bin/sh",
-        "group": f"{key}:x:{n}:{v}",
+        "group": f"{key}:!{v}:{n}:",
         "shadow": f"{key}:!{v}:19000:0:99999:7:::",
         "gshadow": f"{key}:!{v}::",
         "subid": f"{key}:{100000 + n * 65536}:{65536 + h}",
@@ -234,6 +234,60 @@ def test_passwd_real_shaped_new_system_user_and_local_user():
     r = merged_twice(kind, a, b, o)
     assert r.data.split(b"\n")[-4:] == [b"alice:x:30000:30000::/home/alice:/bin/bash",
                                         PASSWD.splitlines()[-1].encode(), b.split(b"\n")[-2], b""]
+
+
+def test_accounts_both_changed_merge_field_by_field():
+    a = PASSWD.encode()
+    b = a.replace(b"_apt:x:42:65534::/nonexistent:", b"_apt:x:42:65534::/var/lib/apt:")
+    o = a.replace(b"_apt:x:42:65534::/nonexistent:/usr/sbin/nologin", b"_apt:x:42:65534::/nonexistent:/bin/false")
+    r = merged_twice("passwd", a, b, o)
+    assert b"\n_apt:x:42:65534::/var/lib/apt:/bin/false\n" in r.data
+    assert r.merged == ["_apt"] and r.conflicts == []
+    # The same field changed both ways is still a conflict, and the container's record stays whole.
+    o2 = o.replace(b"_apt:x:42:65534::/nonexistent:", b"_apt:x:42:65534::/srv/apt:")
+    r = merged_twice("passwd", a, b, o2)
+    assert r.data == o2 and r.conflicts == [RecordConflict("_apt", "changed", "changed")]
+
+
+def test_group_members_merge_as_sets():
+    a = b"root:x:0:\nadm:x:4:syslog,bob\nsudo:x:27:\n"
+    b = b"root:x:0:\nadm:x:4:syslog,bob,_chrony\nsudo:x:27:\n"  # the base adds _chrony to adm
+    o = b"root:x:0:\nadm:x:4:syslog,alice\nsudo:x:27:alice\n"  # the container: alice in, bob out
+    r = merged_twice("group", a, b, o)
+    assert r.data == b"root:x:0:\nadm:x:4:syslog,_chrony,alice\nsudo:x:27:alice\n"
+    assert r.merged == ["adm"] and r.conflicts == []
+    a = b"adm:*::syslog\n"
+    r = merged_twice("gshadow", a, b"adm:*:root:syslog,_chrony\n", b"adm:*:alice:alice,syslog\n")
+    assert r.data == b"adm:*:root,alice:syslog,_chrony,alice\n"
+
+
+def test_paragraphs_both_changed_merge_field_by_field():
+    # The base upgrades libzstd1; the container put it on hold.
+    a = f"{STATUS_DPKG}\n\n{STATUS_LIBZSTD1}\n\n".encode()
+    b = a.replace(b"Version: 1.5.4+dfsg2-5", b"Version: 1.5.4+dfsg2-5+deb12u1")
+    o = a.replace(b"Package: libzstd1\nStatus: install ok installed", b"Package: libzstd1\nStatus: hold ok installed")
+    r = merged_twice("dpkg-status", a, b, o)
+    assert r.data == b.replace(b"Package: libzstd1\nStatus: install ok installed",
+                               b"Package: libzstd1\nStatus: hold ok installed")
+    assert r.merged == ["libzstd1:amd64"] and r.conflicts == []
+    # The container upgraded it itself to another version: a conflict, the container's record stays.
+    o2 = o.replace(b"Version: 1.5.4+dfsg2-5", b"Version: 1.5.5")
+    r = merged_twice("dpkg-status", a, b, o2)
+    assert r.data == o2 and r.conflicts == [RecordConflict("libzstd1:amd64", "changed", "changed")]
+    # debconf: the container answered a question whose owners the base changed; a field new on one
+    # side goes after the base's fields.
+    a = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata\n\n"
+    b = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy\n\n"
+    o = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nValue: Europe\nOwners: tzdata\nFlags: seen\n\n"
+    r = merged_twice("debconf", a, b, o)
+    assert r.data == b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy\nValue: Europe\n" \
+        b"Flags: seen\n\n"
+    # Continuation lines belong to their field.
+    a = b"Package: p\nArchitecture: all\nDescription: x\n one\n\n"
+    b = b"Package: p\nArchitecture: all\nDescription: x\n two\n\n"
+    o = b"Package: p\nArchitecture: all\nDescription: x\n one\nAuto-Installed: 1\n\n"
+    r = merged_twice("apt-extended-states", a, b, o)
+    assert r.data == b"Package: p\nArchitecture: all\nDescription: x\n two\nAuto-Installed: 1\n\n"
 
 
 def test_records_a_container_put_first_stay_ahead():
