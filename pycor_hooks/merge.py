@@ -432,6 +432,24 @@ def _paragraph_merge(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
     return b"\n".join(out)
 
 
+def _dpkg_state(paragraph: bytes) -> bytes:
+    """The package's state: the last word of its Status field ("installed", "config-files"...)."""
+    for line in paragraph.split(b"\n"):
+        if line.startswith(b"Status:"):
+            words = line[7:].split()
+            return words[-1] if words else b""
+    return b""
+
+
+def _package_merge(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+    # Only while the package stays in the same state on both sides (installed, config-files...):
+    # a package the container removed and the base upgraded is a conflict to see, not a record
+    # to blend (the base's new files show up in the container, unowned by dpkg).
+    if not _dpkg_state(a) == _dpkg_state(b) == _dpkg_state(o):
+        return None
+    return _paragraph_merge(a, b, o)
+
+
 _FORMATS: dict[str, _Format] = {
     "passwd": _Format(_colon(7, "passwd"), b"\n", False, _field_merge()),
     "group": _Format(_colon(4, "group"), b"\n", False, _field_merge((3,))),
@@ -439,7 +457,7 @@ _FORMATS: dict[str, _Format] = {
     "gshadow": _Format(_colon(4, "gshadow"), b"\n", False, _field_merge((2, 3))),
     "subid": _Format(_colon(3, "subordinate id"), b"\n", False),
     "lines": _Format(_line_set, b"\n", False),
-    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _paragraph_merge),
+    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _package_merge),
     # apt appends new entries at the end and keeps the file's order: no sort.
     "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False,
                                    _paragraph_merge),

@@ -274,6 +274,11 @@ def test_paragraphs_both_changed_merge_field_by_field():
     o2 = o.replace(b"Version: 1.5.4+dfsg2-5", b"Version: 1.5.5")
     r = merged_twice("dpkg-status", a, b, o2)
     assert r.data == o2 and r.conflicts == [RecordConflict("libzstd1:amd64", "changed", "changed")]
+    # The container removed it (config files kept) and the base upgraded it: a conflict.
+    o3 = a.replace(b"Package: libzstd1\nStatus: install ok installed",
+                   b"Package: libzstd1\nStatus: deinstall ok config-files")
+    r = merged_twice("dpkg-status", a, b, o3)
+    assert r.data == o3 and r.conflicts == [RecordConflict("libzstd1:amd64", "changed", "changed")]
     # debconf: the container answered a question whose owners the base changed; a field new on one
     # side goes after the base's fields.
     a = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata\n\n"
