@@ -322,7 +322,7 @@ def _paragraph_trailer(data: bytes) -> bytes:
 
 
 def _deb822(key_fields: tuple[bytes, ...], dpkg_order: bool) -> Callable[[bytes, str], _File]:
-    wanted = {f: f.lower() for f in key_fields + ((b"Multi-Arch",) if dpkg_order else ())}
+    wanted = {f: f.lower() for f in key_fields}
     keys = [f.lower() for f in key_fields]
     first = keys[0]
 
@@ -358,11 +358,13 @@ def _native_arch(fields: list[dict[bytes, bytes]]) -> bytes:
 
 
 def _dpkg_order(f: dict[bytes, bytes], native: bytes) -> _Order:
-    # As dpkg's writedb sorts (pkg_sorter_by_nonambig_name_arch): by name, then the instance whose
-    # name needs no ":arch" (native, all, Multi-Arch: same) first, foreign ones by arch name.
+    # As dpkg writes its status: by name, then the native (or "all") instance, then the foreign
+    # ones by architecture name. Checked against dpkg 1.21 itself (`dpkg --admindir=DIR
+    # --set-selections` rewrites a status file): libfoo:i386, :armhf, :amd64 in any input order
+    # come out amd64, armhf, i386 on an amd64 system.
     arch = f.get(b"architecture", b"")
-    plain = arch in (b"", b"all", native) or f.get(b"multi-arch") == b"same"
-    return (f[b"package"], 0, b"") if plain else (f[b"package"], 1, arch)
+    native_or_all = arch in (b"", b"all", native)
+    return (f[b"package"], 0, b"") if native_or_all else (f[b"package"], 1, arch)
 
 
 def _pick(a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> tuple[bool, Optional[bytes]]:

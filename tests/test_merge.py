@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
 
 import pytest
 
@@ -209,16 +210,54 @@ def test_dpkg_status_keeps_dpkgs_order_and_real_paragraphs():
         [b"Package: dpkg", b"Package: libc6", b"Package: libyy", b"Package: libzstd1"]
 
 
-def test_foreign_architecture_sorts_after_the_native_one():
+def test_foreign_architectures_sort_after_the_native_one():
     kind = "dpkg-status"
     # dpkg's architecture tells the native one: i386 here, so amd64 is foreign and sorts after it.
     native = "Package: dpkg\nArchitecture: i386\nVersion: 1"
-    tool = "Package: tool\nArchitecture: i386\nMulti-Arch: foreign\nVersion: 1"
-    tool_arm = tool.replace("i386", "amd64")
-    tool_armel = tool.replace("i386", "armel")
+    lib = "Package: libfoo\nArchitecture: i386\nMulti-Arch: same\nVersion: 1"
+    lib_amd64 = lib.replace("i386", "amd64")
+    lib_armel = lib.replace("i386", "armel")
     a = f"{native}\n\n".encode()
-    r = merged_twice(kind, a, f"{native}\n\n{tool}\n\n".encode(), f"{native}\n\n{tool_armel}\n\n{tool_arm}\n\n".encode())
-    assert r.data == f"{native}\n\n{tool}\n\n{tool_arm}\n\n{tool_armel}\n\n".encode()
+    r = merged_twice(kind, a, f"{native}\n\n{lib_armel}\n\n".encode(), f"{native}\n\n{lib}\n\n{lib_amd64}\n\n".encode())
+    assert r.data == f"{native}\n\n{lib}\n\n{lib_amd64}\n\n{lib_armel}\n\n".encode()
+
+
+def dpkg_rewrite(status: bytes, tmp) -> bytes:
+    """The status file as dpkg itself writes it back (sorted its way)."""
+    admin = tmp / "admin"
+    for sub in ("updates", "info", "triggers"):
+        (admin / sub).mkdir(parents=True, exist_ok=True)
+    (admin / "status").write_bytes(status)
+    (admin / "available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--admindir={admin}", "--set-selections"], input=b"", check=True, capture_output=True)
+    return (admin / "status").read_bytes()
+
+
+def test_merged_dpkg_status_is_byte_for_byte_what_dpkg_writes(tmp_path):
+    with open("/var/lib/dpkg/status", "rb") as f:
+        status = f.read()
+    paras = status.rstrip(b"\n").split(b"\n\n")
+    libc = next(p for p in paras if p.startswith(b"Package: libc6\n"))
+
+    def pkg(name: bytes, arch: bytes = b"all") -> bytes:
+        return (b"Package: " + name + b"\nStatus: install ok installed\nPriority: optional\nSection: misc\n"
+                b"Installed-Size: 1\nMaintainer: T <t@example.org>\nArchitecture: " + arch +
+                b"\nVersion: 1.0\nDescription: test\n a test package")
+
+    def status_of(records):
+        return dpkg_rewrite(b"\n\n".join(records) + b"\n\n", tmp_path)
+
+    a = status_of(paras)
+    b = status_of(paras[:5] + paras[6:] + [pkg(b"zz-base"), pkg(b"mid-base", b"amd64"),
+                                           libc.replace(b"Package: libc6", b"Package: libfoo"),
+                                           libc.replace(b"Package: libc6", b"Package: libbar").replace(b"amd64", b"armhf")])
+    o = status_of(paras + [pkg(b"aaa-local"), pkg(b"mid-local"), libc.replace(b"amd64", b"i386"),
+                           libc.replace(b"Package: libc6", b"Package: libfoo").replace(b"amd64", b"armhf"),
+                           libc.replace(b"Package: libc6", b"Package: libbar")])
+    r = merged_twice("dpkg-status", a, b, o)
+    assert r.conflicts == [] and len(r.merged) == 5
+    assert dpkg_rewrite(r.data, tmp_path) == r.data
+    assert r.data.count(b"\nPackage: ") == len(paras) - 1 + 4 + 5 - 1
 
 
 def test_passwd_real_shaped_new_system_user_and_local_user():
