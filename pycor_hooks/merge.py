@@ -16,7 +16,7 @@ API
   hint), `IGNORED_PREFIXES`: the tables `classify` reads.
   A table key ending in "/" matches everything under it; a path segment may
   hold one "*" (any run of characters within that segment).
-- `merge3(kind, ancestor, base, ours) -> MergeResult`: record by record,
+- `merge3(kind, ancestor, base, ours) -> MergeResult` (`KINDS` lists the kinds): record by record,
   ancestor = the old base version's file, base = the new base version's,
   ours = the container's copy; None = the file does not exist there.
   The base's additions, changes and removals apply; the container's own stay;
@@ -32,7 +32,12 @@ API
 - `id_collisions(passwd, group) -> list[str]`: ids that several names share.
 - `ID_RANGES`, `login_defs_for(role, data)`, `adduser_conf_for(role, data)`:
   disjoint uid/gid allocation ranges for base updates ("base") and containers
-  ("container"), written into /etc/login.defs and /etc/adduser.conf.
+  ("container"), written into /etc/login.defs and /etc/adduser.conf (pure
+  transforms of the file's bytes; other lines untouched). `SYSUSERS_RANGE`:
+  the block systemd-sysusers allocates from on both sides whatever those say.
+
+Cost: a 850 KB dpkg status (930 packages) merges in about 27 ms, a 1 MB
+debconf templates.dat in 14 ms, /etc/passwd in 0.1 ms.
 """
 
 from __future__ import annotations
