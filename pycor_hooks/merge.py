@@ -29,6 +29,9 @@ API
   merging the result again with the same base changes nothing. A file that
   cannot be parsed raises `errors.Damaged` (the caller then keeps the whole
   file as the container's and reports it as a conflict).
+- `reconcile(path, ancestor, base, ours) -> Decision`: both of the above in one
+  call: write the merged bytes, drop the container's copy, or keep it (with
+  the reason when the whole file is a conflict).
 - `id_collisions(passwd, group) -> list[str]`: ids that several names share.
 - `ID_RANGES`, `login_defs_for(role, data)`, `adduser_conf_for(role, data)`:
   disjoint uid/gid allocation ranges for base updates ("base") and containers
@@ -380,13 +383,14 @@ def _pick(a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> tuple[b
     return a == b, o if a == b else None
 
 
-def _members(a: bytes, b: bytes, o: bytes) -> bytes:
-    """A comma-separated member list both sides changed: the base's, less whom the container
-    removed, plus whom the container added."""
-    am, om = set(a.split(b",")), set(o.split(b","))
-    bl = b.split(b",")
-    kept = [m for m in bl if m and (m in om or m not in am)]
-    return b",".join(kept + [m for m in o.split(b",") if m and m not in am and m not in bl])
+def _members(a: bytes, b: bytes, o: bytes, sep: bytes = b",") -> bytes:
+    """A comma-separated list both sides changed, merged as a set: the base's, less what the
+    container removed, plus what the container added."""
+    def items(v: bytes) -> list[bytes]:
+        return [m for m in (x.strip() for x in v.split(b",")) if m]
+    am, om, bl = set(items(a)), set(items(o)), items(b)
+    kept = [m for m in bl if m in om or m not in am]
+    return sep.join(kept + [m for m in items(o) if m not in am and m not in bl])
 
 
 def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes, bytes], Optional[bytes]]:
@@ -422,21 +426,31 @@ def _deb822_fields(text: bytes) -> Optional[dict[bytes, bytes]]:
     return fields
 
 
-def _paragraph_merge(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+def _deb822_merge(set_fields: tuple[bytes, ...] = ()) -> Callable[[bytes, bytes, bytes], Optional[bytes]]:
     # A paragraph both sides changed merges field by field: the base upgrades a package (Version,
     # Depends...) that the container put on hold (Status), the base adds an owner to a debconf
-    # question the container answered (Value). The base's field order; the container's new fields last.
-    af, bf, of = _deb822_fields(a), _deb822_fields(b), _deb822_fields(o)
-    if af is None or bf is None or of is None:
-        return None
-    out = []
-    for name in (*bf, *(n for n in of if n not in bf), *(n for n in af if n not in bf and n not in of)):
-        ok, v = _pick(af.get(name), bf.get(name), of.get(name))
-        if not ok:
+    # question the container answered (Value). `set_fields` hold comma-separated sets (debconf's
+    # Owners, Flags). The base's field order; the container's new fields last.
+    def merge_paragraph(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+        af, bf, of = _deb822_fields(a), _deb822_fields(b), _deb822_fields(o)
+        if af is None or bf is None or of is None:
             return None
-        if v is not None:
-            out.append(v)
-    return b"\n".join(out)
+        out = []
+        for name in (*bf, *(n for n in of if n not in bf), *(n for n in af if n not in bf and n not in of)):
+            x, y, z = af.get(name, name + b":"), bf.get(name), of.get(name)
+            ok, v = _pick(af.get(name), y, z)
+            if not ok:
+                if name not in set_fields or y is None or z is None:
+                    return None
+                xv, yv, zv = (f.partition(b":")[2] for f in (x, y, z))
+                v = name + b": " + _members(xv, yv, zv, b", ")
+            if v is not None:
+                out.append(v)
+        return b"\n".join(out)
+    return merge_paragraph
+
+
+_paragraph_merge = _deb822_merge()
 
 
 def _dpkg_state(paragraph: bytes) -> bytes:
@@ -469,7 +483,7 @@ _FORMATS: dict[str, _Format] = {
     "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False,
                                    _paragraph_merge),
     # debconf's File driver writes its items sorted by name.
-    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _paragraph_merge),
+    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _deb822_merge((b"Owners", b"Flags"))),
     "dpkg-diversions": _Format(_diversions, b"\n", False),
     "dpkg-statoverride": _Format(_keyed_lines(_statoverride_key, "'user group mode /path'"), b"\n", False),
     "ucf-registry": _Format(_keyed_lines(_after(b" \t "), "'package \\t /path'"), b"\n", False),
@@ -587,6 +601,38 @@ def _order(fmt: _Format, b: Optional[_File], o: Optional[_File], result: dict[by
         pending = pending + after.get(k, [])
     out.extend(pending)
     return out
+
+
+class Decision(NamedTuple):
+    action: str  # "write" `data` into the container's layer | "drop" the container's copy (the
+    #              base's shows through) | "keep" the container's copy (or its whiteout) as it is
+    data: Optional[bytes]
+    conflicts: list[RecordConflict]  # records both sides changed (the container's kept)
+    merged: list[str]  # records the base's changes reached
+    file_conflict: str  # why the whole file is reported as a conflict, or ""
+
+
+def reconcile(path: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Optional[bytes]) -> Decision:
+    """What to do with a path both sides changed, given its three versions' bytes (None: absent).
+
+    The one call a rebase needs per path: `classify` and `merge3` together, an unparseable
+    database turned into a whole-file conflict.
+    """
+    act = classify(path)
+    if act.action == "drop":
+        return Decision("drop", None, [], [], "")
+    if act.action != "merge":
+        why = "" if act.action == "keep" else "changed in the container and in the base"
+        return Decision("keep", None, [], [], why)
+    try:
+        r = merge3(act.kind, ancestor, base, ours)
+    except Damaged as e:
+        return Decision("keep", None, [], [], str(e))
+    if r.same_as_base:
+        return Decision("drop", None, r.conflicts, r.merged, "")
+    if r.data is None or r.data == ours:  # None here: the container deleted it, and that stays
+        return Decision("keep", None, r.conflicts, r.merged, "")
+    return Decision("write", r.data, r.conflicts, r.merged, "")
 
 
 # --- ids ----------------------------------------------------------------------------------------------

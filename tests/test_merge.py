@@ -326,6 +326,10 @@ def test_paragraphs_both_changed_merge_field_by_field():
     r = merged_twice("debconf", a, b, o)
     assert r.data == b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy\nValue: Europe\n" \
         b"Flags: seen\n\n"
+    # debconf's Owners and Flags are sets: both sides' additions stay.
+    o2 = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, mine\nFlags: seen\n\n"
+    r = merged_twice("debconf", a, b, o2)
+    assert r.data == b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy, mine\nFlags: seen\n\n"
     # Continuation lines belong to their field.
     a = b"Package: p\nArchitecture: all\nDescription: x\n one\n\n"
     b = b"Package: p\nArchitecture: all\nDescription: x\n two\n\n"
@@ -519,6 +523,25 @@ def test_range_rewrites_on_this_machines_files(path):
 ])
 def test_classify(path, expected):
     assert tuple(merge.classify(path)) == expected
+
+
+def test_reconcile_says_what_to_do_with_each_path():
+    a, b = b"root:x:0:\n", b"root:x:0:\n_ssh:x:101:\n"
+    d = merge.reconcile("etc/group", a, b, b"root:x:0:\nstaff:x:50:\n")
+    assert d == merge.Decision("write", b"root:x:0:\n_ssh:x:101:\nstaff:x:50:\n", [], ["_ssh"], "")
+    assert merge.reconcile("etc/group", a, b, b).action == "drop"
+    assert merge.reconcile("etc/group", a, b, b"root:x:0:\n_ssh:x:101:\n\n").action == "keep"  # Damaged
+    assert "line 3" in merge.reconcile("etc/group", a, b, b"root:x:0:\n_ssh:x:101:\n\n").file_conflict
+    # The container removed the whole file; the base changed only what the container removed.
+    d = merge.reconcile("etc/group", b"root:x:0:\n", b"root:x:1:\n", None)
+    assert d.action == "keep" and d.conflicts == [RecordConflict("root", "changed", "removed")]
+    # Records both changed: the container's kept, reported, nothing to write if that is all.
+    d = merge.reconcile("etc/group", a, b"root:!:0:\n", b"root:*:0:\n")
+    assert d.action == "keep" and d.conflicts == [RecordConflict("root", "changed", "changed")]
+    assert merge.reconcile("etc/ssh/sshd_config", b"a", b"b", b"c") == \
+        merge.Decision("keep", None, [], [], "changed in the container and in the base")
+    assert merge.reconcile("var/log/syslog", b"a", b"b", b"c") == merge.Decision("keep", None, [], [], "")
+    assert merge.reconcile("etc/ld.so.cache", b"a", b"b", b"c").action == "drop"
 
 
 PASSWD = """\
