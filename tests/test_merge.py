@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
 
 import pytest
 
@@ -19,7 +20,7 @@ def record(kind: str, key: str, v: str = "1") -> str:
     h = int(hashlib.md5(v.encode()).hexdigest()[:4], 16)
     return {
         "passwd": f"{key}:x:{n}:{n}:{v}:/home/{key}:/bin/sh",
-        "group": f"{key}:x:{n}:{v}",
+        "group": f"{key}:!{v}:{n}:",
         "shadow": f"{key}:!{v}:19000:0:99999:7:::",
         "gshadow": f"{key}:!{v}::",
         "subid": f"{key}:{100000 + n * 65536}:{65536 + h}",
@@ -209,16 +210,54 @@ def test_dpkg_status_keeps_dpkgs_order_and_real_paragraphs():
         [b"Package: dpkg", b"Package: libc6", b"Package: libyy", b"Package: libzstd1"]
 
 
-def test_foreign_architecture_sorts_after_the_native_one():
+def test_foreign_architectures_sort_after_the_native_one():
     kind = "dpkg-status"
     # dpkg's architecture tells the native one: i386 here, so amd64 is foreign and sorts after it.
     native = "Package: dpkg\nArchitecture: i386\nVersion: 1"
-    tool = "Package: tool\nArchitecture: i386\nMulti-Arch: foreign\nVersion: 1"
-    tool_arm = tool.replace("i386", "amd64")
-    tool_armel = tool.replace("i386", "armel")
+    lib = "Package: libfoo\nArchitecture: i386\nMulti-Arch: same\nVersion: 1"
+    lib_amd64 = lib.replace("i386", "amd64")
+    lib_armel = lib.replace("i386", "armel")
     a = f"{native}\n\n".encode()
-    r = merged_twice(kind, a, f"{native}\n\n{tool}\n\n".encode(), f"{native}\n\n{tool_armel}\n\n{tool_arm}\n\n".encode())
-    assert r.data == f"{native}\n\n{tool}\n\n{tool_arm}\n\n{tool_armel}\n\n".encode()
+    r = merged_twice(kind, a, f"{native}\n\n{lib_armel}\n\n".encode(), f"{native}\n\n{lib}\n\n{lib_amd64}\n\n".encode())
+    assert r.data == f"{native}\n\n{lib}\n\n{lib_amd64}\n\n{lib_armel}\n\n".encode()
+
+
+def dpkg_rewrite(status: bytes, tmp) -> bytes:
+    """The status file as dpkg itself writes it back (sorted its way)."""
+    admin = tmp / "admin"
+    for sub in ("updates", "info", "triggers"):
+        (admin / sub).mkdir(parents=True, exist_ok=True)
+    (admin / "status").write_bytes(status)
+    (admin / "available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--admindir={admin}", "--set-selections"], input=b"", check=True, capture_output=True)
+    return (admin / "status").read_bytes()
+
+
+def test_merged_dpkg_status_is_byte_for_byte_what_dpkg_writes(tmp_path):
+    with open("/var/lib/dpkg/status", "rb") as f:
+        status = f.read()
+    paras = status.rstrip(b"\n").split(b"\n\n")
+    libc = next(p for p in paras if p.startswith(b"Package: libc6\n"))
+
+    def pkg(name: bytes, arch: bytes = b"all") -> bytes:
+        return (b"Package: " + name + b"\nStatus: install ok installed\nPriority: optional\nSection: misc\n"
+                b"Installed-Size: 1\nMaintainer: T <t@example.org>\nArchitecture: " + arch +
+                b"\nVersion: 1.0\nDescription: test\n a test package")
+
+    def status_of(records):
+        return dpkg_rewrite(b"\n\n".join(records) + b"\n\n", tmp_path)
+
+    a = status_of(paras)
+    b = status_of(paras[:5] + paras[6:] + [pkg(b"zz-base"), pkg(b"mid-base", b"amd64"),
+                                           libc.replace(b"Package: libc6", b"Package: libfoo"),
+                                           libc.replace(b"Package: libc6", b"Package: libbar").replace(b"amd64", b"armhf")])
+    o = status_of(paras + [pkg(b"aaa-local"), pkg(b"mid-local"), libc.replace(b"amd64", b"i386"),
+                           libc.replace(b"Package: libc6", b"Package: libfoo").replace(b"amd64", b"armhf"),
+                           libc.replace(b"Package: libc6", b"Package: libbar")])
+    r = merged_twice("dpkg-status", a, b, o)
+    assert r.conflicts == [] and len(r.merged) == 5
+    assert dpkg_rewrite(r.data, tmp_path) == r.data
+    assert r.data.count(b"\nPackage: ") == len(paras) - 1 + 4 + 5 - 1
 
 
 def test_passwd_real_shaped_new_system_user_and_local_user():
@@ -234,6 +273,69 @@ def test_passwd_real_shaped_new_system_user_and_local_user():
     r = merged_twice(kind, a, b, o)
     assert r.data.split(b"\n")[-4:] == [b"alice:x:30000:30000::/home/alice:/bin/bash",
                                         PASSWD.splitlines()[-1].encode(), b.split(b"\n")[-2], b""]
+
+
+def test_accounts_both_changed_merge_field_by_field():
+    a = PASSWD.encode()
+    b = a.replace(b"_apt:x:42:65534::/nonexistent:", b"_apt:x:42:65534::/var/lib/apt:")
+    o = a.replace(b"_apt:x:42:65534::/nonexistent:/usr/sbin/nologin", b"_apt:x:42:65534::/nonexistent:/bin/false")
+    r = merged_twice("passwd", a, b, o)
+    assert b"\n_apt:x:42:65534::/var/lib/apt:/bin/false\n" in r.data
+    assert r.merged == ["_apt"] and r.conflicts == []
+    # The same field changed both ways is still a conflict, and the container's record stays whole.
+    o2 = o.replace(b"_apt:x:42:65534::/nonexistent:", b"_apt:x:42:65534::/srv/apt:")
+    r = merged_twice("passwd", a, b, o2)
+    assert r.data == o2 and r.conflicts == [RecordConflict("_apt", "changed", "changed")]
+
+
+def test_group_members_merge_as_sets():
+    a = b"root:x:0:\nadm:x:4:syslog,bob\nsudo:x:27:\n"
+    b = b"root:x:0:\nadm:x:4:syslog,bob,_chrony\nsudo:x:27:\n"  # the base adds _chrony to adm
+    o = b"root:x:0:\nadm:x:4:syslog,alice\nsudo:x:27:alice\n"  # the container: alice in, bob out
+    r = merged_twice("group", a, b, o)
+    assert r.data == b"root:x:0:\nadm:x:4:syslog,_chrony,alice\nsudo:x:27:alice\n"
+    assert r.merged == ["adm"] and r.conflicts == []
+    a = b"adm:*::syslog\n"
+    r = merged_twice("gshadow", a, b"adm:*:root:syslog,_chrony\n", b"adm:*:alice:alice,syslog\n")
+    assert r.data == b"adm:*:root,alice:syslog,_chrony,alice\n"
+
+
+def test_paragraphs_both_changed_merge_field_by_field():
+    # The base upgrades libzstd1; the container put it on hold.
+    a = f"{STATUS_DPKG}\n\n{STATUS_LIBZSTD1}\n\n".encode()
+    b = a.replace(b"Version: 1.5.4+dfsg2-5", b"Version: 1.5.4+dfsg2-5+deb12u1")
+    o = a.replace(b"Package: libzstd1\nStatus: install ok installed", b"Package: libzstd1\nStatus: hold ok installed")
+    r = merged_twice("dpkg-status", a, b, o)
+    assert r.data == b.replace(b"Package: libzstd1\nStatus: install ok installed",
+                               b"Package: libzstd1\nStatus: hold ok installed")
+    assert r.merged == ["libzstd1:amd64"] and r.conflicts == []
+    # The container upgraded it itself to another version: a conflict, the container's record stays.
+    o2 = o.replace(b"Version: 1.5.4+dfsg2-5", b"Version: 1.5.5")
+    r = merged_twice("dpkg-status", a, b, o2)
+    assert r.data == o2 and r.conflicts == [RecordConflict("libzstd1:amd64", "changed", "changed")]
+    # The container removed it (config files kept) and the base upgraded it: a conflict.
+    o3 = a.replace(b"Package: libzstd1\nStatus: install ok installed",
+                   b"Package: libzstd1\nStatus: deinstall ok config-files")
+    r = merged_twice("dpkg-status", a, b, o3)
+    assert r.data == o3 and r.conflicts == [RecordConflict("libzstd1:amd64", "changed", "changed")]
+    # debconf: the container answered a question whose owners the base changed; a field new on one
+    # side goes after the base's fields.
+    a = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata\n\n"
+    b = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy\n\n"
+    o = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nValue: Europe\nOwners: tzdata\nFlags: seen\n\n"
+    r = merged_twice("debconf", a, b, o)
+    assert r.data == b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy\nValue: Europe\n" \
+        b"Flags: seen\n\n"
+    # debconf's Owners and Flags are sets: both sides' additions stay.
+    o2 = b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, mine\nFlags: seen\n\n"
+    r = merged_twice("debconf", a, b, o2)
+    assert r.data == b"Name: tzdata/Areas\nTemplate: tzdata/Areas\nOwners: tzdata, tzdata-legacy, mine\nFlags: seen\n\n"
+    # Continuation lines belong to their field.
+    a = b"Package: p\nArchitecture: all\nDescription: x\n one\n\n"
+    b = b"Package: p\nArchitecture: all\nDescription: x\n two\n\n"
+    o = b"Package: p\nArchitecture: all\nDescription: x\n one\nAuto-Installed: 1\n\n"
+    r = merged_twice("apt-extended-states", a, b, o)
+    assert r.data == b"Package: p\nArchitecture: all\nDescription: x\n two\nAuto-Installed: 1\n\n"
 
 
 def test_records_a_container_put_first_stay_ahead():
@@ -421,6 +523,25 @@ def test_range_rewrites_on_this_machines_files(path):
 ])
 def test_classify(path, expected):
     assert tuple(merge.classify(path)) == expected
+
+
+def test_reconcile_says_what_to_do_with_each_path():
+    a, b = b"root:x:0:\n", b"root:x:0:\n_ssh:x:101:\n"
+    d = merge.reconcile("etc/group", a, b, b"root:x:0:\nstaff:x:50:\n")
+    assert d == merge.Decision("write", b"root:x:0:\n_ssh:x:101:\nstaff:x:50:\n", [], ["_ssh"], "")
+    assert merge.reconcile("etc/group", a, b, b).action == "drop"
+    assert merge.reconcile("etc/group", a, b, b"root:x:0:\n_ssh:x:101:\n\n").action == "keep"  # Damaged
+    assert "line 3" in merge.reconcile("etc/group", a, b, b"root:x:0:\n_ssh:x:101:\n\n").file_conflict
+    # The container removed the whole file; the base changed only what the container removed.
+    d = merge.reconcile("etc/group", b"root:x:0:\n", b"root:x:1:\n", None)
+    assert d.action == "keep" and d.conflicts == [RecordConflict("root", "changed", "removed")]
+    # Records both changed: the container's kept, reported, nothing to write if that is all.
+    d = merge.reconcile("etc/group", a, b"root:!:0:\n", b"root:*:0:\n")
+    assert d.action == "keep" and d.conflicts == [RecordConflict("root", "changed", "changed")]
+    assert merge.reconcile("etc/ssh/sshd_config", b"a", b"b", b"c") == \
+        merge.Decision("keep", None, [], [], "changed in the container and in the base")
+    assert merge.reconcile("var/log/syslog", b"a", b"b", b"c") == merge.Decision("keep", None, [], [], "")
+    assert merge.reconcile("etc/ld.so.cache", b"a", b"b", b"c").action == "drop"
 
 
 PASSWD = """\
