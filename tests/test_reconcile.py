@@ -207,10 +207,10 @@ def test_rebase_dry_run_shows_what_would_merge_and_changes_nothing(make_containe
 
 
 def test_a_version_carries_no_build_caches(rbase, env, store):
-    update(env, rbase, APT.format("hello"))
+    update(env, rbase, APT.format("sl"))  # a package no other test installs
     versions = json.loads(run(PYCOR + ["base", "versions", rbase, "--format", "json"], env=env).stdout)
     top = layer_of(store, rbase, str(versions[-1]["version"]))
-    assert os.path.exists(os.path.join(top, "usr/bin/hello"))
+    assert os.path.exists(os.path.join(top, "usr/games/sl"))
     for rel in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin", "var/lib/dpkg/status-old"):
         assert not os.path.lexists(os.path.join(top, rel)), rel
     lists = os.path.join(top, "var/lib/apt/lists")
@@ -247,3 +247,15 @@ def test_base_edit_keeps_a_builder_for_lxc_tools_then_publish_or_discard(rbase, 
     run(PYCOR + ["base", "discard", rbase], env=env)
     assert json.loads(run(PYCOR + ["base", "versions", rbase, "--format", "json"], env=env).stdout)[-1]["version"] == version
     assert not os.listdir(os.path.join(store, "staging")) or all(not n.startswith(rbase) for n in os.listdir(os.path.join(store, "staging")))
+
+
+def test_lxd_container_gets_the_bases_new_user_and_keeps_its_own(launch, lxd_env, rbase, env):
+    run(PYCOR + ["lxd", "init"], env=lxd_env)  # the image of this module's base
+    c = launch(base=rbase)
+    c.sh("useradd -m erin")
+    c.lxc("stop", c.name)
+    update(env, rbase, "useradd -r lxdsys")
+    c.lxc("start", c.name)
+    assert c.sh("getent passwd lxdsys && id erin").returncode == 0
+    out = run(PYCOR + ["conflicts", c.name, "--format", "json"], env=lxd_env).stdout
+    assert "/etc/passwd" in {f["path"] for f in json.loads(out)[0]["findings"] if f["kind"] == "merged"}
