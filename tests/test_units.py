@@ -130,3 +130,18 @@ def test_publish_version_refuses_when_current_moved(tmp_path):
     with pytest.raises(PycorError, match="moved to version 2"):
         store.publish_version("b", staged(), "1", "update", 1, expected_current="1")
     assert store.current("b") == "2" and [v.version for v in store.versions("b")] == ["1", "2"]
+
+
+def test_records_round_trip_any_value_and_keep_list_order():
+    from pycor_hooks import records
+
+    fields = [("base", "debian12"), ("lower", "/a,b:c"), ("lower", "/odd\npath\\x"), ("pin", None), ("empty", "")]
+    parsed = records.parse(records.dump(fields))
+    assert parsed == {"base": ["debian12"], "lower": ["/a,b:c", "/odd\npath\\x"], "empty": [""]}
+    assert records.one(parsed, "pin") is None and records.one(parsed, "base") == "debian12"
+    import pytest
+
+    with pytest.raises(ValueError):
+        records.parse("no equals sign\n")
+    with pytest.raises(ValueError):
+        records.dump([("a=b", "x")])
