@@ -134,7 +134,12 @@ def read_hook(path: str) -> tuple[str, str | None]:
     folder = None
     for line in lines:
         if line.startswith(PATH_LINE):
-            folder = line[len(PATH_LINE):].split(")", 1)[0].strip().strip("'\"")
+            import ast
+
+            try:
+                folder = ast.literal_eval(ast.parse(line).body[0].value.args[1])  # type: ignore[attr-defined]
+            except (SyntaxError, ValueError, AttributeError, IndexError):
+                raise PycorError(f"{path}: its sys.path line is not as pycor writes it", "pycor install") from None
     return python, folder
 
 
