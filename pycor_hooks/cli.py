@@ -540,7 +540,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_commands(sub, base, fmt, where)
 
-    ins = sub.add_parser("install", help="install the LXC hooks and template")
+    ins = sub.add_parser("install", help="install the LXC hooks and template for this Python (pip or source installs)",
+                         description="Write the LXC hooks and template for the Python running pycor, after checking that an "
+                                     "unprivileged container's root can reach that Python and the pycor package, and compile "
+                                     "the package's bytecode. Refused for files the Debian package pycor owns.")
     ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")
     ins.add_argument("--templates-dir", default=templates_dir(), help="default: $PYCOR_TEMPLATES_DIR, 'templates_dir =', /usr/share/lxc/templates")
     ins.set_defaults(func=cmd_install)

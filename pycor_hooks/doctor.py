@@ -154,11 +154,21 @@ def tool_checks() -> list[Check]:
     if running:
         checks.append(Check("LXD profile overlay", client.has_profile(), "present" if client.has_profile() else "missing",
                             "pycor lxd init", required=False))
-    where = hooks_dir()
-    missing = [h for h in HOOKS if not os.access(os.path.join(where, h), os.X_OK)]
-    checks.append(Check("pycor hooks installed", not missing, f"in {where}" if not missing else f"missing: {', '.join(missing)}",
-                        "pycor install"))
+    checks.append(hooks_check(hooks_dir()))
     return checks
+
+
+def hooks_check(where: str) -> Check:
+    """The installed hooks, checked as 'pycor install' checks them before writing them."""
+    from .install import hook_problems
+
+    missing = [h for h in HOOKS if not os.access(os.path.join(where, h), os.X_OK)]
+    if missing:
+        return Check("pycor hooks installed", False, f"missing in {where}: {', '.join(missing)}", "pycor install")
+    problems = [p for h in HOOKS for p in hook_problems(os.path.join(where, h))]
+    return Check("pycor hooks installed", not problems,
+                 f"in {where}, runnable by an unprivileged container's root" if not problems else "; ".join(dict.fromkeys(problems)),
+                 "pycor install (from a Python every user can reach), or the Debian package")
 
 
 def run_checks(store: Store) -> list[Check]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -158,9 +159,9 @@ def debian_base(installed: None, env: dict[str, str]) -> str:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
-    """A private LXD project (own profiles and images), so tests never touch the user's."""
+@contextlib.contextmanager
+def private_lxd_project() -> Iterator[str]:
+    """A private LXD project (own profiles and images), removed with all it holds on exit."""
     if subprocess.run(["lxc", "info"], capture_output=True).returncode != 0:
         run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], timeout=300)
     project = f"pycor-test-{uuid.uuid4().hex[:6]}"
@@ -179,6 +180,13 @@ def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
             subprocess.run(["lxc", "image", "delete", fp, "--project", project], capture_output=True)
         subprocess.run(["lxc", "profile", "delete", "overlay", "--project", project], capture_output=True)
         subprocess.run(["lxc", "project", "delete", project], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
+    """A private LXD project (own profiles and images), so tests never touch the user's."""
+    with private_lxd_project() as project:
+        yield project
 
 
 @pytest.fixture(scope="session")
