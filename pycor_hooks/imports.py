@@ -714,6 +714,14 @@ ReadOnlyPaths=/sys
 CONTAINER_MASKED_UNITS = ("sys-kernel-debug.mount",)
 
 
+def wait_for_boot_script(timeout: int = 180) -> str:
+    """A shell script that, run in a container of a bootable base, waits until
+    systemd has finished booting and prints its state ('running', 'degraded').
+    Right after a start systemctl finds no socket yet: wait for it first."""
+    return (f"i=0; while [ ! -S /run/systemd/private ] && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"timeout {timeout} systemctl is-system-running --wait")
+
+
 def _make_bootable(rootfs: str, progress: Progress) -> None:
     """Finish a debootstrap tree with systemd-sysv into a base every container boots from."""
     progress.start("making the base bootable")
