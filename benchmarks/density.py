@@ -147,8 +147,13 @@ def prepare(work: str, env: dict[str, str], project: str, base: str | None, log)
     store = Store(env["PYCOR_STORE"])
     src = os.path.join(work, "rootfs")
     os.mkdir(src)
-    with merged_view(store.lower_stack(base, store.current(base)), os.path.join(work, "merged")) as merged:
-        copy_tree(merged, src, Progress(open(os.devnull, "w")))
+    stack = store.lower_stack(base, store.current(base))
+    quiet = Progress(open(os.devnull, "w"))
+    if len(stack) == 1:  # one layer is its own merged view
+        copy_tree(stack[0], src, quiet)
+    else:
+        with merged_view(stack, os.path.join(work, "merged")) as merged:
+            copy_tree(merged, src, quiet)
     return Context(work, env, base, src, project)
 
 

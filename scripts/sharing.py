@@ -75,10 +75,27 @@ def web_answer(address: str) -> str:
         return f"no answer ({e})"
 
 
+def signed(n: int) -> str:
+    return ("+" if n >= 0 else "-") + human_size(abs(n))
+
+
 def memory_line(label: str, before: dict[str, int], now: dict[str, int]) -> str:
     cache = (now["Cached"] - now["Shmem"]) - (before["Cached"] - before["Shmem"])
-    return (f"      {label}: page cache +{human_size(cache)}, Shmem +{human_size(now['Shmem'] - before['Shmem'])}, "
-            f"MemAvailable -{human_size(before['MemAvailable'] - now['MemAvailable'])}")
+    return (f"      {label}: page cache {signed(cache)}, Shmem {signed(now['Shmem'] - before['Shmem'])}, "
+            f"MemAvailable {signed(now['MemAvailable'] - before['MemAvailable'])}")
+
+
+def charged(name: str) -> dict[str, int] | None:
+    """What the kernel charges to the container's memory cgroup: a page of the
+    page cache is charged once, to the container that read it first."""
+    out = subprocess.run(["lxc-cgroup", "-n", name, *LXCPATH, "memory.stat"], capture_output=True, text=True).stdout
+    stat = dict((k, int(v)) for k, v in (line.split() for line in out.splitlines() if len(line.split()) == 2))
+    if "file" in stat:  # cgroup v2
+        return {"cache": stat["file"] - stat.get("shmem", 0), "anon": stat.get("anon", 0), "shmem": stat.get("shmem", 0)}
+    if "total_cache" in stat:  # cgroup v1
+        return {"cache": stat["total_cache"] - stat.get("total_shmem", 0), "anon": stat.get("total_rss", 0),
+                "shmem": stat.get("total_shmem", 0)}
+    return None
 
 
 def main() -> None:
@@ -112,7 +129,14 @@ def main() -> None:
     print("\nMemory, against before the first start (/proc/meminfo):")
     print(memory_line("1 container ", before, after[0]))
     print(memory_line(f"{len(names)} containers", before, after[-1]))
-    print("      The base's files are cached once: the other containers add their own processes and tmpfs, "
+    print("      (the whole machine: other work on it moves these figures too)")
+    print("    charged to each container's memory cgroup (the first reader of a cached page pays for it):")
+    for name in names:
+        c = charged(name)
+        if c:
+            print(f"      {name}: page cache {human_size(c['cache'])}, processes {human_size(c['anon'])}, "
+                  f"tmpfs {human_size(c['shmem'])}")
+    print("      The base's files are cached once, for all of them: the others add their own processes and tmpfs, "
           "not another copy of the system.")
 
     base = next(b for b in pycor_json("base", "ls") if b["name"] == args.base)
