@@ -44,6 +44,7 @@ from pycor_hooks.imports import Progress, copy_tree, wait_for_boot_script  # noq
 from pycor_hooks.versions import merged_view  # noqa: E402
 
 BOOT_TIMEOUT = 300
+SLOPES = ("page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes", "cgroup_cache_bytes", "cgroup_anon_bytes")
 MEMORY_FLOOR = 0.15  # of MemTotal: stop growing N below it
 LXC_NET = ["lxc.net.0.type = veth", "lxc.net.0.link = lxcbr0", "lxc.net.0.flags = up"]
 NIC_PROFILE = "density-nic"
@@ -58,6 +59,32 @@ def link_to_bridge(system: System, c: str) -> None:
         lines = [line for line in f.read().splitlines() if not re.match(r"\s*lxc\.net\.", line)]
     with open(config, "w") as f:
         f.write("\n".join(lines + LXC_NET) + "\n")
+
+
+def init_pid(system: System, c: str) -> int:
+    if isinstance(system, LxcSystem):
+        return int(sh(["lxc-info", "-n", c, "-P", system.ctx.lxcpath, "-p", "-H"]).strip())
+    state = json.loads(sh(["lxc", "query", f"/1.0/instances/{c}/state?project={system.ctx.project}"]))
+    return int(state["pid"])
+
+
+def charged(pid: int) -> dict[str, int]:
+    """Memory the kernel charges to the container's cgroup (lxc.payload.*, children included).
+
+    Unlike /proc/meminfo, other work on the machine does not move it. A page of
+    the page cache is charged once, to the cgroup that read it first: shared
+    base pages show up in one container, a full copy's pages in every one."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    v1 = [path for _, ctrls, path in lines if "memory" in ctrls.split(",")]
+    mount, path = ("/sys/fs/cgroup/memory", v1[0]) if v1 else ("/sys/fs/cgroup", next(p for h, _, p in lines if h == "0"))
+    parts = path.strip("/").split("/")
+    top = next((i for i, part in enumerate(parts) if part.startswith("lxc.payload")), len(parts) - 1)
+    with open(os.path.join(mount, *parts[:top + 1], "memory.stat")) as f:
+        stat = {k: int(v) for k, v in (line.split() for line in f if len(line.split()) == 2)}
+    if v1:
+        return {"cache": stat["total_cache"] - stat["total_shmem"], "anon": stat["total_rss"], "shmem": stat["total_shmem"]}
+    return {"cache": stat["file"] - stat["shmem"], "anon": stat["anon"], "shmem": stat["shmem"]}
 
 
 def boot_state(system: System, c: str) -> str:
@@ -91,15 +118,20 @@ def measure_point(system: System, n: int, log) -> dict:  # type: ignore[no-untyp
         if not_up:
             raise RuntimeError(f"{system.name}: containers did not boot: {not_up}")
         degraded = sorted(c for c, s in states.items() if s == "degraded")
+        charges = [charged(init_pid(system, c)) for c in made]
         result = {
             "n": n, "all_running_s": boot_s, "degraded": degraded,
             "page_cache_bytes": (after["Cached"] - after["Shmem"]) - (before["Cached"] - before["Shmem"]),
             "shmem_bytes": after["Shmem"] - before["Shmem"],
             "memavailable_drop_bytes": before["MemAvailable"] - after["MemAvailable"],
             "memavailable_left_bytes": after["MemAvailable"],
+            "cgroup_cache_bytes": sum(ch["cache"] for ch in charges),
+            "cgroup_anon_bytes": sum(ch["anon"] for ch in charges),
+            "cgroup_shmem_bytes": sum(ch["shmem"] for ch in charges),
         }
         log(f"{system.name} N={n}: all running in {boot_s:.1f} s, page cache {mib(result['page_cache_bytes'])} MiB, "
-            f"Shmem {mib(result['shmem_bytes'])} MiB, MemAvailable -{mib(result['memavailable_drop_bytes'])} MiB")
+            f"Shmem {mib(result['shmem_bytes'])} MiB, MemAvailable -{mib(result['memavailable_drop_bytes'])} MiB; "
+            f"charged to the containers: cache {mib(result['cgroup_cache_bytes'])} MiB, anon {mib(result['cgroup_anon_bytes'])} MiB")
         return result
     finally:
         for c in made:
@@ -124,9 +156,8 @@ def measure_system(system: System, ns: list[int], log) -> dict:  # type: ignore[
         if point["memavailable_left_bytes"] < meminfo()["MemTotal"] * MEMORY_FLOOR:
             log(f"{system.name}: stopped at N={n}: memory short")
             break
-    per_n = [{"n": 0, "page_cache_bytes": 0, "shmem_bytes": 0, "memavailable_drop_bytes": 0}] + points
-    return {"system": system.name, "points": points,
-            "per_container_bytes": {k: slope(per_n, k) for k in ("page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes")}}
+    per_n = [{"n": 0, **{k: 0 for k in SLOPES}}] + points
+    return {"system": system.name, "points": points, "per_container_bytes": {k: slope(per_n, k) for k in SLOPES}}
 
 
 def prepare(work: str, env: dict[str, str], project: str, base: str | None, log) -> Context:  # type: ignore[no-untyped-def]
@@ -187,18 +218,23 @@ def write_outputs(out_dir: str, data: dict) -> None:
     lines = ["# Density of booted systemd containers\n",
              f"Machine {m['node']} ({m['cpus']} CPUs, {mib(m['memory_bytes'])} MiB), kernel {m['kernel']}, {data['date']}; "
              f"base: {data['base']} (systemd, DHCP on eth0, nginx). Each N from scratch, caches dropped before the starts.\n",
-             "| system | N | all running s | page cache MiB | Shmem MiB | MemAvailable drop MiB | degraded |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "Machine-wide (/proc/meminfo: other work on the machine moves these) and charged to the containers' "
+             "memory cgroups (a cached page counts once, for the container that read it first).\n",
+             "| system | N | all running s | page cache MiB | Shmem MiB | MemAvailable drop MiB | cgroups: cache MiB | "
+             "cgroups: anon MiB | degraded |",
+             "| --- " * 9 + "|"]
     for r in data["systems"]:
         for p in r["points"]:
             lines.append(f"| {r['system']} | {p['n']} | {p['all_running_s']:.1f} | {mib(p['page_cache_bytes'])} | "
-                         f"{mib(p['shmem_bytes'])} | {mib(p['memavailable_drop_bytes'])} | {len(p['degraded'])} |")
+                         f"{mib(p['shmem_bytes'])} | {mib(p['memavailable_drop_bytes'])} | {mib(p['cgroup_cache_bytes'])} | "
+                         f"{mib(p['cgroup_anon_bytes'])} | {len(p['degraded'])} |")
     lines += ["", "Per container (least-squares slope against N, through N = 0):", "",
-              "| system | page cache MiB | Shmem MiB | MemAvailable drop MiB |", "| --- | --- | --- | --- |"]
+              "| system | page cache MiB | Shmem MiB | MemAvailable drop MiB | cgroups: cache MiB | cgroups: anon MiB |",
+              "| --- " * 6 + "|"]
     fmt = lambda v: "-" if v is None else mib(v)  # noqa: E731
     for r in data["systems"]:
         s = r["per_container_bytes"]
-        lines.append(f"| {r['system']} | {fmt(s['page_cache_bytes'])} | {fmt(s['shmem_bytes'])} | {fmt(s['memavailable_drop_bytes'])} |")
+        lines.append("| " + " | ".join([r["system"], *(fmt(s[k]) for k in SLOPES)]) + " |")
     with open(os.path.join(out_dir, "density.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(out_dir, data)
@@ -211,8 +247,10 @@ def plot(out_dir: str, data: dict) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("all_running_s", "time until all N run (s)", 1), ("page_cache_bytes", "page cache, Cached - Shmem (MiB)", 2**20),
-              ("shmem_bytes", "Shmem (MiB)", 2**20), ("memavailable_drop_bytes", "MemAvailable drop (MiB)", 2**20)]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+              ("shmem_bytes", "Shmem (MiB)", 2**20), ("memavailable_drop_bytes", "MemAvailable drop (MiB)", 2**20),
+              ("cgroup_cache_bytes", "page cache charged to the containers (MiB)", 2**20),
+              ("cgroup_anon_bytes", "process memory charged to the containers (MiB)", 2**20)]
+    fig, axes = plt.subplots(3, 2, figsize=(11, 12))
     for ax, (key, label, unit) in zip(axes.flat, panels):
         for r in data["systems"]:
             xs = [p["n"] for p in r["points"]]

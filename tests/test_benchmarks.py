@@ -58,7 +58,9 @@ def test_density_benchmark_smoke_run_boots_every_system_and_leaves_nothing(lxd_p
     for r in data["systems"]:
         (point,) = r["points"]
         assert point["n"] == 2 and point["all_running_s"] > 0
-        assert set(r["per_container_bytes"]) == {"page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes"}
+        assert point["cgroup_anon_bytes"] > 0  # the containers' own cgroups were found and read
+        assert set(r["per_container_bytes"]) == {"page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes",
+                                                 "cgroup_cache_bytes", "cgroup_anon_bytes"}
     assert (out / "density.png").stat().st_size > 0
     assert "| pycor-lxc | 2 |" in (out / "density.md").read_text()
     # it cleaned up after itself, and kept the base it was given

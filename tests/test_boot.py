@@ -103,3 +103,10 @@ def test_lxd_container_from_bootable_base_boots_gets_an_address_and_resolves(lau
     address = ipv4_of_eth0(c.sh)
     assert_resolves(c.sh, mirror_host())
     assert "nginx" in run(["curl", "-s", "-m", "10", f"http://{address}/"]).stdout
+
+
+def test_bootable_without_debootstrap_is_one_clear_error_and_makes_nothing(env, store, installed):
+    proc = run(PYCOR + ["base", "import", "bb", "--busybox", "--bootable"], env=env, check=False)
+    assert proc.returncode != 0
+    assert "--bootable needs --debootstrap" in proc.stderr
+    assert not os.path.exists(os.path.join(store, "bases", "bb"))
