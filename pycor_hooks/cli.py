@@ -132,6 +132,8 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
 
     store = driver.store
     progress = imports.Progress()
+    if args.bootable and not args.debootstrap:
+        raise PycorError("--bootable needs --debootstrap SUITE", f"pycor base import {args.name} --debootstrap bookworm --bootable")
     if args.from_dir:
         v = imports.import_from_dir(store, args.name, args.from_dir, progress)
     elif args.from_tar:
@@ -140,7 +142,8 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         v = imports.import_busybox(store, args.name, progress)
     else:
         include = [p for item in args.include for p in item.split(",") if p]
-        v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress)
+        v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress,
+                                       bootable=args.bootable)
     print(f"base {args.name}: version {v.version}, {human_size(v.size)} in {store.root}")
     client = lxd_client()
     if client is not None and client.has_profile():  # 'pycor lxd init' was run: keep LXD's images in step
@@ -464,6 +467,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--debootstrap", metavar="SUITE", help="a Debian suite, from the mirror apt uses here")
     imp.add_argument("--variant", default="minbase", help="debootstrap --variant (default: minbase)")
     imp.add_argument("--include", action="append", default=[], metavar="PKGS", help="debootstrap --include (comma-separated)")
+    imp.add_argument("--bootable", action="store_true",
+                     help="with --debootstrap: systemd as init, DHCP on eth0 and nginx, for containers that boot")
     imp.set_defaults(func=cmd_base_import)
     bls = base.add_parser("ls", help="list bases", parents=[fmt, where])
     bls.set_defaults(func=cmd_base_ls)

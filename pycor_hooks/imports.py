@@ -193,20 +193,33 @@ def import_debootstrap(
     variant: str = "minbase",
     include: list[str] | None = None,
     progress: Progress | None = None,
+    bootable: bool = False,
 ) -> Version:
-    """A Debian base made by debootstrap from the mirror apt on this machine uses."""
+    """A Debian base made by debootstrap from the mirror apt on this machine uses.
+
+    bootable: a system container's base: systemd as init, DHCP on eth0
+    (systemd-networkd, names through systemd-resolved) and a web server
+    (nginx-light), so every container boots to 'running' with an address.
+    """
     _check_new_base(store, name)
-    _check_debootstrap_args(suite, variant, include or [])
+    include = list(include or [])
+    _check_debootstrap_args(suite, variant, include)
+    if bootable:
+        include += [p for p in BOOTABLE_PACKAGES if p not in include]
     mirror = apt_mirror()
     progress = progress or Progress()
 
     def build(rootfs: str) -> list[str]:
-        _run_debootstrap(rootfs, suite, variant, include or [], mirror, progress)
-        _finish_debian_rootfs(rootfs)
+        _run_debootstrap(rootfs, suite, variant, include, mirror, progress)
+        _finish_debian_rootfs(rootfs, keep_hostname=not bootable)
+        if bootable:
+            _make_bootable(rootfs, progress)
         # Our init (if we had to add one) exits on SIGPWR, LXC's default halt signal.
+        # systemd halts on SIGRTMIN+3, which LXC sends when the init is systemd.
         return []
 
-    return _import(store, name, f"debootstrap:{suite}/{variant}", build, f"debootstrap {suite}", progress)
+    source = f"debootstrap:{suite}/{variant}" + ("+bootable" if bootable else "")
+    return _import(store, name, source, build, f"debootstrap {suite}", progress)
 
 
 def apt_mirror(apt_dir: str | None = None) -> str:
@@ -654,8 +667,12 @@ while :; do sleep 3600 & wait $!; done
 """
 
 
-def _finish_debian_rootfs(rootfs: str) -> None:
-    """Add an init if the tree has none; drop the host's hostname debootstrap copied in."""
+def _finish_debian_rootfs(rootfs: str, keep_hostname: bool = True) -> None:
+    """Add an init if the tree has none; drop the host's hostname debootstrap copied in.
+
+    Without keep_hostname /etc/hostname goes entirely: systemd then keeps the
+    name LXC gave the container instead of naming every one 'localhost'.
+    """
     if not (lexists_inside(rootfs, "sbin/init") or lexists_inside(rootfs, "usr/sbin/init")):
         # sbin is usually a symlink to usr/sbin: resolve it inside the tree, never on the host.
         path = resolve_inside(rootfs, "sbin/init")
@@ -664,7 +681,80 @@ def _finish_debian_rootfs(rootfs: str) -> None:
     hostname = resolve_inside(rootfs, "etc/hostname")
     if os.path.isfile(hostname) and not os.path.islink(hostname):
         os.unlink(hostname)  # the base is shared: LXC gives each container its own name
-        _write_file(hostname, "localhost\n", 0o644)
+        if keep_hostname:
+            _write_file(hostname, "localhost\n", 0o644)
+
+
+# -- a bootable Debian -----------------------------------------------------------
+
+# systemd as PID 1; networkd for DHCP and resolved for names (no extra DHCP
+# client or ifupdown); nginx-light as the service (no per-container host keys,
+# unlike an SSH server); iproute2 to look at addresses; dbus for hostnamectl & co.
+BOOTABLE_PACKAGES = ("systemd-sysv", "systemd-resolved", "dbus", "iproute2", "nginx-light")
+
+ETH0_NETWORK = """\
+# pycor bootable base: DHCP on the container's first interface (LXC and LXD name it eth0).
+[Match]
+Name=eth0
+
+[Network]
+DHCP=yes
+"""
+
+# networkd waits for udev to announce a link whenever /sys is writable, and
+# LXC's userns.conf mounts /sys read-write in unprivileged containers, where
+# no udev runs: eth0 would stay 'pending' and get no address. A read-only /sys
+# for networkd alone tells it there is no udev to wait for.
+NETWORKD_DROPIN = """\
+# pycor bootable base: no udev in a container; see pycor_hooks/imports.py
+[Service]
+ReadOnlyPaths=/sys
+"""
+
+# Units that cannot work in any container: they fail the same in a plain LXC
+# container of this tree, so masking them lets 'systemctl is-system-running'
+# say 'running' and keeps real failures visible.
+CONTAINER_MASKED_UNITS = ("sys-kernel-debug.mount",)
+
+
+def wait_for_boot_script(timeout: int = 180) -> str:
+    """A shell script that, run in a container of a bootable base, waits until
+    systemd has finished booting and prints its state ('running', 'degraded').
+    Right after a start systemctl finds no socket yet: wait for it first."""
+    return (f"i=0; while [ ! -S /run/systemd/private ] && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"timeout {timeout} systemctl is-system-running --wait")
+
+
+def _make_bootable(rootfs: str, progress: Progress) -> None:
+    """Finish a debootstrap tree with systemd-sysv into a base every container boots from."""
+    progress.start("making the base bootable")
+    network = resolve_inside(rootfs, "etc/systemd/network/80-pycor-eth0.network")
+    os.makedirs(os.path.dirname(network), 0o755, exist_ok=True)
+    _write_file(network, ETH0_NETWORK, 0o644)
+    dropin = resolve_inside(rootfs, "etc/systemd/system/systemd-networkd.service.d/pycor-container.conf")
+    os.makedirs(os.path.dirname(dropin), 0o755, exist_ok=True)
+    _write_file(dropin, NETWORKD_DROPIN, 0o644)
+    # The tree's own systemctl, offline in a chroot: it creates the links (Also= units included).
+    subprocess.run(["chroot", rootfs, "systemctl", "enable", "--quiet", "systemd-networkd.service",
+                    "systemd-resolved.service", "nginx.service"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(["chroot", rootfs, "systemctl", "mask", "--quiet", *CONTAINER_MASKED_UNITS],
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    # One machine-id shared by every container would give them one DHCP client
+    # id (networkd's DUID derives from it), so one address. Empty: systemd makes
+    # a fresh one at each container's first boot and commits it to its layer.
+    machine_id = resolve_inside(rootfs, "etc/machine-id")
+    if os.path.lexists(machine_id):
+        os.unlink(machine_id)
+    _write_file(machine_id, "", 0o444)
+    dbus_id = resolve_inside(rootfs, "var/lib/dbus/machine-id")
+    if os.path.isfile(dbus_id) and not os.path.islink(dbus_id):
+        os.unlink(dbus_id)
+    # Names through resolved's stub, whatever debootstrap copied from the host.
+    resolv = resolve_inside(rootfs, "etc/resolv.conf")
+    if os.path.lexists(resolv):
+        os.unlink(resolv)
+    os.symlink("../run/systemd/resolve/stub-resolv.conf", resolv)
+    progress.finish("bootable: systemd, DHCP on eth0, nginx")
 
 
 # -- apt sources ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts LXD if it does not run (these machines have no systemd) and
-# initialises it once with a 'dir' storage pool and no network. Idempotent.
+# initialises it once with a 'dir' storage pool. Idempotent.
 set -euo pipefail
 if ! lxc info >/dev/null 2>&1; then
     if ! pgrep -x lxd >/dev/null; then
@@ -24,4 +24,14 @@ profiles:
       pool: default
       type: disk
 YAML
+fi
+# LXD's usual managed bridge lxdbr0 (DHCP, DNS, NAT) on the default profile's eth0,
+# also where LXD was initialised before without a network. LXD's own subnet
+# search fails on some machines (no ping): then a fixed, unused /24.
+if ! lxc network show lxdbr0 >/dev/null 2>&1; then
+    lxc network create lxdbr0 ipv4.address=auto ipv4.nat=true ipv6.address=none 2>/dev/null ||
+        lxc network create lxdbr0 ipv4.address="${PYCOR_LXDBR0_ADDR:-10.0.100.1/24}" ipv4.nat=true ipv6.address=none
+fi
+if ! lxc profile device get default eth0 network >/dev/null 2>&1; then
+    lxc profile device add default eth0 nic name=eth0 network=lxdbr0 >/dev/null
 fi

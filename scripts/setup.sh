@@ -12,6 +12,7 @@ fi
 
 APT_PACKAGES=(lxc lxd debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux btrfs-progs
               python3 python3-venv python3-dev gcc libcap-dev ca-certificates)
+APT_PACKAGES+=(dnsmasq-base nftables curl)  # lxc-net's DHCP and NAT; curl for the demo's web check
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,5 +29,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check '.[test]'
 .venv/bin/pycor install >/dev/null
+bash scripts/lxc-net-up.sh
 bash scripts/lxd-up.sh
 echo "pycor setup: $(.venv/bin/pycor --version 2>/dev/null || echo pycor) installed in .venv, hooks and template installed for LXC"

@@ -154,6 +154,13 @@ def debian_base(installed: None, env: dict[str, str]) -> str:
     return "debian"
 
 
+@pytest.fixture(scope="session")
+def bootable_base(installed: None, env: dict[str, str]) -> str:
+    """The demo's default base (systemd, DHCP on eth0, nginx), built once per test session."""
+    run(PYCOR + ["base", "import", "debian-boot", "--debootstrap", host_suite(), "--bootable"], env=env, timeout=900)
+    return "debian-boot"
+
+
 # -- LXD ---------------------------------------------------------------------------
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -41,3 +41,28 @@ def test_benchmark_harness_smoke_run_writes_every_figure_and_leaves_nothing(lxd_
     assert lxd_names("project", "list") == projects and lxd_names("storage", "list") == pools
     assert host_overlays() == overlays and view_mounts() == views
     assert not [d for d in os.listdir("/var/tmp") if d.startswith("pycor-bench-")]
+
+
+def test_density_benchmark_smoke_run_boots_every_system_and_leaves_nothing(lxd_project, bootable_base, store, tmp_path):
+    # only the benchmark's own names: other test runs on the machine make and remove theirs meanwhile
+    ours = lambda: ({n for n in lxd_names("project", "list") + lxd_names("storage", "list") if "bench" in n}  # noqa: E731
+                    | {d for d in os.listdir("/var/tmp") if d.startswith("pycor-bench-")}
+                    | {m for m in host_overlays() if "pycor-bench-" in m})
+    before = ours()
+    out = tmp_path / "density"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "density.py"), "--n", "2", "--store", store,
+                           "--base", bootable_base, "--out", str(out)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "density.json").read_text())
+    assert [r["system"] for r in data["systems"]] == ["pycor-lxc", "pycor-lxd", "lxc-overlay", "lxc-copy", "lxd-dir", "lxd-btrfs"]
+    for r in data["systems"]:
+        (point,) = r["points"]
+        assert point["n"] == 2 and point["all_running_s"] > 0
+        assert point["cgroup_anon_bytes"] > 0  # the containers' own cgroups were found and read
+        assert set(r["per_container_bytes"]) == {"page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes",
+                                                 "cgroup_cache_bytes", "cgroup_anon_bytes"}
+    assert (out / "density.png").stat().st_size > 0
+    assert "| pycor-lxc | 2 |" in (out / "density.md").read_text()
+    # it cleaned up after itself, and kept the base it was given
+    assert ours() <= before
+    assert os.path.isdir(os.path.join(store, "bases", bootable_base))
