@@ -36,19 +36,27 @@ def lxcpath_of(args: argparse.Namespace) -> str:
     return os.path.abspath(args.lxcpath) if args.lxcpath else lxc.default_lxcpath()
 
 
-def lxd_client():  # type: ignore[no-untyped-def]
-    """LXD's API if LXD runs here, else None."""
-    from .lxd import Lxd
+def daemon_clients():  # type: ignore[no-untyped-def]
+    """Every LXD and Incus daemon that runs here (each in its pycor project)."""
+    from .lxd import daemons
 
-    client = Lxd()
-    return client if client.available() else None
+    return daemons()
+
+
+def daemon_client(kind: str):  # type: ignore[no-untyped-def]
+    """The LXD or Incus daemon of that kind if it runs here, else None."""
+    from .lxd import daemon
+
+    return daemon(kind)
 
 
 class Listed:
-    """One pycor container of either runtime, as the CLI shows it."""
+    """One pycor container of any runtime, as the CLI shows it (daemon: its LXD or Incus client)."""
 
-    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None = None) -> None:
+    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None = None,
+                 daemon=None) -> None:  # type: ignore[no-untyped-def]
         self.name, self.runtime, self.rootfs, self.state, self.lxcpath = name, runtime, rootfs, state, lxcpath
+        self.daemon = daemon
 
     def registration(self):  # type: ignore[no-untyped-def]
         from .driver import Registration
@@ -65,15 +73,14 @@ def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = 
             lxc_found[reg.rootfs] = lxc.LxcContainer(reg.name, reg.lxcpath, reg.rootfs)
     for c in lxc_found.values():
         found[c.rootfs] = Listed(c.name, "lxc", c.rootfs, lxc.state(c.name, c.lxcpath) if with_state else "?", c.lxcpath)
-    client = lxd_client()
-    if client is not None:
-        from .layer import is_layer
-        from .lxd import instance_rootfs
+    from .layer import is_layer
 
+    for client in daemon_clients():
         for inst in client.instances():
-            rootfs = instance_rootfs(inst)
+            rootfs = client.instance_rootfs(inst)
             if rootfs and is_layer(rootfs):
-                found[rootfs] = Listed(inst["name"], "lxd", rootfs, str(inst.get("status", "?")).upper())
+                found[rootfs] = Listed(inst["name"], client.kind, rootfs, str(inst.get("status", "?")).upper(),
+                                       client.dir, client)
     return sorted(found.values(), key=lambda c: (c.name, c.runtime))
 
 
@@ -83,7 +90,8 @@ def find_container(driver: Driver, args: argparse.Namespace, name: str) -> Liste
     if not matches:
         raise PycorError(f"no pycor container named {name!r}", "'pycor ls' lists them")
     if len(matches) > 1:
-        raise PycorError(f"both LXC and LXD have a container named {name!r}", "use -P to pick the LXC one, or rename one")
+        runtimes = " and ".join(sorted({c.runtime for c in matches}))
+        raise PycorError(f"{runtimes} each have a container named {name!r}", "use -P to pick the LXC one, or rename one")
     return matches[0]
 
 
@@ -92,8 +100,7 @@ def container_idmap(c: Listed) -> str | None:
     if c.runtime == "lxc":
         with open(os.path.join(c.lxcpath or "", c.name, "config"), encoding="utf-8") as f:
             return f.read()
-    client = lxd_client()
-    inst = client.instance(c.name) if client else None
+    inst = c.daemon.instance(c.name) if c.daemon else None
     raw = (inst or {}).get("config", {}).get("volatile.idmap.current") or (inst or {}).get("config", {}).get("volatile.last_state.idmap")
     if not raw:
         return None
@@ -108,7 +115,7 @@ def container_idmap(c: Listed) -> str | None:
 def require_stopped(c: Listed, what: str) -> None:
     if c.state != "STOPPED":
         raise PycorError(f"container {c.name} is {c.state.lower()}: pycor {what} needs it stopped",
-                         f"stop it first ({'lxc-stop -n ' + c.name if c.runtime == 'lxc' else 'lxc stop ' + c.name})")
+                         f"stop it first ({'lxc-stop -n ' + c.name if c.daemon is None else c.daemon.dialect.cli + ' stop ' + c.name})")
 
 
 def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
@@ -142,10 +149,18 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         include = [p for item in args.include for p in item.split(",") if p]
         v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress)
     print(f"base {args.name}: version {v.version}, {human_size(v.size)} in {store.root}")
-    client = lxd_client()
-    if client is not None and client.has_profile():  # 'pycor lxd init' was run: keep LXD's images in step
-        client.ensure_image(args.name)
-        print(f"LXD image pycor/{args.name} added")
+    add_images(driver, args.name)
+
+
+def add_images(driver: Driver, base: str) -> None:
+    """Give a new base its image in every daemon 'pycor lxd init' / 'pycor incus init' set up for this store."""
+    for client in daemon_clients():
+        if not client.is_set_up_for(driver.store.root):
+            continue
+        if client.ensure_image(base, driver.store.root) == "other":
+            print(f"{client.where()}: image pycor/{base} belongs to another pycor store: left alone", file=sys.stderr)
+        else:
+            print(f"{client.where()}: image pycor/{base} added")
 
 
 def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
@@ -230,9 +245,8 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "base name")
     extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
     driver.delete_base(name, extra)
-    client = lxd_client()
-    if client is not None:
-        client.remove_image(name)
+    for client in daemon_clients():
+        client.remove_image(name, driver.store.root)  # only this store's image
     print(f"base {args.name} removed")
 
 
@@ -240,15 +254,13 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     driver.store.require(check_name(args.base, "base name"))
-    if args.runtime == "lxd":
-        client = lxd_client()
-        if client is None:
-            raise PycorError("LXD is not running here", "start LXD, or create an LXC container (--runtime lxc)")
+    if args.runtime != "lxc":
+        client = require_daemon(args.runtime)
         if client.instance(name) is not None:
-            raise PycorError(f"LXD instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
-        lxd_init(client, driver)
+            raise PycorError(f"{client.title} instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
+        daemon_init(client, driver)
         client.create(name, args.base)
-        print(f"container {name} created on base {args.base} (lxc start {name})")
+        print(f"container {name} created on base {args.base} ({client.dialect.cli} start {name})")
         return
     lxcpath = lxcpath_of(args)
     from .install import LXC_TEMPLATES_DIR, TEMPLATE
@@ -315,7 +327,7 @@ def cmd_rollout(args: argparse.Namespace, driver: Driver) -> None:
 
     base = check_name(args.base, "base name")
     driver.store.require(base)
-    outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check, lxd_client(),
+    outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check,
                        report=(lambda line: print(line, file=sys.stderr)))
     emit(args, [o.to_json() for o in outcomes], [("name", "NAME"), ("runtime", "RUNTIME"), ("status", "STATUS"),
                                                  ("version", "VERSION"), ("detail", "DETAIL")])
@@ -352,9 +364,8 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
     require_stopped(c, "commit")
     v = commit(driver.store, c.rootfs, container_idmap(c), args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
-    client = lxd_client()
-    if args.as_base and client is not None and client.has_profile():
-        client.ensure_image(target)
+    if args.as_base:
+        add_images(driver, target)
 
 
 def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
@@ -382,16 +393,18 @@ def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     lxcpath = lxcpath_of(args)
-    client = lxd_client() if args.runtime != "lxc" else None
-    if args.runtime == "lxd" or (not lxc.exists(name, lxcpath) and client is not None and client.instance(name) is not None):
-        if client is None:
-            raise PycorError("LXD is not running here", "start LXD first")
+    client = None
+    if args.runtime not in (None, "lxc"):
+        client = require_daemon(args.runtime)
+    elif args.runtime is None and not lxc.exists(name, lxcpath):
+        client = next((d for d in daemon_clients() if d.instance(name) is not None), None)
+    if client is not None:
         inst = client.instance(name)
         if inst is None:
-            raise PycorError(f"no LXD instance {name!r}", "'pycor ls' lists them")
+            raise PycorError(f"no {client.title} instance {name!r}", "'pycor ls' lists them")
         if str(inst.get("status")).lower() != "stopped":
             if not args.force:
-                raise PycorError(f"container {name!r} is running", f"stop it first (lxc stop {name}) or use --force")
+                raise PycorError(f"container {name!r} is running", f"stop it first ({client.dialect.cli} stop {name}) or use --force")
             client.set_state(name, "stop", force=True)
         client.delete(name)
     else:
@@ -399,25 +412,39 @@ def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
     print(f"container {name} removed")
 
 
-def lxd_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
-    """The overlay profile and one image per base; safe to repeat."""
+def require_daemon(kind: str):  # type: ignore[no-untyped-def]
+    from .lxd import DIALECTS
+
+    client = daemon_client(kind)
+    if client is None:
+        dialect = DIALECTS[kind]
+        raise PycorError(f"{dialect.title} is not running here", f"{dialect.start_hint}, or create an LXC container (--runtime lxc)")
+    return client
+
+
+def daemon_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
+    """The overlay profile and one image per base, all of this store; safe to repeat."""
     from .store import hooks_dir
     from .template import hook_lines
 
     done = []
-    if client.ensure_profile("\n".join(hook_lines(hooks_dir(), driver.store))):
+    if client.ensure_profile("\n".join(hook_lines(hooks_dir(), driver.store)), driver.store.root):
         done.append("profile overlay written")
     for base in driver.store.base_names():
-        if client.ensure_image(base):
+        outcome = client.ensure_image(base, driver.store.root)
+        if outcome == "added":
             done.append(f"image pycor/{base} added")
+        elif outcome == "other":
+            done.append(f"image pycor/{base} belongs to another pycor store: left alone")
     return done
 
 
-def cmd_lxd_init(args: argparse.Namespace, driver: Driver) -> None:
-    client = lxd_client()
-    if client is None:
-        raise PycorError("LXD is not running here", "start it (lxd --group root &; lxd waitready; lxd init --auto) and run this again")
-    for line in lxd_init(client, driver) or ["LXD already set up: profile overlay and an image per base"]:
+lxd_init = daemon_init  # the name older callers know
+
+
+def cmd_daemon_init(args: argparse.Namespace, driver: Driver) -> None:
+    client = require_daemon(args.daemon)
+    for line in daemon_init(client, driver) or [f"{client.title} already set up: profile overlay and an image per base"]:
         print(line)
 
 
@@ -432,7 +459,7 @@ def cmd_install(args: argparse.Namespace, driver: Driver) -> None:
 def parser() -> argparse.ArgumentParser:
     from .store import hooks_dir, templates_dir
 
-    p = argparse.ArgumentParser(prog="pycor", description="LXC and LXD containers on one shared, read-only base")
+    p = argparse.ArgumentParser(prog="pycor", description="LXC, LXD and Incus containers on one shared, read-only base")
     p.add_argument("--version", action="version", version=f"pycor {__version__}")
     p.add_argument("--store", help="store path (default: $PYCOR_STORE, 'store =' in /etc/pycor/pycor.conf, /var/lib/pycor)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -478,7 +505,8 @@ def parser() -> argparse.ArgumentParser:
     cr.add_argument("--network", choices=("default", "none"), default="default",
                     help="default: LXC's default config; none: lxc.net.0.type = empty")
     cr.add_argument("--unprivileged", action="store_true", help="map container root to an unprivileged host id")
-    cr.add_argument("--runtime", choices=("lxc", "lxd"), default="lxc", help="LXC (default) or LXD (always unprivileged)")
+    cr.add_argument("--runtime", choices=("lxc", "lxd", "incus"), default="lxc",
+                    help="LXC (default), LXD or Incus (always unprivileged)")
     cr.add_argument("--template", help=argparse.SUPPRESS)
     cr.set_defaults(func=cmd_create)
     ls = sub.add_parser("ls", help="list pycor containers", parents=[fmt, where])
@@ -486,7 +514,7 @@ def parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove a container and its changes", parents=[where])
     rm.add_argument("name")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
-    rm.add_argument("--runtime", choices=("lxc", "lxd"), help="which runtime's container (default: the one that has it)")
+    rm.add_argument("--runtime", choices=("lxc", "lxd", "incus"), help="which runtime's container (default: the one that has it)")
     rm.set_defaults(func=cmd_rm)
 
     pin = sub.add_parser("pin", help="keep a container on one base version", parents=[where])
@@ -516,8 +544,10 @@ def parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check what pycor relies on, and name a fix for each miss", parents=[fmt])
     doc.set_defaults(func=cmd_doctor)
 
-    lxd = sub.add_parser("lxd", help="LXD setup").add_subparsers(dest="lxd_command", required=True, metavar="COMMAND")
-    lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)
+    for kind, title in (("lxd", "LXD"), ("incus", "Incus")):
+        dsub = sub.add_parser(kind, help=f"{title} setup").add_subparsers(dest=f"{kind}_command", required=True, metavar="COMMAND")
+        dsub.add_parser("init", help=f"create the 'overlay' profile and an image pycor/BASE per base in {title}").set_defaults(
+            func=cmd_daemon_init, daemon=kind)
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
     ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")

@@ -29,23 +29,24 @@ class Outcome:
         return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
 
 
-def restart(c, project_client=None) -> None:  # type: ignore[no-untyped-def]
-    if c.runtime == "lxc":
+def restart(c) -> None:  # type: ignore[no-untyped-def]
+    if c.daemon is None:
         lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
         if lxc.state(c.name, c.lxcpath) != "STOPPED":
             lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
         lxc.run_tool(["lxc-start", "-n", c.name, "-P", c.lxcpath])
         lxc.run_tool(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
     else:
-        project_client.set_state(c.name, "restart")
+        c.daemon.set_state(c.name, "restart")
 
 
-def run_check(c, command: str, project: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    if c.runtime == "lxc":
+def run_check(c, command: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    env = None
+    if c.daemon is None:
         argv = ["lxc-attach", "-n", c.name, "-P", c.lxcpath, "--clear-env", "--", "/bin/sh", "-c", command]
     else:
-        argv = ["lxc", "--project", project, "exec", c.name, "--", "/bin/sh", "-c", command]
-    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_SECONDS)
+        argv, env = c.daemon.cli_argv("exec", c.name, "--", "/bin/sh", "-c", command), c.daemon.cli_env()
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_SECONDS, env=env)
 
 
 def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
@@ -59,7 +60,7 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
 
 
 def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
-            lxd_client=None, report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
+            report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
     """containers: the running containers of every runtime (cli.Listed)."""
     driver.store.require(base)
     if batch < 1:
@@ -79,15 +80,14 @@ def rollout(driver: Driver, base: str, containers: list, batch: int, check: str 
         followers.append((c, state.version if state else "?"))
     outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in followers if v == target]
     todo = [(c, v) for c, v in followers if v != target]
-    project = lxd_client.project if lxd_client is not None else "default"
 
     def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
         try:
-            restart(c, lxd_client)
+            restart(c)
             if not wait_on_version(driver, c, target):
                 raise PycorError(f"did not come back on version {target} within {WAIT_SECONDS} s")
             if check:
-                proc = run_check(c, check, project)
+                proc = run_check(c, check)
                 if proc.returncode != 0:
                     raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")

@@ -57,7 +57,7 @@ def test_isolated_idmaps_share_the_base_without_copies(launch, store, busybox_ba
     map_a = a.sh("cat /proc/self/uid_map").stdout.split()[1]
     map_b = b.sh("cat /proc/self/uid_map").stdout.split()[1]
     assert map_a != map_b
-    mine = [v for v in view_mounts() if v.endswith(f"/{busybox_base}.1")]
+    mine = [v for v in view_mounts() if f"/{busybox_base}.1." in v]
     assert len(mine) >= 2
     for c, host_root in ((a, map_a), (b, map_b)):
         c.sh("touch /root/owned")
@@ -191,8 +191,8 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_
         assert c.sh("cat /etc/passwd").returncode == 0
     new_views = [v for v in view_mounts() if v not in before_views]
     assert len(new_views) <= 1  # one view for the shared map (or the one already there)
-    assert len([v for v in view_mounts() if v.endswith(f"/{busybox_base}.1")]) == len(
-        [v for v in before_views if v.endswith(f"/{busybox_base}.1")]) + len(new_views)
+    assert len([v for v in view_mounts() if f"/{busybox_base}.1." in v]) == len(
+        [v for v in before_views if f"/{busybox_base}.1." in v]) + len(new_views)
     run(["lxc", "stop", "--force", *[c.name for c in containers], "--project", lxd_project], timeout=300)
     assert [v for v in view_mounts() if v not in before_views] == []
     assert host_overlays() == before_overlays
@@ -221,3 +221,36 @@ def test_planted_links_in_a_stopped_lxd_container_touch_nothing_outside(launch, 
     assert c.lxc("start", c.name, check=False).returncode != 0
     assert os.listdir(outside) == []
     assert c.status() == "STOPPED"
+
+
+def _aliases(project: str, cli: str = "lxc") -> dict[str, str]:
+    images = json.loads(run([cli, "image", "list", "--project", project, "--format", "json"]).stdout)
+    return {a["name"]: i["fingerprint"] for i in images for a in i["aliases"]}
+
+
+def test_another_store_never_touches_this_stores_lxd_images_and_profile(lxd_env, lxd_project, busybox_base, session_dir):
+    other = dict(lxd_env, PYCOR_STORE=os.path.join(session_dir, "other-store"))
+    before = _aliases(lxd_project)
+    raw_before = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
+    assert f"pycor/{busybox_base}" in before
+    # a base of the same name and a new one, imported into another store: neither touches this store's images
+    run(PYCOR + ["base", "import", busybox_base, "--busybox"], env=other)
+    run(PYCOR + ["base", "import", "otherbase", "--busybox"], env=other)
+    assert _aliases(lxd_project) == before
+    # removing the other store's base leaves this store's image of that name
+    run(PYCOR + ["base", "rm", busybox_base], env=other)
+    assert _aliases(lxd_project) == before
+    # 'lxd init' from the other store refuses to take over this store's profile
+    proc = run(PYCOR + ["lxd", "init"], env=other, check=False)
+    assert proc.returncode == 1
+    assert "belongs to pycor store" in proc.stderr and lxd_env["PYCOR_STORE"] in proc.stderr
+    assert run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout == raw_before
+    assert _aliases(lxd_project) == before
+
+
+def test_images_and_profile_say_which_store_they_belong_to(lxd_env, lxd_project, busybox_base):
+    store = lxd_env["PYCOR_STORE"]
+    assert run(["lxc", "profile", "get", "overlay", "user.pycor.store", "--project", lxd_project]).stdout.strip() == store
+    fp = _aliases(lxd_project)[f"pycor/{busybox_base}"]
+    props = json.loads(run(["lxc", "query", f"/1.0/images/{fp}?project={lxd_project}"]).stdout)["properties"]
+    assert props["pycor.store"] == store and props["pycor.base"] == busybox_base
