@@ -45,3 +45,8 @@ profiles:
       type: nic
 YAML
 fi
+pid=$(pgrep -xo incusd || true)
+if [ -n "$pid" ] && ! tr '\0' '\n' < "/proc/$pid/environ" | grep -qx 'INCUS_IDMAPPED_MOUNTS_DISABLE=1'; then
+    echo "incus-up: warning: incusd runs without INCUS_IDMAPPED_MOUNTS_DISABLE=1: pycor containers it creates" \
+         "will not start (restart it with that variable set)" >&2
+fi

@@ -233,6 +233,16 @@ class LxdContainer:
         out = self.lxc("list", f"^{self.name}$", "-c", "s", "--format", "csv").stdout.strip()
         return out
 
+    def snapshot(self, snap: str) -> None:
+        self.lxc(*(["snapshot"] if self.cli == "lxc" else ["snapshot", "create"]), self.name, snap)
+
+    def restore(self, snap: str) -> None:
+        self.lxc(*(["restore"] if self.cli == "lxc" else ["snapshot", "restore"]), self.name, snap)
+
+    def other(self, name: str) -> "LxdContainer":
+        """Another instance of the same daemon and project (a copy, a rename)."""
+        return LxdContainer(name, self.project, self.cli)
+
 
 def launcher(cli: str, project: str, base: str) -> Iterator[Callable[..., LxdContainer]]:
     made: list[str] = []
@@ -249,9 +259,12 @@ def launcher(cli: str, project: str, base: str) -> Iterator[Callable[..., LxdCon
     delete_instances(cli, project, set(made))
 
 
-@pytest.fixture
-def launch(lxd_env: dict[str, str], lxd_project: str, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
-    yield from launcher("lxc", lxd_project, busybox_base)
+@pytest.fixture(params=["lxd", "incus"])
+def launch(request: pytest.FixtureRequest, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
+    """Launch pycor containers in LXD's test project, then (the same test again) in Incus's."""
+    cli = "lxc" if request.param == "lxd" else "incus"
+    request.getfixturevalue(f"{request.param}_env")
+    yield from launcher(cli, request.getfixturevalue(f"{request.param}_project"), busybox_base)
 
 
 # -- Incus -------------------------------------------------------------------------
@@ -268,8 +281,3 @@ def incus_env(env: dict[str, str], incus_project: str, busybox_base: str) -> dic
     ienv = dict(env, PYCOR_INCUS_PROJECT=incus_project)
     run(PYCOR + ["incus", "init"], env=ienv)
     return ienv
-
-
-@pytest.fixture
-def launch_incus(incus_env: dict[str, str], incus_project: str, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
-    yield from launcher("incus", incus_project, busybox_base)

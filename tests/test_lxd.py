@@ -1,4 +1,6 @@
-"""Unprivileged LXD containers on one root-owned base, and LXD's own operations on them."""
+"""Unprivileged LXD containers on one root-owned base, and LXD's own operations on them.
+
+Tests that take the launch fixture run twice: on LXD, then on Incus."""
 
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def test_launch_boots_unprivileged_on_the_shared_root_owned_base(launch, store, 
     c.sh("echo mine > /root/mine && rm /etc/group && chmod 777 /bin && echo x >> /etc/passwd")
     assert open(os.path.join(c.upper, "root/mine")).read() == "mine\n"
     assert not os.path.exists(os.path.join(layer, "root/mine"))
+    # the hooks knew which daemon runs it, and where (from the daemon's own hook lines)
+    volumes = os.path.join(store, "volumes")
+    regs = [json.load(open(os.path.join(volumes, f))) for f in os.listdir(volumes)]
+    assert [(r["runtime"], r["lxcpath"]) for r in regs if r["rootfs"] == c.rootfs] == [
+        ("lxd", "/var/lib/lxd") if c.cli == "lxc" else ("incus", "/var/lib/incus")]
     c.lxc("stop", c.name)
     assert tree_checksum(layer) == before
     assert os.stat(os.path.join(layer, "etc/passwd")).st_uid == 0
@@ -88,26 +95,24 @@ def test_exec_file_push_pull_and_restart_keep_changes(launch, session_dir):
 def test_snapshot_and_restore(launch):
     c = launch()
     c.sh("echo one > /root/state")
-    c.lxc("snapshot", c.name, "snap0")
+    c.snapshot("snap0")
     snap = c.rootfs.replace("/containers/", "/containers-snapshots/").rsplit("/rootfs", 1)[0] + "/snap0/rootfs"
     assert sorted(os.listdir(snap)) == [".pycor"]  # the snapshot holds only the container's own layer
     c.sh("echo two > /root/state && rm /etc/group")
-    c.lxc("restore", c.name, "snap0")
+    c.restore("snap0")
     if c.status() != "RUNNING":
         c.lxc("start", c.name)
     assert c.sh("cat /root/state").stdout == "one\n"
     assert c.sh("test -e /etc/group").returncode == 0
 
 
-def test_copy_runs_on_the_same_base_with_the_changes(launch, lxd_project, busybox_base):
+def test_copy_runs_on_the_same_base_with_the_changes(launch, busybox_base):
     a = launch()
     a.sh("echo from-a > /root/a && rm /etc/group")
     a.lxc("stop", a.name)
     b_name = a.name + "c"
     a.lxc("copy", a.name, b_name)
-    from conftest import LxdContainer
-
-    b = LxdContainer(b_name, lxd_project)
+    b = a.other(b_name)
     assert sorted(os.listdir(b.rootfs)) == [".pycor"]
     b.lxc("start", b_name)
     assert b.sh("cat /root/a").stdout == "from-a\n"
@@ -117,7 +122,7 @@ def test_copy_runs_on_the_same_base_with_the_changes(launch, lxd_project, busybo
     assert a.sh("test -e /root/b", check=False).returncode != 0
 
 
-def test_export_then_import_holds_only_the_changes(launch, lxd_project, session_dir):
+def test_export_then_import_holds_only_the_changes(launch, session_dir):
     a = launch()
     a.sh("echo exported > /root/e && rm /etc/group && mkdir -p /etc/init.d && rm -rf /etc/init.d && mkdir /etc/init.d")
     a.lxc("stop", a.name)
@@ -135,7 +140,7 @@ def test_export_then_import_holds_only_the_changes(launch, lxd_project, session_
     assert a.sh("ls /etc/init.d").stdout.strip() == ""
 
 
-def test_rename_and_delete(launch, lxd_project, store, busybox_base):
+def test_rename_and_delete(launch, store, busybox_base):
     layer = layer_of(store, busybox_base)
     before = tree_checksum(layer)
     a = launch()
@@ -143,9 +148,7 @@ def test_rename_and_delete(launch, lxd_project, store, busybox_base):
     a.lxc("stop", a.name)
     new = a.name + "r"
     a.lxc("rename", a.name, new)
-    from conftest import LxdContainer
-
-    r = LxdContainer(new, lxd_project)
+    r = a.other(new)
     r.lxc("start", new)
     assert r.sh("cat /root/k").stdout == "kept\n"
     rootfs = r.rootfs
@@ -171,13 +174,14 @@ def test_pycor_create_ls_rm_cover_lxd(lxd_env, lxd_project, busybox_base):
         subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
 
 
-def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_project, busybox_base):
+def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, busybox_base):
     before_views, before_overlays = view_mounts(), host_overlays()
     containers = [launch(start=False) for _ in range(20)]
+    cli, project = containers[0].cli, containers[0].project
     errors: list[str] = []
 
     def start(name: str) -> None:
-        proc = subprocess.run(["lxc", "start", name, "--project", lxd_project], capture_output=True, text=True)
+        proc = subprocess.run([cli, "start", name, "--project", project], capture_output=True, text=True)
         if proc.returncode != 0:
             errors.append(f"{name}: {proc.stderr}")
 
@@ -193,7 +197,7 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_
     assert len(new_views) <= 1  # one view for the shared map (or the one already there)
     assert len([v for v in view_mounts() if f"/{busybox_base}.1." in v]) == len(
         [v for v in before_views if f"/{busybox_base}.1." in v]) + len(new_views)
-    run(["lxc", "stop", "--force", *[c.name for c in containers], "--project", lxd_project], timeout=300)
+    run([cli, "stop", "--force", *[c.name for c in containers], "--project", project], timeout=300)
     assert [v for v in view_mounts() if v not in before_views] == []
     assert host_overlays() == before_overlays
 
