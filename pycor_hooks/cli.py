@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-from . import __version__, layer, lxc
+from . import __version__, layer, lxc, runtime
 from .driver import Driver
-from .errors import PycorError
+from .errors import NotFound, PycorError
 from .fsutil import disk_usage, human_size
 from .layer import UPPER
 from .names import check_name
@@ -43,94 +43,28 @@ def daemon_clients():  # type: ignore[no-untyped-def]
     return daemons()
 
 
-def daemon_client(kind: str):  # type: ignore[no-untyped-def]
-    """The LXD or Incus daemon of that kind if it runs here, else None."""
-    from .lxd import daemon
-
-    return daemon(kind)
+# The inventory lives in runtime.py (one interface over LXC, LXD and Incus); these take the CLI's arguments.
+def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = True) -> list[runtime.Container]:
+    return runtime.all_containers(driver, lxcpath_of(args), with_state)
 
 
-class Listed:
-    """One pycor container of any runtime, as the CLI shows it (daemon: its LXD or Incus client)."""
-
-    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None = None,
-                 daemon=None) -> None:  # type: ignore[no-untyped-def]
-        self.name, self.runtime, self.rootfs, self.state, self.lxcpath = name, runtime, rootfs, state, lxcpath
-        self.daemon = daemon
-
-    def registration(self):  # type: ignore[no-untyped-def]
-        from .driver import Registration
-
-        return Registration(self.name, self.rootfs, self.runtime, self.lxcpath)
+def find_container(driver: Driver, args: argparse.Namespace, name: str) -> runtime.Container:
+    return runtime.find_container(driver, lxcpath_of(args), name)
 
 
-def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = True) -> list[Listed]:
-    """LXC containers in the lxcpath or registered elsewhere, and LXD instances on pycor images."""
-    found: dict[str, Listed] = {}
-    lxc_found = {c.rootfs: c for c in lxc.containers(lxcpath_of(args))}
-    for reg in driver.registrations():
-        if reg.runtime == "lxc" and reg.lxcpath and reg.rootfs not in lxc_found:
-            lxc_found[reg.rootfs] = lxc.LxcContainer(reg.name, reg.lxcpath, reg.rootfs)
-    for c in lxc_found.values():
-        found[c.rootfs] = Listed(c.name, "lxc", c.rootfs, lxc.state(c.name, c.lxcpath) if with_state else "?", c.lxcpath)
-    from .layer import is_layer
-
-    for client in daemon_clients():
-        for inst in client.instances():
-            rootfs = client.instance_rootfs(inst)
-            if rootfs and is_layer(rootfs):
-                found[rootfs] = Listed(inst["name"], client.kind, rootfs, str(inst.get("status", "?")).upper(),
-                                       client.dir, client)
-    return sorted(found.values(), key=lambda c: (c.name, c.runtime))
+def container_idmap(c: runtime.Container) -> str | None:
+    """The container's lxc.idmap lines (from its LXC config, or from the daemon's record of its map)."""
+    return c.rt.idmap(c.name)
 
 
-def find_container(driver: Driver, args: argparse.Namespace, name: str) -> Listed:
-    check_name(name, "container name")
-    matches = [c for c in all_containers(driver, args) if c.name == name]
-    if not matches:
-        raise PycorError(f"no pycor container named {name!r}", "'pycor ls' lists them")
-    if len(matches) > 1:
-        runtimes = " and ".join(sorted({c.runtime for c in matches}))
-        raise PycorError(f"{runtimes} each have a container named {name!r}", "use -P to pick the LXC one, or rename one")
-    return matches[0]
-
-
-def container_idmap(c: Listed) -> str | None:
-    """The container's lxc.idmap lines (from its LXC config, or from LXD's record of its map)."""
-    if c.runtime == "lxc":
-        with open(os.path.join(c.lxcpath or "", c.name, "config"), encoding="utf-8") as f:
-            return f.read()
-    inst = c.daemon.instance(c.name) if c.daemon else None
-    raw = (inst or {}).get("config", {}).get("volatile.idmap.current") or (inst or {}).get("config", {}).get("volatile.last_state.idmap")
-    if not raw:
-        return None
-    lines = []
-    for e in json.loads(raw):
-        for kind, flag in (("u", "Isuid"), ("g", "Isgid")):
-            if e.get(flag):
-                lines.append(f"lxc.idmap = {kind} {e['Nsid']} {e['Hostid']} {e['Maprange']}")
-    return "\n".join(lines)
-
-
-def require_stopped(c: Listed, what: str) -> None:
+def require_stopped(c: runtime.Container, what: str) -> None:
     if c.state != "STOPPED":
         raise PycorError(f"container {c.name} is {c.state.lower()}: pycor {what} needs it stopped",
-                         f"stop it first ({'lxc-stop -n ' + c.name if c.daemon is None else c.daemon.dialect.cli + ' stop ' + c.name})")
+                         f"stop it first ({c.rt.stop_hint(c.name)})")
 
 
 def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
-    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
-    used: dict[str, set[str]] = {}
-    for state in driver.running_states():
-        used.setdefault(state.base, set()).add(state.version)
-    for c in all_containers(driver, args, with_state=False):
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.pin:
-            used.setdefault(meta.base, set()).add(meta.pin)
-    return used
+    return runtime.used_versions(driver, lxcpath_of(args))
 
 
 # -- base ----------------------------------------------------------------------
@@ -255,12 +189,12 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     driver.store.require(check_name(args.base, "base name"))
     if args.runtime != "lxc":
-        client = require_daemon(args.runtime)
-        if client.instance(name) is not None:
-            raise PycorError(f"{client.title} instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
-        daemon_init(client, driver)
-        client.create(name, args.base)
-        print(f"container {name} created on base {args.base} ({client.dialect.cli} start {name})")
+        rt = runtime.daemon_runtime(args.runtime)
+        if rt.has(name):
+            raise PycorError(f"{rt.title} instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
+        daemon_init(rt.client, driver)
+        rt.client.create(name, args.base)
+        print(f"container {name} created on base {args.base} ({rt.client.dialect.cli} start {name})")
         return
     lxcpath = lxcpath_of(args)
     from .install import LXC_TEMPLATES_DIR, TEMPLATE
@@ -392,34 +326,12 @@ def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
 
 def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
-    lxcpath = lxcpath_of(args)
-    client = None
-    if args.runtime not in (None, "lxc"):
-        client = require_daemon(args.runtime)
-    elif args.runtime is None and not lxc.exists(name, lxcpath):
-        client = next((d for d in daemon_clients() if d.instance(name) is not None), None)
-    if client is not None:
-        inst = client.instance(name)
-        if inst is None:
-            raise PycorError(f"no {client.title} instance {name!r}", "'pycor ls' lists them")
-        if str(inst.get("status")).lower() != "stopped":
-            if not args.force:
-                raise PycorError(f"container {name!r} is running", f"stop it first ({client.dialect.cli} stop {name}) or use --force")
-            client.set_state(name, "stop", force=True)
-        client.delete(name)
-    else:
-        lxc.destroy(name, lxcpath, args.force)
+    rt = runtime.runtime_with(name, lxcpath_of(args), args.runtime)
+    if not rt.has(name):
+        where = rt.client.where() if isinstance(rt, runtime.DaemonRuntime) else lxcpath_of(args)
+        raise NotFound(f"no container {name!r} in {where}", "'pycor ls' lists them")
+    rt.destroy(name, args.force)
     print(f"container {name} removed")
-
-
-def require_daemon(kind: str):  # type: ignore[no-untyped-def]
-    from .lxd import DIALECTS
-
-    client = daemon_client(kind)
-    if client is None:
-        dialect = DIALECTS[kind]
-        raise PycorError(f"{dialect.title} is not running here", f"{dialect.start_hint}, or create an LXC container (--runtime lxc)")
-    return client
 
 
 def daemon_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
@@ -443,7 +355,7 @@ lxd_init = daemon_init  # the name older callers know
 
 
 def cmd_daemon_init(args: argparse.Namespace, driver: Driver) -> None:
-    client = require_daemon(args.daemon)
+    client = runtime.daemon_runtime(args.daemon).client
     for line in daemon_init(client, driver) or [f"{client.title} already set up: profile overlay and an image per base"]:
         print(line)
 

@@ -97,13 +97,3 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if "lxc-pycor:" in line] or proc.stderr.strip().splitlines()
         raise PycorError(lines[-1].split("lxc-pycor: ", 1)[-1] if lines else f"lxc-create failed (exit {proc.returncode})")
-
-
-def destroy(name: str, lxcpath: str, force: bool = False) -> None:
-    if not exists(name, lxcpath):
-        raise PycorError(f"no container {name!r} in {lxcpath}", "'pycor ls' lists them")
-    if state(name, lxcpath) != "STOPPED":
-        if not force:
-            raise PycorError(f"container {name!r} is running", f"stop it first (lxc-stop -n {name}) or use --force")
-        run_tool(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], check=False)
-    run_tool(["lxc-destroy", "-n", name, "-P", lxcpath])

@@ -23,6 +23,7 @@ import http.client
 import io
 import json
 import os
+import shlex
 import socket
 import tarfile
 import time
@@ -285,10 +286,21 @@ def profile_store(profile: dict) -> str:
     config = profile.get("config") or {}
     if config.get(STORE_KEY):
         return str(config[STORE_KEY])
-    words = str(config.get("raw.lxc", "")).split()
-    for i, word in enumerate(words[:-1]):
-        if word == "--store":
-            return words[i + 1].strip("'\"")
+    return hooks_store(str(config.get("raw.lxc", "")))
+
+
+def hooks_store(config_text: str) -> str:
+    """The store the pycor hook lines of an LXC config (or raw.lxc) name: their --store, else the default store."""
+    for line in config_text.splitlines():
+        if "pycor-pre-start" not in line:
+            continue
+        try:
+            words = shlex.split(line.partition("=")[2])
+        except ValueError:
+            continue
+        for i, word in enumerate(words[:-1]):
+            if word == "--store":
+                return words[i + 1]
     return DEFAULT_STORE
 
 

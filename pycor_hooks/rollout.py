@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import time
 
-from . import lxc
 from .driver import Driver
 from .errors import PycorError
 
@@ -29,26 +28,6 @@ class Outcome:
         return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
 
 
-def restart(c) -> None:  # type: ignore[no-untyped-def]
-    if c.daemon is None:
-        lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
-        if lxc.state(c.name, c.lxcpath) != "STOPPED":
-            lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
-        lxc.run_tool(["lxc-start", "-n", c.name, "-P", c.lxcpath])
-        lxc.run_tool(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
-    else:
-        c.daemon.set_state(c.name, "restart")
-
-
-def run_check(c, command: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    env = None
-    if c.daemon is None:
-        argv = ["lxc-attach", "-n", c.name, "-P", c.lxcpath, "--clear-env", "--", "/bin/sh", "-c", command]
-    else:
-        argv, env = c.daemon.cli_argv("exec", c.name, "--", "/bin/sh", "-c", command), c.daemon.cli_env()
-    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_SECONDS, env=env)
-
-
 def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -61,7 +40,7 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
 
 def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
             report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
-    """containers: the running containers of every runtime (cli.Listed)."""
+    """containers: the running containers of every runtime (runtime.Container)."""
     driver.store.require(base)
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
@@ -83,11 +62,11 @@ def rollout(driver: Driver, base: str, containers: list, batch: int, check: str 
 
     def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
         try:
-            restart(c)
+            c.rt.restart(c.name)
             if not wait_on_version(driver, c, target):
                 raise PycorError(f"did not come back on version {target} within {WAIT_SECONDS} s")
             if check:
-                proc = run_check(c, check)
+                proc = c.rt.exec(c.name, ["/bin/sh", "-c", check])
                 if proc.returncode != 0:
                     raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")

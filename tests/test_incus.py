@@ -319,3 +319,10 @@ def test_an_idmapped_rootfs_is_refused_with_the_fix_in_the_daemons_log(monkeypat
         text = open(log).read()
         assert "pycor-pre-start: container p_c1: incus mounts this container's rootfs idmapped" in text
         assert os.listdir(rootfs) == []  # nothing made
+
+
+def test_the_store_a_container_runs_on_is_read_from_its_hook_lines():
+    assert lxd.hooks_store("lxc.hook.pre-start = /h/pycor-pre-start --store /srv/s\nlxc.hook.post-stop = /x --store /no\n") == "/srv/s"
+    assert lxd.hooks_store("lxc.hook.pre-start = '/h dir/pycor-pre-start' --store '/srv/a b'") == "/srv/a b"
+    assert lxd.hooks_store("lxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n") == "/var/lib/pycor"
+    assert lxd.hooks_store("") == "/var/lib/pycor"
