@@ -219,7 +219,7 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             "name": c.name,
             "runtime": c.runtime,
             "base": meta.base,
-            "version": driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
+            "version": driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
             "pinned": meta.pin is not None,
             "state": c.state,
             "changes": disk_usage(os.path.join(c.rootfs, UPPER)),
@@ -242,7 +242,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         version = check_version(args.version)
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
-        version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
+        version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
     write_meta(c.rootfs, LayerMeta(meta.base, version))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
@@ -276,7 +276,7 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
+    version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
     with layer.OpenLayer(c.rootfs) as lay:
         changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())
@@ -349,9 +349,6 @@ def daemon_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped
         elif outcome == "other":
             done.append(f"image pycor/{base} belongs to another pycor store: left alone")
     return done
-
-
-lxd_init = daemon_init  # the name older callers know
 
 
 def cmd_daemon_init(args: argparse.Namespace, driver: Driver) -> None:

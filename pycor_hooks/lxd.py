@@ -187,6 +187,9 @@ class Daemon:
         self.request("PATCH", f"/1.0/profiles/{PROFILE}", {"config": merged, "description": desc})
         return True
 
+    def has_profile(self) -> bool:
+        return self.profile() is not None
+
     def is_set_up_for(self, store: str) -> bool:
         """'pycor lxd init' / 'pycor incus init' was run here for this store."""
         current = self.profile()
@@ -324,9 +327,6 @@ def daemon(kind: str) -> Daemon | None:
     """The first daemon of a kind that answers ($LXD_DIR / $INCUS_DIR first), else None."""
     found = daemons((kind,))
     return found[0] if found else None
-
-
-Lxd = Daemon  # the name older code knows
 
 
 def base_image_tarball(base: str, store: str = DEFAULT_STORE) -> bytes:

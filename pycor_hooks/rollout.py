@@ -31,7 +31,7 @@ class Outcome:
 def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        state = driver.run_state(c.name, c.rootfs)
+        state = driver.run_state(c.lxc_name, c.rootfs)
         if state is not None and state.version == version:
             return True
         time.sleep(0.2)
@@ -55,7 +55,7 @@ def rollout(driver: Driver, base: str, containers: list, batch: int, check: str 
             continue
         if meta.base != base or meta.pin:
             continue
-        state = driver.run_state(c.name, c.rootfs)
+        state = driver.run_state(c.lxc_name, c.rootfs)
         followers.append((c, state.version if state else "?"))
     outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in followers if v == target]
     todo = [(c, v) for c, v in followers if v != target]
@@ -71,7 +71,7 @@ def rollout(driver: Driver, base: str, containers: list, batch: int, check: str 
                     raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")
         except (PycorError, subprocess.SubprocessError, OSError) as e:
-            state = driver.run_state(c.name, c.rootfs)
+            state = driver.run_state(c.lxc_name, c.rootfs)
             return Outcome(c.name, c.runtime, "failed", state.version if state else "?", str(e))
 
     from concurrent.futures import ThreadPoolExecutor

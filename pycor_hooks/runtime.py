@@ -28,17 +28,19 @@ WAIT_SECONDS = 60
 class Container:
     """One pycor container: its name, runtime kind ('lxc', 'lxd', 'incus'), rootfs, state; rt drives it."""
 
-    __slots__ = ("name", "runtime", "rootfs", "state", "lxcpath", "rt", "store")
+    __slots__ = ("name", "runtime", "rootfs", "state", "lxcpath", "rt", "store", "lxc_name")
 
     def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None, rt: "Runtime",
-                 store: str | None = None) -> None:
+                 store: str | None = None, lxc_name: str | None = None) -> None:
         self.name, self.runtime, self.rootfs, self.state, self.lxcpath, self.rt = name, runtime, rootfs, state, lxcpath, rt
         self.store = store  # the store its hook lines name (None: not known)
+        # the name LXC and so the hooks know it by (its run state's): PROJECT_NAME outside a daemon's default project
+        self.lxc_name = lxc_name or name
 
     def registration(self):  # type: ignore[no-untyped-def]
         from .driver import Registration
 
-        return Registration(self.name, self.rootfs, self.runtime, self.lxcpath)
+        return Registration(self.lxc_name, self.rootfs, self.runtime, self.lxcpath)
 
     def __repr__(self) -> str:
         return f"Container({self.runtime}:{self.name})"
@@ -160,7 +162,7 @@ class DaemonRuntime(Runtime):
         self.kind, self.title = client.kind, client.title
 
     def containers(self, with_state: bool = True) -> list[Container]:
-        from .lxd import hooks_store
+        from .lxd import hooks_store, instance_dir_name
 
         found = []
         for inst in self.client.instances():
@@ -168,7 +170,7 @@ class DaemonRuntime(Runtime):
             if rootfs and is_layer(rootfs):
                 raw = str((inst.get("expanded_config") or {}).get("raw.lxc", ""))
                 found.append(Container(inst["name"], self.kind, rootfs, str(inst.get("status", "?")).upper(),
-                                       self.client.dir, self, hooks_store(raw)))
+                                       self.client.dir, self, hooks_store(raw), instance_dir_name(inst)))
         return found
 
     def has(self, name: str) -> bool:

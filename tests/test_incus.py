@@ -232,10 +232,13 @@ def test_a_base_imported_later_gets_its_image_in_every_daemon_set_up(lxd_env, in
 
 def test_another_store_never_touches_this_stores_incus_images_and_profile(incus_env, incus_project, busybox_base, session_dir):
     other = dict(incus_env, PYCOR_STORE=os.path.join(session_dir, "other-incus-store"))
+    shared = f"i{os.getpid()}"  # a base name both stores have, that no container uses
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=incus_env)
     before = aliases(incus_project)
-    run(PYCOR + ["base", "import", busybox_base, "--busybox"], env=other)
+    assert f"pycor/{shared}" in before
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=other)
     run(PYCOR + ["base", "import", "otherbase2", "--busybox"], env=other)
-    run(PYCOR + ["base", "rm", busybox_base], env=other)
+    run(PYCOR + ["base", "rm", shared], env=other)
     assert aliases(incus_project) == before
     proc = run(PYCOR + ["incus", "init"], env=other, check=False)
     assert proc.returncode == 1 and "belongs to pycor store" in proc.stderr
@@ -326,3 +329,31 @@ def test_the_store_a_container_runs_on_is_read_from_its_hook_lines():
     assert lxd.hooks_store("lxc.hook.pre-start = '/h dir/pycor-pre-start' --store '/srv/a b'") == "/srv/a b"
     assert lxd.hooks_store("lxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n") == "/var/lib/pycor"
     assert lxd.hooks_store("") == "/var/lib/pycor"
+
+
+def test_rollout_and_gc_see_incus_containers_as_lxd_ones(incus_env, incus_project):
+    from conftest import LxdContainer
+
+    base = f"r{uuid.uuid4().hex[:6]}"
+    run(PYCOR + ["base", "import", base, "--busybox"], env=incus_env)  # its image comes to Incus at import
+    c = LxdContainer(f"r{uuid.uuid4().hex[:8]}", incus_project, "incus")
+    pinned = LxdContainer(c.name + "p", incus_project, "incus")
+    try:
+        for x in (c, pinned):
+            run(["incus", "launch", f"pycor/{base}", x.name, "--profile", "default", "--profile", "overlay",
+                 "--project", incus_project], timeout=180)
+        run(PYCOR + ["pin", pinned.name, "1"], env=incus_env)
+        run(PYCOR + ["base", "update", base, "--", "/bin/sh", "-c", "echo v2 > /etc/version"], env=incus_env, timeout=300)
+        rows = {r["name"]: r for r in json.loads(run(PYCOR + ["rollout", base, "--check", "grep -q v2 /etc/version",
+                                                             "--format", "json"], env=incus_env).stdout)}
+        assert rows[c.name]["status"] == "moved" and rows[c.name]["runtime"] == "incus" and pinned.name not in rows
+        assert c.sh("cat /etc/version").stdout == "v2\n"
+        run(PYCOR + ["base", "gc"], env=incus_env)  # the pinned Incus container keeps version 1
+        versions = json.loads(run(PYCOR + ["base", "versions", base, "--format", "json"], env=incus_env).stdout)
+        assert {v["version"] for v in versions} == {"1", "2"}
+        pinned.lxc("restart", pinned.name)
+        assert pinned.sh("test -e /etc/version", check=False).returncode != 0
+    finally:
+        for x in (c, pinned):
+            subprocess.run(["incus", "delete", "-f", x.name, "--project", incus_project], capture_output=True)
+        subprocess.run(PYCOR + ["base", "rm", base], env=incus_env, capture_output=True)

@@ -241,15 +241,17 @@ def _aliases(project: str, cli: str = "lxc") -> dict[str, str]:
 
 def test_another_store_never_touches_this_stores_lxd_images_and_profile(lxd_env, lxd_project, busybox_base, session_dir):
     other = dict(lxd_env, PYCOR_STORE=os.path.join(session_dir, "other-store"))
+    shared = f"s{os.getpid()}"  # a base name both stores have, that no container uses
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=lxd_env)
     before = _aliases(lxd_project)
     raw_before = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
-    assert f"pycor/{busybox_base}" in before
+    assert f"pycor/{shared}" in before
     # a base of the same name and a new one, imported into another store: neither touches this store's images
-    run(PYCOR + ["base", "import", busybox_base, "--busybox"], env=other)
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=other)
     run(PYCOR + ["base", "import", "otherbase", "--busybox"], env=other)
     assert _aliases(lxd_project) == before
     # removing the other store's base leaves this store's image of that name
-    run(PYCOR + ["base", "rm", busybox_base], env=other)
+    run(PYCOR + ["base", "rm", shared], env=other)
     assert _aliases(lxd_project) == before
     # 'lxd init' from the other store refuses to take over this store's profile
     proc = run(PYCOR + ["lxd", "init"], env=other, check=False)
