@@ -44,10 +44,10 @@ if ! dpkg-query -W -f='${Status}' incus-base 2>/dev/null | grep -q "install ok i
             "Package: *" "Pin: release n=${codename}-backports" "Pin-Priority: -10" "" \
             "Package: incus incus-base incus-client libcowsql0 libraft0" "Pin: release n=${codename}-backports" \
             "Pin-Priority: 500" > /etc/apt/preferences.d/pycor-backports
-        apt-get update -q
+        apt-get update -q -o DPkg::Lock::Timeout=300
     fi
     echo "pycor setup: installing ${INCUS_PACKAGES[*]} (from ${codename}-backports)"
-    apt-get install -y -q --no-install-recommends "${INCUS_PACKAGES[@]}"
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${INCUS_PACKAGES[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then
