@@ -234,14 +234,17 @@ def test_another_store_never_touches_this_stores_incus_images_and_profile(incus_
     other = dict(incus_env, PYCOR_STORE=os.path.join(session_dir, "other-incus-store"))
     shared = f"i{os.getpid()}"  # a base name both stores have, that no container uses
     run(PYCOR + ["base", "import", shared, "--busybox"], env=incus_env)
-    before = aliases(incus_project)
-    assert f"pycor/{shared}" in before
-    run(PYCOR + ["base", "import", shared, "--busybox"], env=other)
-    run(PYCOR + ["base", "import", "otherbase2", "--busybox"], env=other)
-    run(PYCOR + ["base", "rm", shared], env=other)
-    assert aliases(incus_project) == before
-    proc = run(PYCOR + ["incus", "init"], env=other, check=False)
-    assert proc.returncode == 1 and "belongs to pycor store" in proc.stderr
+    try:
+        before = aliases(incus_project)
+        assert f"pycor/{shared}" in before
+        run(PYCOR + ["base", "import", shared, "--busybox"], env=other)
+        run(PYCOR + ["base", "import", "otherbase2", "--busybox"], env=other)
+        run(PYCOR + ["base", "rm", shared], env=other)
+        assert aliases(incus_project) == before
+        proc = run(PYCOR + ["incus", "init"], env=other, check=False)
+        assert proc.returncode == 1 and "belongs to pycor store" in proc.stderr
+    finally:
+        run(PYCOR + ["base", "rm", shared], env=incus_env)
 
 
 def test_pycor_create_ls_rm_and_base_rm_cover_incus(incus_env, incus_project, busybox_base):

@@ -211,7 +211,7 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, busy
 
 def test_planted_links_in_a_stopped_lxd_container_touch_nothing_outside(launch, session_dir):
     c = launch()
-    c.lxc("stop", c.name)
+    c.lxc("stop", "--force", c.name)  # busybox init, just started, may not handle SIGPWR yet
     outside = os.path.join(session_dir, "lxd-outside")
     os.makedirs(outside, exist_ok=True)
     os.chmod(outside, 0o777)
@@ -243,6 +243,13 @@ def test_another_store_never_touches_this_stores_lxd_images_and_profile(lxd_env,
     other = dict(lxd_env, PYCOR_STORE=os.path.join(session_dir, "other-store"))
     shared = f"s{os.getpid()}"  # a base name both stores have, that no container uses
     run(PYCOR + ["base", "import", shared, "--busybox"], env=lxd_env)
+    try:
+        check_other_store_leaves_images_alone(lxd_env, lxd_project, other, shared)
+    finally:
+        run(PYCOR + ["base", "rm", shared], env=lxd_env)
+
+
+def check_other_store_leaves_images_alone(lxd_env, lxd_project, other, shared):
     before = _aliases(lxd_project)
     raw_before = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
     assert f"pycor/{shared}" in before
