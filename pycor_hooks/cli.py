@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-from . import __version__, layer, lxc
+from . import __version__, layer, lxc, runtime
 from .driver import Driver
-from .errors import PycorError
+from .errors import NotFound, PycorError
 from .fsutil import disk_usage, human_size
 from .layer import UPPER
 from .names import check_name
@@ -36,94 +36,35 @@ def lxcpath_of(args: argparse.Namespace) -> str:
     return os.path.abspath(args.lxcpath) if args.lxcpath else lxc.default_lxcpath()
 
 
-def lxd_client():  # type: ignore[no-untyped-def]
-    """LXD's API if LXD runs here, else None."""
-    from .lxd import Lxd
+def daemon_clients():  # type: ignore[no-untyped-def]
+    """Every LXD and Incus daemon that runs here (each in its pycor project)."""
+    from .lxd import daemons
 
-    client = Lxd()
-    return client if client.available() else None
-
-
-class Listed:
-    """One pycor container of either runtime, as the CLI shows it."""
-
-    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None = None) -> None:
-        self.name, self.runtime, self.rootfs, self.state, self.lxcpath = name, runtime, rootfs, state, lxcpath
-
-    def registration(self):  # type: ignore[no-untyped-def]
-        from .driver import Registration
-
-        return Registration(self.name, self.rootfs, self.runtime, self.lxcpath)
+    return daemons()
 
 
-def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = True) -> list[Listed]:
-    """LXC containers in the lxcpath or registered elsewhere, and LXD instances on pycor images."""
-    found: dict[str, Listed] = {}
-    lxc_found = {c.rootfs: c for c in lxc.containers(lxcpath_of(args))}
-    for reg in driver.registrations():
-        if reg.runtime == "lxc" and reg.lxcpath and reg.rootfs not in lxc_found:
-            lxc_found[reg.rootfs] = lxc.LxcContainer(reg.name, reg.lxcpath, reg.rootfs)
-    for c in lxc_found.values():
-        found[c.rootfs] = Listed(c.name, "lxc", c.rootfs, lxc.state(c.name, c.lxcpath) if with_state else "?", c.lxcpath)
-    client = lxd_client()
-    if client is not None:
-        from .layer import is_layer
-        from .lxd import instance_rootfs
-
-        for inst in client.instances():
-            rootfs = instance_rootfs(inst)
-            if rootfs and is_layer(rootfs):
-                found[rootfs] = Listed(inst["name"], "lxd", rootfs, str(inst.get("status", "?")).upper())
-    return sorted(found.values(), key=lambda c: (c.name, c.runtime))
+# The inventory lives in runtime.py (one interface over LXC, LXD and Incus); these take the CLI's arguments.
+def all_containers(driver: Driver, args: argparse.Namespace, with_state: bool = True) -> list[runtime.Container]:
+    return runtime.all_containers(driver, lxcpath_of(args), with_state)
 
 
-def find_container(driver: Driver, args: argparse.Namespace, name: str) -> Listed:
-    check_name(name, "container name")
-    matches = [c for c in all_containers(driver, args) if c.name == name]
-    if not matches:
-        raise PycorError(f"no pycor container named {name!r}", "'pycor ls' lists them")
-    if len(matches) > 1:
-        raise PycorError(f"both LXC and LXD have a container named {name!r}", "use -P to pick the LXC one, or rename one")
-    return matches[0]
+def find_container(driver: Driver, args: argparse.Namespace, name: str) -> runtime.Container:
+    return runtime.find_container(driver, lxcpath_of(args), name)
 
 
-def container_idmap(c: Listed) -> str | None:
-    """The container's lxc.idmap lines (from its LXC config, or from LXD's record of its map)."""
-    if c.runtime == "lxc":
-        with open(os.path.join(c.lxcpath or "", c.name, "config"), encoding="utf-8") as f:
-            return f.read()
-    client = lxd_client()
-    inst = client.instance(c.name) if client else None
-    raw = (inst or {}).get("config", {}).get("volatile.idmap.current") or (inst or {}).get("config", {}).get("volatile.last_state.idmap")
-    if not raw:
-        return None
-    lines = []
-    for e in json.loads(raw):
-        for kind, flag in (("u", "Isuid"), ("g", "Isgid")):
-            if e.get(flag):
-                lines.append(f"lxc.idmap = {kind} {e['Nsid']} {e['Hostid']} {e['Maprange']}")
-    return "\n".join(lines)
+def container_idmap(c: runtime.Container) -> str | None:
+    """The container's lxc.idmap lines (from its LXC config, or from the daemon's record of its map)."""
+    return c.rt.idmap(c.name)
 
 
-def require_stopped(c: Listed, what: str) -> None:
+def require_stopped(c: runtime.Container, what: str) -> None:
     if c.state != "STOPPED":
         raise PycorError(f"container {c.name} is {c.state.lower()}: pycor {what} needs it stopped",
-                         f"stop it first ({'lxc-stop -n ' + c.name if c.runtime == 'lxc' else 'lxc stop ' + c.name})")
+                         f"stop it first ({c.rt.stop_hint(c.name)})")
 
 
 def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
-    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
-    used: dict[str, set[str]] = {}
-    for state in driver.running_states():
-        used.setdefault(state.base, set()).add(state.version)
-    for c in all_containers(driver, args, with_state=False):
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.pin:
-            used.setdefault(meta.base, set()).add(meta.pin)
-    return used
+    return runtime.used_versions(driver, lxcpath_of(args))
 
 
 # -- base ----------------------------------------------------------------------
@@ -145,10 +86,18 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress,
                                        bootable=args.bootable)
     print(f"base {args.name}: version {v.version}, {human_size(v.size)} in {store.root}")
-    client = lxd_client()
-    if client is not None and client.has_profile():  # 'pycor lxd init' was run: keep LXD's images in step
-        client.ensure_image(args.name)
-        print(f"LXD image pycor/{args.name} added")
+    add_images(driver, args.name)
+
+
+def add_images(driver: Driver, base: str) -> None:
+    """Give a new base its image in every daemon 'pycor lxd init' / 'pycor incus init' set up for this store."""
+    for client in daemon_clients():
+        if not client.is_set_up_for(driver.store.root):
+            continue
+        if client.ensure_image(base, driver.store.root) == "other":
+            print(f"{client.where()}: image pycor/{base} belongs to another pycor store: left alone", file=sys.stderr)
+        else:
+            print(f"{client.where()}: image pycor/{base} added")
 
 
 def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
@@ -233,9 +182,8 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "base name")
     extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
     driver.delete_base(name, extra)
-    client = lxd_client()
-    if client is not None:
-        client.remove_image(name)
+    for client in daemon_clients():
+        client.remove_image(name, driver.store.root)  # only this store's image
     print(f"base {args.name} removed")
 
 
@@ -243,19 +191,17 @@ def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
     driver.store.require(check_name(args.base, "base name"))
-    if args.runtime == "lxd" and (args.adopt or args.dir):
+    if args.runtime != "lxc" and (args.adopt or args.dir):
         raise PycorError("--adopt and --dir are for LXC containers", "drop them, or use --runtime lxc")
     if args.adopt and args.pin:
         raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
-    if args.runtime == "lxd":
-        client = lxd_client()
-        if client is None:
-            raise PycorError("LXD is not running here", "start LXD, or create an LXC container (--runtime lxc)")
-        if client.instance(name) is not None:
-            raise PycorError(f"LXD instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
-        lxd_init(client, driver)
-        client.create(name, args.base)
-        print(f"container {name} created on base {args.base} (lxc start {name})")
+    if args.runtime != "lxc":
+        rt = runtime.daemon_runtime(args.runtime)
+        if rt.has(name):
+            raise PycorError(f"{rt.title} instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
+        daemon_init(rt.client, driver)
+        rt.client.create(name, args.base)
+        print(f"container {name} created on base {args.base} ({rt.client.dialect.cli} start {name})")
         return
     lxcpath = lxcpath_of(args)
     from .install import LXC_TEMPLATES_DIR, TEMPLATE
@@ -289,7 +235,7 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             "name": c.name,
             "runtime": c.runtime,
             "base": meta.base,
-            "version": driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
+            "version": driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
             "pinned": meta.pin is not None,
             "state": c.state,
             "changes": disk_usage(os.path.join(c.rootfs, UPPER)),
@@ -312,7 +258,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         version = check_version(args.version)
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
-        version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
+        version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
     write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
@@ -331,7 +277,7 @@ def cmd_rollout(args: argparse.Namespace, driver: Driver) -> None:
 
     base = check_name(args.base, "base name")
     driver.store.require(base)
-    outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check, lxd_client(),
+    outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check,
                        report=(lambda line: print(line, file=sys.stderr)))
     emit(args, [o.to_json() for o in outcomes], [("name", "NAME"), ("runtime", "RUNTIME"), ("status", "STATUS"),
                                                  ("version", "VERSION"), ("detail", "DETAIL")])
@@ -346,7 +292,7 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
+    version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
     with layer.OpenLayer(c.rootfs) as lay:
         changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())
@@ -368,9 +314,8 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
     require_stopped(c, "commit")
     v = commit(driver.store, c.rootfs, container_idmap(c), args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
-    client = lxd_client()
-    if args.as_base and client is not None and client.has_profile():
-        client.ensure_image(target)
+    if args.as_base:
+        add_images(driver, target)
 
 
 def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
@@ -397,43 +342,34 @@ def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
 
 def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "container name")
-    lxcpath = lxcpath_of(args)
-    client = lxd_client() if args.runtime != "lxc" else None
-    if args.runtime == "lxd" or (not lxc.exists(name, lxcpath) and client is not None and client.instance(name) is not None):
-        if client is None:
-            raise PycorError("LXD is not running here", "start LXD first")
-        inst = client.instance(name)
-        if inst is None:
-            raise PycorError(f"no LXD instance {name!r}", "'pycor ls' lists them")
-        if str(inst.get("status")).lower() != "stopped":
-            if not args.force:
-                raise PycorError(f"container {name!r} is running", f"stop it first (lxc stop {name}) or use --force")
-            client.set_state(name, "stop", force=True)
-        client.delete(name)
-    else:
-        lxc.destroy(name, lxcpath, args.force)
+    rt = runtime.runtime_with(name, lxcpath_of(args), args.runtime)
+    if not rt.has(name):
+        where = rt.client.where() if isinstance(rt, runtime.DaemonRuntime) else lxcpath_of(args)
+        raise NotFound(f"no container {name!r} in {where}", "'pycor ls' lists them")
+    rt.destroy(name, args.force)
     print(f"container {name} removed")
 
 
-def lxd_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
-    """The overlay profile and one image per base; safe to repeat."""
+def daemon_init(client, driver: Driver) -> list[str]:  # type: ignore[no-untyped-def]
+    """The overlay profile and one image per base, all of this store; safe to repeat."""
     from .store import hooks_dir
     from .template import hook_lines
 
     done = []
-    if client.ensure_profile("\n".join(hook_lines(hooks_dir(), driver.store))):
+    if client.ensure_profile("\n".join(hook_lines(hooks_dir(), driver.store)), driver.store.root):
         done.append("profile overlay written")
     for base in driver.store.base_names():
-        if client.ensure_image(base):
+        outcome = client.ensure_image(base, driver.store.root)
+        if outcome == "added":
             done.append(f"image pycor/{base} added")
+        elif outcome == "other":
+            done.append(f"image pycor/{base} belongs to another pycor store: left alone")
     return done
 
 
-def cmd_lxd_init(args: argparse.Namespace, driver: Driver) -> None:
-    client = lxd_client()
-    if client is None:
-        raise PycorError("LXD is not running here", "start it (lxd --group root &; lxd waitready; lxd init --auto) and run this again")
-    for line in lxd_init(client, driver) or ["LXD already set up: profile overlay and an image per base"]:
+def cmd_daemon_init(args: argparse.Namespace, driver: Driver) -> None:
+    client = runtime.daemon_runtime(args.daemon).client
+    for line in daemon_init(client, driver) or [f"{client.title} already set up: profile overlay and an image per base"]:
         print(line)
 
 
@@ -448,7 +384,7 @@ def cmd_install(args: argparse.Namespace, driver: Driver) -> None:
 def parser() -> argparse.ArgumentParser:
     from .store import hooks_dir, templates_dir
 
-    p = argparse.ArgumentParser(prog="pycor", description="LXC and LXD containers on one shared, read-only base")
+    p = argparse.ArgumentParser(prog="pycor", description="LXC, LXD and Incus containers on one shared, read-only base")
     p.add_argument("--version", action="version", version=f"pycor {__version__}")
     p.add_argument("--store", help="store path (default: $PYCOR_STORE, 'store =' in /etc/pycor/pycor.conf, /var/lib/pycor)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -497,7 +433,8 @@ def parser() -> argparse.ArgumentParser:
     cr.add_argument("--network", choices=("default", "none"), default="default",
                     help="default: LXC's default config; none: lxc.net.0.type = empty")
     cr.add_argument("--unprivileged", action="store_true", help="map container root to an unprivileged host id")
-    cr.add_argument("--runtime", choices=("lxc", "lxd"), default="lxc", help="LXC (default) or LXD (always unprivileged)")
+    cr.add_argument("--runtime", choices=("lxc", "lxd", "incus"), default="lxc",
+                    help="LXC (default), LXD or Incus (always unprivileged)")
     cr.add_argument("--adopt", action="store_true",
                     help="re-create a container whose LXC config was lost around the layer in its rootfs, keeping its changes")
     cr.add_argument("--dir", metavar="DIR", help="rootfs directory elsewhere than LXCPATH/NAME/rootfs (new or empty, or a layer with --adopt)")
@@ -508,7 +445,7 @@ def parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove a container and its changes", parents=[where])
     rm.add_argument("name")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
-    rm.add_argument("--runtime", choices=("lxc", "lxd"), help="which runtime's container (default: the one that has it)")
+    rm.add_argument("--runtime", choices=("lxc", "lxd", "incus"), help="which runtime's container (default: the one that has it)")
     rm.set_defaults(func=cmd_rm)
 
     pin = sub.add_parser("pin", help="keep a container on one base version", parents=[where])
@@ -538,8 +475,10 @@ def parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check what pycor relies on, and name a fix for each miss", parents=[fmt])
     doc.set_defaults(func=cmd_doctor)
 
-    lxd = sub.add_parser("lxd", help="LXD setup").add_subparsers(dest="lxd_command", required=True, metavar="COMMAND")
-    lxd.add_parser("init", help="create the 'overlay' profile and an image pycor/BASE per base").set_defaults(func=cmd_lxd_init)
+    for kind, title in (("lxd", "LXD"), ("incus", "Incus")):
+        dsub = sub.add_parser(kind, help=f"{title} setup").add_subparsers(dest=f"{kind}_command", required=True, metavar="COMMAND")
+        dsub.add_parser("init", help=f"create the 'overlay' profile and an image pycor/BASE per base in {title}").set_defaults(
+            func=cmd_daemon_init, daemon=kind)
 
     from .cli_moves import add_commands
 

@@ -87,7 +87,7 @@ def print_base_diff(driver: Driver, c, path: str) -> None:  # type: ignore[no-un
 
     rel = path.strip("/")
     meta = driver.volume_meta(c.rootfs)
-    version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
+    version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
 
     def read(dirfd: int) -> list[str]:
         fd = linux.open_beneath(dirfd, rel, os.O_RDONLY | os.O_NONBLOCK)

@@ -141,19 +141,21 @@ def capability_checks() -> list[Check]:
 def tool_checks() -> list[Check]:
     checks = []
     for tool, args, fix, required in (("lxc-start", ["--version"], "apt-get install lxc", True),
-                                      ("lxd", ["--version"], "apt-get install lxd (only for LXD containers)", False)):
+                                      ("lxd", ["--version"], "apt-get install lxd (only for LXD containers)", False),
+                                      ("incus", ["--version"], "install incus-base from backports (only for Incus containers)", False)):
         path = shutil.which(tool)
         version = subprocess.run([tool, *args], capture_output=True, text=True).stdout.strip() if path else ""
         checks.append(Check(tool.split("-")[0].upper(), bool(path), f"{tool} {version}" if path else "not installed", fix, required))
-    from .lxd import Lxd
+    from .lxd import DIALECTS, Daemon
 
-    client = Lxd()
-    running = client.available()
-    checks.append(Check("LXD daemon", running, "answers on its socket" if running else "not running",
-                        "start it: lxd --group root &; lxd waitready; lxd init --auto", required=False))
-    if running:
-        checks.append(Check("LXD profile overlay", client.has_profile(), "present" if client.has_profile() else "missing",
-                            "pycor lxd init", required=False))
+    for dialect in DIALECTS.values():
+        client = Daemon(dialect)
+        running = client.available()
+        checks.append(Check(f"{dialect.title} daemon", running, "answers on its socket" if running else "not running",
+                            dialect.start_hint, required=False))
+        if running:
+            checks.append(Check(f"{dialect.title} profile overlay", client.has_profile(),
+                                "present" if client.has_profile() else "missing", f"pycor {dialect.kind} init", required=False))
     checks.append(hooks_check(hooks_dir()))
     return checks
 

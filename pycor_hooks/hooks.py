@@ -53,13 +53,74 @@ def container_from_env() -> tuple[str, str, str | None]:
     return name, rootfs_dir(rootfs), os.environ.get("LXC_CONFIG_FILE")
 
 
+def daemon_callhook(config_file: str) -> tuple[str, str, str, str] | None:
+    """(exe, daemon dir, project, instance) from the hook lines LXD and Incus write into their lxc.conf.
+
+    Both write `lxc.hook.pre-start = EXE callhook DAEMON_DIR "PROJECT" "NAME" start`
+    (EXE is /proc/PID/exe on the start hook, the daemon's binary on the stop
+    ones). Raw LXC configs have no such line. Plain string work: hot path.
+    """
+    return scan_config(config_file)[0]
+
+
+def scan_config(config_file: str) -> tuple[tuple[str, str, str, str] | None, bool]:
+    """(daemon_callhook's answer, whether LXC mounts the rootfs idmapped: lxc.rootfs.options idmap=container)."""
+    found = None
+    idmapped = False
+    with open(config_file, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            if line.startswith("lxc.rootfs.options"):
+                idmapped = "idmap=" in line.partition("=")[2]
+            if not line.startswith("lxc.hook.") or " callhook " not in line:
+                continue
+            value = line.partition("=")[2].strip()
+            exe, _, rest = value.partition(" callhook ")
+            head, _, _event = rest.rpartition(" ")
+            parts = head.rsplit(" ", 2)
+            if len(parts) != 3 or not parts[0]:
+                continue
+            hook = (exe.strip(), parts[0], parts[1].strip('"'), parts[2].strip('"'))
+            if found is None or found[0].startswith("/proc/"):
+                found = hook  # the daemon's own binary (stop hooks) names it best
+    return found, idmapped
+
+
+def daemon_kind(exe: str, daemon_dir: str) -> str:
+    """'incus' or 'lxd', from the daemon's binary (incusd, lxd), else from its directory."""
+    try:
+        exe = os.readlink(exe) if exe.startswith("/proc/") else exe
+    except OSError:
+        exe = ""
+    name = os.path.basename(exe.split(" ")[0])
+    if name.startswith("incus"):
+        return "incus"
+    if name.startswith("lxd"):
+        return "lxd"
+    return "incus" if "incus" in daemon_dir else "lxd"
+
+
 def runtime_of(config_file: str | None) -> tuple[str, str | None]:
-    """('lxd', None) for LXD's generated config, else ('lxc', LXCPATH)."""
-    if config_file and config_file.startswith("/var/log/lxd/"):
-        return "lxd", None
-    if config_file:
-        return "lxc", os.path.dirname(os.path.dirname(config_file))
-    return "lxc", None
+    """(runtime, where): ('lxd' or 'incus', DAEMON_DIR) for a daemon's generated config, else ('lxc', LXCPATH).
+
+    Recognised by the daemon's own hook lines, so the Debian package, the
+    snap, any LXD_DIR or INCUS_DIR and any project are all seen.
+    """
+    info = runtime_info(config_file)
+    return info[0], info[1]
+
+
+def runtime_info(config_file: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(runtime, daemon dir or LXCPATH, project, instance name); project and instance only under LXD and Incus."""
+    if not config_file:
+        return "lxc", None, None, None
+    try:
+        hook = daemon_callhook(config_file)
+    except OSError:
+        hook = None
+    if hook is None:
+        return "lxc", os.path.dirname(os.path.dirname(config_file)), None, None
+    exe, daemon_dir, project, instance = hook
+    return daemon_kind(exe, daemon_dir), daemon_dir, project, instance
 
 
 def run(hook: str, argv: list[str]) -> None:
@@ -71,6 +132,13 @@ def run(hook: str, argv: list[str]) -> None:
     driver = Driver(Store(store_path))
     if hook == "pre-start":
         runtime, lxcpath = runtime_of(config_file)
+        if runtime != "lxc" and config_file and scan_config(config_file)[1]:
+            raise PycorError(
+                f"{runtime} mounts this container's rootfs idmapped (lxc.rootfs.options = idmap=...), "
+                "which hides pycor's overlay, and left its layer unshifted on disk",
+                f"start the daemon with {runtime.upper()}_IDMAPPED_MOUNTS_DISABLE=1 (scripts/incus-up.sh does), "
+                "then create the container again",
+            )
         driver.prepare_start(name, rootfs, runtime, lxcpath, config_file)
     elif hook == "pre-mount":
         driver.mount_volume(name, rootfs)
@@ -102,19 +170,39 @@ def main(hook: str, argv: list[str] | None = None) -> int:
         return 1
 
 
-def log_to_lxd(line: str) -> None:
-    """Under LXD, also put the reason in the instance's lxc.log, which 'lxc info --show-log' shows.
+def daemon_log(config_file: str) -> str | None:
+    """The instance's lxc.log under LXD or Incus, else None.
 
-    LXD keeps LXC's log at error level, where a hook's output never appears.
+    LXD keeps lxc.conf and lxc.log side by side (DIR/logs/NAME, or /var/log/lxd/NAME
+    for the default dir); Incus puts lxc.conf under its run dir (/run/incus/NAME,
+    or INCUS_DIR/run/NAME) and the log under /var/log/incus/NAME (or INCUS_DIR/logs/NAME).
     """
-    config = os.environ.get("LXC_CONFIG_FILE", "")
-    if runtime_of(config)[0] != "lxd":
+    runtime, daemon_dir, _, _ = runtime_info(config_file)
+    if runtime == "lxc" or not daemon_dir:
+        return None
+    folder = os.path.dirname(config_file)
+    if runtime == "incus":
+        logs = "/var/log/incus" if daemon_dir == "/var/lib/incus" else os.path.join(daemon_dir, "logs")
+        folder = os.path.join(logs, os.path.basename(folder))
+    return os.path.join(folder, "lxc.log")
+
+
+def log_to_lxd(line: str) -> None:
+    """Under LXD or Incus, also put the reason in the instance's lxc.log, which 'lxc info --show-log' shows.
+
+    Both daemons keep LXC's log at error level, where a hook's output never appears.
+    """
+    try:
+        path = daemon_log(os.environ.get("LXC_CONFIG_FILE", ""))
+    except OSError:
+        return
+    if path is None:
         return
     import time
 
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     try:
-        fd = os.open(os.path.join(os.path.dirname(config), "lxc.log"), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # pre-mount in a user namespace cannot open it; stderr and stdout carry the line
     with os.fdopen(fd, "a") as f:

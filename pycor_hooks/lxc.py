@@ -150,17 +150,3 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
     if proc.returncode != 0:
         raise template_error(proc.stderr, proc.returncode)
 
-
-def destroy(name: str, lxcpath: str, force: bool = False) -> None:
-    with locks.name_lock(lxcpath, name):  # never in the middle of a create of the same name
-        _destroy(name, lxcpath, force)
-
-
-def _destroy(name: str, lxcpath: str, force: bool) -> None:
-    if not exists(name, lxcpath):
-        raise PycorError(f"no container {name!r} in {lxcpath}", "'pycor ls' lists them")
-    if state(name, lxcpath) != "STOPPED":
-        if not force:
-            raise PycorError(f"container {name!r} is running", f"stop it first (lxc-stop -n {name}) or use --force")
-        run_tool(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], check=False)
-    run_tool(["lxc-destroy", "-n", name, "-P", lxcpath])

@@ -1,9 +1,20 @@
-"""LXD, for the CLI: its REST API over the unix socket (never `lxc` table output).
+"""LXD and Incus, for the CLI: one REST client over their unix sockets, two dialects.
 
-pycor needs three things from LXD: a profile `overlay` whose raw.lxc adds the
-pycor hooks to LXD's own, a nearly empty image per base (alias pycor/BASE)
-whose rootfs is just the `.pycor/` layout naming the base, and the list of
-instances that run on pycor bases.
+pycor needs three things from either daemon: a profile `overlay` whose
+raw.lxc adds the pycor hooks to the daemon's own, a nearly empty image per
+base (alias pycor/BASE) whose rootfs is just the `.pycor/` layout naming the
+base, and the list of instances that run on pycor bases. Never `lxc` or
+`incus` table output.
+
+The two daemons speak the same API; they differ in where they live (socket,
+storage pools, logs under their daemon directory: $LXD_DIR or $INCUS_DIR,
+the snap's, or the default), in the prefix of their custom headers
+(X-LXD-* or X-Incus-*: an Incus image upload reads only its own), and in
+Incus having only /1.0/instances (pycor uses only that, for both).
+
+Images and profiles belong to one store: the image property pycor.store and
+the profile key user.pycor.store say which, and a command on another store
+never adds, replaces or deletes them.
 """
 
 from __future__ import annotations
@@ -12,17 +23,51 @@ import http.client
 import io
 import json
 import os
+import shlex
 import socket
 import tarfile
 import time
 import urllib.parse
 
-from .errors import PycorError
+from .errors import Conflict, NotFound, PycorError, Unsupported
 from .layer import META, PYCOR_DIR, LayerMeta
+from .store import DEFAULT_STORE
 
-SOCKET = "/var/lib/lxd/unix.socket"
 PROFILE = "overlay"
-POOLS = "/var/lib/lxd/storage-pools"
+STORE_PROPERTY = "pycor.store"  # image property
+STORE_KEY = "user.pycor.store"  # profile config key
+
+
+class Dialect:
+    """What tells LXD and Incus apart: where they live, what they call their headers, their CLI."""
+
+    def __init__(self, kind: str, title: str, default_dir: str, dir_env: str, header_prefix: str, cli: str,
+                 start_hint: str, extra_dirs: tuple[str, ...] = ()) -> None:
+        self.kind, self.title, self.default_dir, self.dir_env = kind, title, default_dir, dir_env
+        self.header_prefix, self.cli, self.start_hint, self.extra_dirs = header_prefix, cli, start_hint, extra_dirs
+
+    @property
+    def project_env(self) -> str:
+        return f"PYCOR_{self.kind.upper()}_PROJECT"
+
+    def header(self, name: str) -> str:
+        return f"{self.header_prefix}-{name}"
+
+    def daemon_dirs(self) -> list[str]:
+        """Where this daemon may live here: $LXD_DIR / $INCUS_DIR first, then the default, then the snap's."""
+        dirs = [os.environ.get(self.dir_env) or "", self.default_dir, *self.extra_dirs]
+        return list(dict.fromkeys(os.path.abspath(d) for d in dirs if d))
+
+    def __repr__(self) -> str:
+        return f"Dialect({self.kind})"
+
+
+LXD = Dialect("lxd", "LXD", "/var/lib/lxd", "LXD_DIR", "X-LXD", "lxc",
+              "start it (lxd --group root &; lxd waitready; lxd init --auto)",
+              extra_dirs=("/var/snap/lxd/common/lxd",))
+INCUS = Dialect("incus", "Incus", "/var/lib/incus", "INCUS_DIR", "X-Incus", "incus",
+                "start it (scripts/incus-up.sh, or incusd --group root &; incus admin waitready; incus admin init --auto)")
+DIALECTS = {d.kind: d for d in (LXD, INCUS)}
 
 
 def image_alias(base: str) -> str:
@@ -31,7 +76,7 @@ def image_alias(base: str) -> str:
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("lxd", timeout=timeout)
+        super().__init__("localhost", timeout=timeout)
         self.path = path
 
     def connect(self) -> None:
@@ -40,13 +85,27 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-class Lxd:
-    """LXD's API in one project ($PYCOR_LXD_PROJECT, else 'default')."""
+class Daemon:
+    """One LXD or Incus daemon, in one project ($PYCOR_LXD_PROJECT / $PYCOR_INCUS_PROJECT, else 'default')."""
 
-    def __init__(self, socket_path: str | None = None, timeout: float = 300, project: str | None = None) -> None:
-        self.socket_path = socket_path or os.environ.get("LXD_SOCKET", SOCKET)
+    def __init__(self, dialect: Dialect = LXD, daemon_dir: str | None = None, socket_path: str | None = None,
+                 timeout: float = 300, project: str | None = None) -> None:
+        self.dialect = dialect
+        self.dir = os.path.abspath(daemon_dir or dialect.daemon_dirs()[0])
+        self.socket_path = socket_path or os.path.join(self.dir, "unix.socket")
         self.timeout = timeout
-        self.project = project or os.environ.get("PYCOR_LXD_PROJECT") or "default"
+        self.project = project or os.environ.get(dialect.project_env) or "default"
+
+    @property
+    def kind(self) -> str:
+        return self.dialect.kind
+
+    @property
+    def title(self) -> str:
+        return self.dialect.title
+
+    def __repr__(self) -> str:
+        return f"Daemon({self.kind}, {self.dir}, project={self.project})"
 
     def available(self) -> bool:
         if not os.path.exists(self.socket_path):
@@ -68,14 +127,16 @@ class Lxd:
                 path += ("&" if "?" in path else "?") + "project=" + urllib.parse.quote(self.project)
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
+            status = resp.status
             payload = json.loads(resp.read() or b"{}")
-        except FileNotFoundError:
-            raise PycorError(f"LXD is not running (no socket at {self.socket_path})",
-                             "start it (lxd --group root &; lxd waitready; lxd init --auto)") from None
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise Unsupported(f"{self.title} is not running (no socket at {self.socket_path})", self.dialect.start_hint) from None
         finally:
             conn.close()
-        if payload.get("type") == "error":
-            raise PycorError(f"LXD: {method} {path}: {payload.get('error')}")
+        if payload.get("type") == "error" or status >= 400:
+            code = payload.get("error_code") or status
+            error = NotFound if code == 404 else PycorError
+            raise error(f"{self.title}: {method} {path}: {payload.get('error') or status}")
         if payload.get("type") == "async":
             return self.wait(payload["operation"])
         return payload.get("metadata") or {}
@@ -83,69 +144,99 @@ class Lxd:
     def wait(self, operation: str) -> dict:
         op = self.request("GET", f"{operation}/wait?timeout={int(self.timeout)}")
         if op.get("status") != "Success":
-            raise PycorError(f"LXD: {op.get('description', 'operation')} failed: {op.get('err') or op.get('status')}")
+            raise PycorError(f"{self.title}: {op.get('description', 'operation')} failed: {op.get('err') or op.get('status')}")
         return op
 
     def exists(self, path: str) -> bool:
         try:
             self.request("GET", path)
             return True
-        except PycorError as e:
-            if "not found" in str(e).lower():
-                return False
-            raise
+        except NotFound:
+            return False
 
-    # -- setup ----------------------------------------------------------------
-    def ensure_profile(self, raw_lxc: str) -> bool:
-        """Create or update the overlay profile; True if it changed."""
-        config = {"raw.lxc": raw_lxc}
+    # -- setup: one profile and one image per base, owned by one store ---------------
+    def profile(self) -> dict | None:
+        try:
+            return self.request("GET", f"/1.0/profiles/{PROFILE}")
+        except NotFound:
+            return None
+
+    def where(self) -> str:
+        return f"{self.title} project {self.project}" + ("" if self.dir == self.dialect.default_dir else f" of {self.dir}")
+
+    def ensure_profile(self, raw_lxc: str, store: str) -> bool:
+        """Create or update the overlay profile of this store; True if it changed.
+
+        A profile of another store is never overwritten: Conflict.
+        """
+        config = {"raw.lxc": raw_lxc, STORE_KEY: store}
         desc = "pycor: run on a shared read-only base through OverlayFS"
-        if not self.exists(f"/1.0/profiles/{PROFILE}"):
+        current = self.profile()
+        if current is None:
             self.request("POST", "/1.0/profiles", {"name": PROFILE, "config": config, "description": desc, "devices": {}})
             return True
-        current = self.request("GET", f"/1.0/profiles/{PROFILE}")
-        if current.get("config", {}).get("raw.lxc") == raw_lxc:
+        owner = profile_store(current)
+        if owner != store:
+            raise Conflict(
+                f"profile {PROFILE!r} in {self.where()} belongs to pycor store {owner}, not {store}",
+                f"use that store (pycor --store {owner} ...), or give this store its own project ({self.dialect.project_env}=NAME)",
+            )
+        if all(current.get("config", {}).get(k) == v for k, v in config.items()):
             return False
         merged = dict(current.get("config", {}), **config)
         self.request("PATCH", f"/1.0/profiles/{PROFILE}", {"config": merged, "description": desc})
         return True
 
     def has_profile(self) -> bool:
-        return self.exists(f"/1.0/profiles/{PROFILE}")
+        return self.profile() is not None
 
-    def image_base(self, base: str) -> str | None:
-        """The pycor.base property of the image behind alias pycor/BASE, if any."""
+    def is_set_up_for(self, store: str) -> bool:
+        """'pycor lxd init' / 'pycor incus init' was run here for this store."""
+        current = self.profile()
+        return current is not None and profile_store(current) == store
+
+    def image(self, base: str) -> dict | None:
+        """The image behind alias pycor/BASE, if any."""
         alias = urllib.parse.quote(image_alias(base), safe="")
         try:
             target = self.request("GET", f"/1.0/images/aliases/{alias}")["target"]
-        except PycorError as e:
-            if "not found" in str(e).lower():
-                return None
-            raise
-        image = self.request("GET", f"/1.0/images/{target}")
-        return image.get("properties", {}).get("pycor.base")
+            return self.request("GET", f"/1.0/images/{target}")
+        except NotFound:
+            return None
 
-    def ensure_image(self, base: str) -> bool:
-        """Import the nearly empty image of a base, aliased pycor/BASE; True if it was added."""
-        if self.image_base(base) == base:
-            return False
-        result = self.request("POST", "/1.0/images", raw=base_image_tarball(base))
+    def ensure_image(self, base: str, store: str) -> str:
+        """Import the nearly empty image of a base, aliased pycor/BASE.
+
+        'added', 'present' (already this store's), or 'other' (the alias names
+        another store's image, which is left alone).
+        """
+        image = self.image(base)
+        if image is not None:
+            owner = image_store(image)
+            if owner != store:
+                return "other"
+            if image.get("properties", {}).get("pycor.base") == base:
+                return "present"
+        props = urllib.parse.urlencode({"pycor.base": base, STORE_PROPERTY: store})
+        result = self.request("POST", "/1.0/images", raw=base_image_tarball(base, store),
+                              headers={self.dialect.header("properties"): props})
         fingerprint = result.get("metadata", {}).get("fingerprint")
         alias = image_alias(base)
         quoted = urllib.parse.quote(alias, safe="")
-        if self.exists(f"/1.0/images/aliases/{quoted}"):
-            self.request("PUT", f"/1.0/images/aliases/{quoted}", {"target": fingerprint, "description": f"pycor base {base}"})
+        body = {"target": fingerprint, "description": f"pycor base {base}"}
+        if image is not None:
+            self.request("PUT", f"/1.0/images/aliases/{quoted}", body)
         else:
-            self.request("POST", "/1.0/images/aliases", {"name": alias, "target": fingerprint, "description": f"pycor base {base}"})
-        return True
+            self.request("POST", "/1.0/images/aliases", dict(body, name=alias))
+        return "added"
 
-    def remove_image(self, base: str) -> None:
-        quoted = urllib.parse.quote(image_alias(base), safe="")
-        try:
-            target = self.request("GET", f"/1.0/images/aliases/{quoted}")["target"]
-        except PycorError:
-            return
-        self.request("DELETE", f"/1.0/images/{target}")
+    def remove_image(self, base: str, store: str) -> bool:
+        """Delete this store's image of a base; another store's is left alone. True if deleted."""
+        image = self.image(base)
+        if image is None or image_store(image) != store:
+            return False
+        self.request("DELETE", f"/1.0/images/{image['fingerprint']}")
+        return True
 
     # -- instances ----------------------------------------------------------------
     def instances(self) -> list[dict]:
@@ -155,10 +246,8 @@ class Lxd:
     def instance(self, name: str) -> dict | None:
         try:
             return self.request("GET", f"/1.0/instances/{name}")
-        except PycorError as e:
-            if "not found" in str(e).lower():
-                return None
-            raise
+        except NotFound:
+            return None
 
     def create(self, name: str, base: str, start: bool = False) -> None:
         body = {"name": name, "type": "container", "profiles": ["default", PROFILE],
@@ -167,26 +256,81 @@ class Lxd:
         if start:
             self.set_state(name, "start")
 
-    def set_state(self, name: str, action: str, force: bool = False) -> None:
-        self.request("PUT", f"/1.0/instances/{name}/state", {"action": action, "timeout": 30, "force": force})
+    def set_state(self, name: str, action: str, force: bool = False, timeout: int = 30) -> None:
+        self.request("PUT", f"/1.0/instances/{name}/state", {"action": action, "timeout": timeout, "force": force})
 
     def delete(self, name: str) -> None:
         self.request("DELETE", f"/1.0/instances/{name}")
 
+    def instance_rootfs(self, inst: dict) -> str | None:
+        """Host path of a container's rootfs in a dir pool (the only kind pycor layers live in)."""
+        device = (inst.get("expanded_devices") or {}).get("root") or {}
+        pool = device.get("pool")
+        if not pool:
+            return None
+        return os.path.join(self.dir, "storage-pools", pool, "containers", instance_dir_name(inst), "rootfs")
 
-def instance_rootfs(inst: dict) -> str | None:
-    """Host path of a container's rootfs in a dir pool (the only kind pycor layers live in)."""
-    device = (inst.get("expanded_devices") or {}).get("root") or {}
-    pool = device.get("pool")
-    if not pool:
-        return None
+    def cli_argv(self, *args: str) -> list[str]:
+        """The daemon's own command line (lxc or incus) in this project, for what needs a terminal stream (exec)."""
+        return [self.dialect.cli, "--project", self.project, *args]
+
+    def cli_env(self) -> dict[str, str]:
+        return dict(os.environ, **{self.dialect.dir_env: self.dir})
+
+
+def instance_dir_name(inst: dict) -> str:
+    """The instance's folder name in pools and logs: NAME, or PROJECT_NAME outside the default project."""
     project = inst.get("project") or "default"
-    name = inst["name"] if project == "default" else f"{project}_{inst['name']}"
-    return os.path.join(POOLS, pool, "containers", name, "rootfs")
+    return inst["name"] if project == "default" else f"{project}_{inst['name']}"
 
 
-def base_image_tarball(base: str) -> bytes:
-    """A unified LXD image: metadata.yaml plus a rootfs holding only .pycor/ (layer.json, upper, work)."""
+def profile_store(profile: dict) -> str:
+    """The store a profile belongs to: user.pycor.store, else (profiles older pycor made) its hooks' --store."""
+    config = profile.get("config") or {}
+    if config.get(STORE_KEY):
+        return str(config[STORE_KEY])
+    return hooks_store(str(config.get("raw.lxc", "")))
+
+
+def hooks_store(config_text: str) -> str:
+    """The store the pycor hook lines of an LXC config (or raw.lxc) name: their --store, else the default store."""
+    for line in config_text.splitlines():
+        if "pycor-pre-start" not in line:
+            continue
+        try:
+            words = shlex.split(line.partition("=")[2])
+        except ValueError:
+            continue
+        for i, word in enumerate(words[:-1]):
+            if word == "--store":
+                return words[i + 1]
+    return DEFAULT_STORE
+
+
+def image_store(image: dict) -> str:
+    """The store an image belongs to (images older pycor made name none: the default store's)."""
+    return str((image.get("properties") or {}).get(STORE_PROPERTY) or DEFAULT_STORE)
+
+
+def daemons(kinds: tuple[str, ...] = ("lxd", "incus")) -> list[Daemon]:
+    """Every LXD and Incus daemon that answers here, each in its pycor project."""
+    found = []
+    for kind in kinds:
+        for d in DIALECTS[kind].daemon_dirs():
+            client = Daemon(DIALECTS[kind], d)
+            if client.available():
+                found.append(client)
+    return found
+
+
+def daemon(kind: str) -> Daemon | None:
+    """The first daemon of a kind that answers ($LXD_DIR / $INCUS_DIR first), else None."""
+    found = daemons((kind,))
+    return found[0] if found else None
+
+
+def base_image_tarball(base: str, store: str = DEFAULT_STORE) -> bytes:
+    """A unified image: metadata.yaml plus a rootfs holding only .pycor/ (layer.json, upper, work)."""
     now = int(time.time())
     metadata = (
         "architecture: x86_64\n"
@@ -196,6 +340,7 @@ def base_image_tarball(base: str) -> bytes:
         "  os: pycor\n"
         f"  release: {base}\n"
         f"  pycor.base: {base}\n"
+        f"  {STORE_PROPERTY}: {json.dumps(store)}\n"
     ).encode()
     meta = (json.dumps(LayerMeta(base, None).to_json()) + "\n").encode()
     buf = io.BytesIO()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import time
 
-from . import lxc
 from .driver import Driver
 from .errors import PycorError
 
@@ -29,29 +28,10 @@ class Outcome:
         return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
 
 
-def restart(c, project_client=None) -> None:  # type: ignore[no-untyped-def]
-    if c.runtime == "lxc":
-        lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-t", "30"], check=False)
-        if lxc.state(c.name, c.lxcpath) != "STOPPED":
-            lxc.run_tool(["lxc-stop", "-n", c.name, "-P", c.lxcpath, "-k"])
-        lxc.run_tool(["lxc-start", "-n", c.name, "-P", c.lxcpath])
-        lxc.run_tool(["lxc-wait", "-n", c.name, "-P", c.lxcpath, "-s", "RUNNING", "-t", str(WAIT_SECONDS)])
-    else:
-        project_client.set_state(c.name, "restart")
-
-
-def run_check(c, command: str, project: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    if c.runtime == "lxc":
-        argv = ["lxc-attach", "-n", c.name, "-P", c.lxcpath, "--clear-env", "--", "/bin/sh", "-c", command]
-    else:
-        argv = ["lxc", "--project", project, "exec", c.name, "--", "/bin/sh", "-c", command]
-    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_SECONDS)
-
-
 def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        state = driver.run_state(c.name, c.rootfs)
+        state = driver.run_state(c.lxc_name, c.rootfs)
         if state is not None and state.version == version:
             return True
         time.sleep(0.2)
@@ -59,8 +39,8 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
 
 
 def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
-            lxd_client=None, report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
-    """containers: the running containers of every runtime (cli.Listed)."""
+            report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
+    """containers: the running containers of every runtime (runtime.Container)."""
     driver.store.require(base)
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
@@ -75,24 +55,23 @@ def rollout(driver: Driver, base: str, containers: list, batch: int, check: str 
             continue
         if meta.base != base or meta.pin:
             continue
-        state = driver.run_state(c.name, c.rootfs)
+        state = driver.run_state(c.lxc_name, c.rootfs)
         followers.append((c, state.version if state else "?"))
     outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in followers if v == target]
     todo = [(c, v) for c, v in followers if v != target]
-    project = lxd_client.project if lxd_client is not None else "default"
 
     def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
         try:
-            restart(c, lxd_client)
+            c.rt.restart(c.name)
             if not wait_on_version(driver, c, target):
                 raise PycorError(f"did not come back on version {target} within {WAIT_SECONDS} s")
             if check:
-                proc = run_check(c, check, project)
+                proc = c.rt.exec(c.name, ["/bin/sh", "-c", check])
                 if proc.returncode != 0:
                     raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")
         except (PycorError, subprocess.SubprocessError, OSError) as e:
-            state = driver.run_state(c.name, c.rootfs)
+            state = driver.run_state(c.lxc_name, c.rootfs)
             return Outcome(c.name, c.runtime, "failed", state.version if state else "?", str(e))
 
     from concurrent.futures import ThreadPoolExecutor

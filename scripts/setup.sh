@@ -24,6 +24,33 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q "${missing[@]}"
 fi
 
+# Incus: from <codename>-backports on Debian 12 (incus-base needs only this system's liblxc1, so it
+# sits beside LXD). The suite is pinned so that nothing but Incus and its two libraries comes from it.
+INCUS_PACKAGES=(incus-base incus-client)
+if ! dpkg-query -W -f='${Status}' incus-base 2>/dev/null | grep -q "install ok installed"; then
+    export DEBIAN_FRONTEND=noninteractive
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    if ! apt-cache policy incus-base 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        # the mirror this machine already uses for its own suite (never a hard-coded host)
+        mirror=$(grep -rhoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+                   /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | grep -m1 '/debian/\?$' || true)
+        mirror=${mirror:-http://deb.debian.org/debian}
+        sources=/etc/apt/sources.list.d/pycor-backports.sources
+        if [ ! -e "$sources" ]; then
+            printf '%s\n' "# added by pycor's scripts/setup.sh: Incus comes from ${codename}-backports" \
+                "Types: deb" "URIs: $mirror" "Suites: ${codename}-backports" "Components: main" \
+                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$sources"
+        fi
+        printf '%s\n' "# added by pycor's scripts/setup.sh: from ${codename}-backports take Incus only" \
+            "Package: *" "Pin: release n=${codename}-backports" "Pin-Priority: -10" "" \
+            "Package: incus incus-base incus-client libcowsql0 libraft0" "Pin: release n=${codename}-backports" \
+            "Pin-Priority: 500" > /etc/apt/preferences.d/pycor-backports
+        apt-get update -q -o DPkg::Lock::Timeout=300
+    fi
+    echo "pycor setup: installing ${INCUS_PACKAGES[*]} (from ${codename}-backports)"
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${INCUS_PACKAGES[@]}"
+fi
+
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
@@ -31,4 +58,5 @@ fi
 .venv/bin/pycor install >/dev/null
 bash scripts/lxc-net-up.sh
 bash scripts/lxd-up.sh
-echo "pycor setup: $(.venv/bin/pycor --version 2>/dev/null || echo pycor) installed in .venv, hooks and template installed for LXC"
+bash scripts/incus-up.sh
+echo "pycor setup: $(.venv/bin/pycor --version 2>/dev/null || echo pycor) installed in .venv, hooks and template installed for LXC; LXD and Incus running"

@@ -166,27 +166,46 @@ def bootable_base(installed: None, env: dict[str, str]) -> str:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+DAEMON_DIRS = {"lxc": "/var/lib/lxd", "incus": "/var/lib/incus"}  # by CLI: lxc talks to LXD
+
+
+def daemon_project(cli: str, up_script: str) -> Iterator[str]:
+    """A private project of LXD (cli 'lxc') or Incus (cli 'incus'): own profiles and images; removed with all it holds."""
+    if subprocess.run([cli, "info"], capture_output=True).returncode != 0:
+        run(["bash", os.path.join(REPO, "scripts", up_script)], timeout=300)
+    project = f"pycor-test-{uuid.uuid4().hex[:6]}"
+    run([cli, "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
+    try:
+        run([cli, "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default", "--project", project])
+        yield project
+    finally:
+        delete_instances(cli, project)
+        images = subprocess.run([cli, "image", "list", "--project", project, "-c", "f", "--format", "csv"],
+                                capture_output=True, text=True).stdout.split()
+        for fp in images:
+            subprocess.run([cli, "image", "delete", fp, "--project", project], capture_output=True)
+        subprocess.run([cli, "profile", "delete", "overlay", "--project", project], capture_output=True)
+        subprocess.run([cli, "project", "delete", project], capture_output=True)
+
+
+def delete_instances(cli: str, project: str, names: set[str] = set()) -> None:
+    """Every instance of a test project (copies and renames a test made included), and the names given."""
+    listing = subprocess.run([cli, "list", "--project", project, "-c", "n", "--format", "csv"],
+                             capture_output=True, text=True).stdout.split()
+    for name in set(names) | set(listing):
+        subprocess.run([cli, "delete", "-f", name, "--project", project], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
+    """A private LXD project (own profiles and images), so tests never touch the user's."""
+    yield from daemon_project("lxc", "lxd-up.sh")
+
+
 @contextlib.contextmanager
 def private_lxd_project() -> Iterator[str]:
     """A private LXD project (own profiles and images), removed with all it holds on exit."""
-    if subprocess.run(["lxc", "info"], capture_output=True).returncode != 0:
-        run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], timeout=300)
-    project = f"pycor-test-{uuid.uuid4().hex[:6]}"
-    run(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
-    try:
-        run(["lxc", "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default", "--project", project])
-        yield project
-    finally:
-        listing = subprocess.run(["lxc", "list", "--project", project, "-c", "n", "--format", "csv"],
-                                 capture_output=True, text=True).stdout.split()
-        for name in listing:
-            subprocess.run(["lxc", "delete", "-f", name, "--project", project], capture_output=True)
-        images = subprocess.run(["lxc", "image", "list", "--project", project, "-c", "f", "--format", "csv"],
-                                capture_output=True, text=True).stdout.split()
-        for fp in images:
-            subprocess.run(["lxc", "image", "delete", fp, "--project", project], capture_output=True)
-        subprocess.run(["lxc", "profile", "delete", "overlay", "--project", project], capture_output=True)
-        subprocess.run(["lxc", "project", "delete", project], capture_output=True)
+    yield from daemon_project("lxc", "lxd-up.sh")
 
 
 @pytest.fixture(scope="session")
@@ -206,18 +225,26 @@ def lxd_env(env: dict[str, str], lxd_project: str, busybox_base: str) -> dict[st
 
 @dataclass
 class LxdContainer:
+    """An LXD instance (cli 'lxc'), or an Incus one (cli 'incus')."""
+
     name: str
     project: str
+    cli: str = "lxc"
 
     def lxc(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return run(["lxc", "--project", self.project, *args], check=check, timeout=timeout)
+        return run([self.cli, "--project", self.project, *args], check=check, timeout=timeout)
 
     def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.lxc("exec", self.name, "--", "/bin/sh", "-c", script, check=check)
 
     @property
+    def folder(self) -> str:
+        """The instance's folder name: PROJECT_NAME outside the default project."""
+        return self.name if self.project == "default" else f"{self.project}_{self.name}"
+
+    @property
     def rootfs(self) -> str:
-        return f"/var/lib/lxd/storage-pools/default/containers/{self.project}_{self.name}/rootfs"
+        return f"{DAEMON_DIRS[self.cli]}/storage-pools/default/containers/{self.folder}/rootfs"
 
     @property
     def upper(self) -> str:
@@ -227,22 +254,51 @@ class LxdContainer:
         out = self.lxc("list", f"^{self.name}$", "-c", "s", "--format", "csv").stdout.strip()
         return out
 
+    def snapshot(self, snap: str) -> None:
+        self.lxc(*(["snapshot"] if self.cli == "lxc" else ["snapshot", "create"]), self.name, snap)
 
-@pytest.fixture
-def launch(lxd_env: dict[str, str], lxd_project: str, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
+    def restore(self, snap: str) -> None:
+        self.lxc(*(["restore"] if self.cli == "lxc" else ["snapshot", "restore"]), self.name, snap)
+
+    def other(self, name: str) -> "LxdContainer":
+        """Another instance of the same daemon and project (a copy, a rename)."""
+        return LxdContainer(name, self.project, self.cli)
+
+
+def launcher(cli: str, project: str, base: str) -> Iterator[Callable[..., LxdContainer]]:
     made: list[str] = []
 
-    def do(base: str = busybox_base, name: str | None = None, extra: tuple[str, ...] = (), start: bool = True) -> LxdContainer:
+    def do(base: str = base, name: str | None = None, extra: tuple[str, ...] = (), start: bool = True) -> LxdContainer:
         name = name or f"l{uuid.uuid4().hex[:8]}"
         made.append(name)
         verb = "launch" if start else "init"
-        run(["lxc", verb, f"pycor/{base}", name, "--profile", "default", "--profile", "overlay",
-             "--project", lxd_project, *extra], timeout=180)
-        return LxdContainer(name, lxd_project)
+        run([cli, verb, f"pycor/{base}", name, "--profile", "default", "--profile", "overlay",
+             "--project", project, *extra], timeout=180)
+        return LxdContainer(name, project, cli)
 
     yield do
-    # every instance of the test project, including copies and renames a test made
-    listing = subprocess.run(["lxc", "list", "--project", lxd_project, "-c", "n", "--format", "csv"],
-                             capture_output=True, text=True).stdout.split()
-    for name in set(made) | set(listing):
-        subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
+    delete_instances(cli, project, set(made))
+
+
+@pytest.fixture(params=["lxd", "incus"])
+def launch(request: pytest.FixtureRequest, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
+    """Launch pycor containers in LXD's test project, then (the same test again) in Incus's."""
+    cli = "lxc" if request.param == "lxd" else "incus"
+    request.getfixturevalue(f"{request.param}_env")
+    yield from launcher(cli, request.getfixturevalue(f"{request.param}_project"), busybox_base)
+
+
+# -- Incus -------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def incus_project(installed: None, env: dict[str, str]) -> Iterator[str]:
+    """A private Incus project (own profiles and images), so tests never touch the user's."""
+    yield from daemon_project("incus", "incus-up.sh")
+
+
+@pytest.fixture(scope="session")
+def incus_env(env: dict[str, str], incus_project: str, busybox_base: str) -> dict[str, str]:
+    """Environment for pycor commands aimed at the Incus test project, after 'pycor incus init'."""
+    ienv = dict(env, PYCOR_INCUS_PROJECT=incus_project)
+    run(PYCOR + ["incus", "init"], env=ienv)
+    return ienv

@@ -1,4 +1,6 @@
-"""Unprivileged LXD containers on one root-owned base, and LXD's own operations on them."""
+"""Unprivileged LXD containers on one root-owned base, and LXD's own operations on them.
+
+Tests that take the launch fixture run twice: on LXD, then on Incus."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import subprocess
 import tarfile
 import threading
 
-from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts, view_suffix
+import helpers
+from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mounts
 
 
 def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base, hooks_dir):
@@ -43,6 +46,11 @@ def test_launch_boots_unprivileged_on_the_shared_root_owned_base(launch, store, 
     c.sh("echo mine > /root/mine && rm /etc/group && chmod 777 /bin && echo x >> /etc/passwd")
     assert open(os.path.join(c.upper, "root/mine")).read() == "mine\n"
     assert not os.path.exists(os.path.join(layer, "root/mine"))
+    # the hooks knew which daemon runs it, and where (from the daemon's own hook lines)
+    volumes = os.path.join(store, "volumes")
+    regs = [json.load(open(os.path.join(volumes, f))) for f in os.listdir(volumes)]
+    assert [(r["runtime"], r["lxcpath"]) for r in regs if r["rootfs"] == c.rootfs] == [
+        ("lxd", "/var/lib/lxd") if c.cli == "lxc" else ("incus", "/var/lib/incus")]
     c.lxc("stop", c.name)
     assert tree_checksum(layer) == before
     assert os.stat(os.path.join(layer, "etc/passwd")).st_uid == 0
@@ -57,7 +65,7 @@ def test_isolated_idmaps_share_the_base_without_copies(launch, store, busybox_ba
     map_a = a.sh("cat /proc/self/uid_map").stdout.split()[1]
     map_b = b.sh("cat /proc/self/uid_map").stdout.split()[1]
     assert map_a != map_b
-    mine = [v for v in view_mounts() if v.endswith(view_suffix(store, busybox_base))]
+    mine = [v for v in view_mounts() if f"/{busybox_base}.1." in v]
     assert len(mine) >= 2
     for c, host_root in ((a, map_a), (b, map_b)):
         c.sh("touch /root/owned")
@@ -88,26 +96,24 @@ def test_exec_file_push_pull_and_restart_keep_changes(launch, session_dir):
 def test_snapshot_and_restore(launch):
     c = launch()
     c.sh("echo one > /root/state")
-    c.lxc("snapshot", c.name, "snap0")
+    c.snapshot("snap0")
     snap = c.rootfs.replace("/containers/", "/containers-snapshots/").rsplit("/rootfs", 1)[0] + "/snap0/rootfs"
     assert sorted(os.listdir(snap)) == [".pycor"]  # the snapshot holds only the container's own layer
     c.sh("echo two > /root/state && rm /etc/group")
-    c.lxc("restore", c.name, "snap0")
+    c.restore("snap0")
     if c.status() != "RUNNING":
         c.lxc("start", c.name)
     assert c.sh("cat /root/state").stdout == "one\n"
     assert c.sh("test -e /etc/group").returncode == 0
 
 
-def test_copy_runs_on_the_same_base_with_the_changes(launch, lxd_project, busybox_base):
+def test_copy_runs_on_the_same_base_with_the_changes(launch, busybox_base):
     a = launch()
     a.sh("echo from-a > /root/a && rm /etc/group")
     a.lxc("stop", a.name)
     b_name = a.name + "c"
     a.lxc("copy", a.name, b_name)
-    from conftest import LxdContainer
-
-    b = LxdContainer(b_name, lxd_project)
+    b = a.other(b_name)
     assert sorted(os.listdir(b.rootfs)) == [".pycor"]
     b.lxc("start", b_name)
     assert b.sh("cat /root/a").stdout == "from-a\n"
@@ -117,7 +123,7 @@ def test_copy_runs_on_the_same_base_with_the_changes(launch, lxd_project, busybo
     assert a.sh("test -e /root/b", check=False).returncode != 0
 
 
-def test_export_then_import_holds_only_the_changes(launch, lxd_project, session_dir):
+def test_export_then_import_holds_only_the_changes(launch, session_dir):
     a = launch()
     a.sh("echo exported > /root/e && rm /etc/group && mkdir -p /etc/init.d && rm -rf /etc/init.d && mkdir /etc/init.d")
     a.lxc("stop", a.name)
@@ -135,7 +141,7 @@ def test_export_then_import_holds_only_the_changes(launch, lxd_project, session_
     assert a.sh("ls /etc/init.d").stdout.strip() == ""
 
 
-def test_rename_and_delete(launch, lxd_project, store, busybox_base):
+def test_rename_and_delete(launch, store, busybox_base):
     layer = layer_of(store, busybox_base)
     before = tree_checksum(layer)
     a = launch()
@@ -143,9 +149,7 @@ def test_rename_and_delete(launch, lxd_project, store, busybox_base):
     a.lxc("stop", a.name)
     new = a.name + "r"
     a.lxc("rename", a.name, new)
-    from conftest import LxdContainer
-
-    r = LxdContainer(new, lxd_project)
+    r = a.other(new)
     r.lxc("start", new)
     assert r.sh("cat /root/k").stdout == "kept\n"
     rootfs = r.rootfs
@@ -171,13 +175,20 @@ def test_pycor_create_ls_rm_cover_lxd(lxd_env, lxd_project, busybox_base):
         subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
 
 
-def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_project, store, busybox_base):
+def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, busybox_base, store):
+    # views of this store's base only: other test sessions may start containers meanwhile
+    layer_ino = f".{os.stat(layer_of(store, busybox_base)).st_ino:x}"
+
+    def view_mounts() -> list[str]:
+        return [v for v in helpers.view_mounts() if v.endswith(layer_ino)]
+
     before_views, before_overlays = view_mounts(), host_overlays()
     containers = [launch(start=False) for _ in range(20)]
+    cli, project = containers[0].cli, containers[0].project
     errors: list[str] = []
 
     def start(name: str) -> None:
-        proc = subprocess.run(["lxc", "start", name, "--project", lxd_project], capture_output=True, text=True)
+        proc = subprocess.run([cli, "start", name, "--project", project], capture_output=True, text=True)
         if proc.returncode != 0:
             errors.append(f"{name}: {proc.stderr}")
 
@@ -191,16 +202,16 @@ def test_twenty_containers_at_once_share_one_view_and_leave_nothing(launch, lxd_
         assert c.sh("cat /etc/passwd").returncode == 0
     new_views = [v for v in view_mounts() if v not in before_views]
     assert len(new_views) <= 1  # one view for the shared map (or the one already there)
-    assert len([v for v in view_mounts() if v.endswith(view_suffix(store, busybox_base))]) == len(
-        [v for v in before_views if v.endswith(view_suffix(store, busybox_base))]) + len(new_views)
-    run(["lxc", "stop", "--force", *[c.name for c in containers], "--project", lxd_project], timeout=300)
+    assert len([v for v in view_mounts() if f"/{busybox_base}.1." in v]) == len(
+        [v for v in before_views if f"/{busybox_base}.1." in v]) + len(new_views)
+    run([cli, "stop", "--force", *[c.name for c in containers], "--project", project], timeout=300)
     assert [v for v in view_mounts() if v not in before_views] == []
     assert host_overlays() == before_overlays
 
 
 def test_planted_links_in_a_stopped_lxd_container_touch_nothing_outside(launch, session_dir):
     c = launch()
-    c.lxc("stop", c.name)
+    c.lxc("stop", "--force", c.name)  # busybox init, just started, may not handle SIGPWR yet
     outside = os.path.join(session_dir, "lxd-outside")
     os.makedirs(outside, exist_ok=True)
     os.chmod(outside, 0o777)
@@ -221,3 +232,45 @@ def test_planted_links_in_a_stopped_lxd_container_touch_nothing_outside(launch, 
     assert c.lxc("start", c.name, check=False).returncode != 0
     assert os.listdir(outside) == []
     assert c.status() == "STOPPED"
+
+
+def _aliases(project: str, cli: str = "lxc") -> dict[str, str]:
+    images = json.loads(run([cli, "image", "list", "--project", project, "--format", "json"]).stdout)
+    return {a["name"]: i["fingerprint"] for i in images for a in i["aliases"]}
+
+
+def test_another_store_never_touches_this_stores_lxd_images_and_profile(lxd_env, lxd_project, busybox_base, session_dir):
+    other = dict(lxd_env, PYCOR_STORE=os.path.join(session_dir, "other-store"))
+    shared = f"s{os.getpid()}"  # a base name both stores have, that no container uses
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=lxd_env)
+    try:
+        check_other_store_leaves_images_alone(lxd_env, lxd_project, other, shared)
+    finally:
+        run(PYCOR + ["base", "rm", shared], env=lxd_env)
+
+
+def check_other_store_leaves_images_alone(lxd_env, lxd_project, other, shared):
+    before = _aliases(lxd_project)
+    raw_before = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
+    assert f"pycor/{shared}" in before
+    # a base of the same name and a new one, imported into another store: neither touches this store's images
+    run(PYCOR + ["base", "import", shared, "--busybox"], env=other)
+    run(PYCOR + ["base", "import", "otherbase", "--busybox"], env=other)
+    assert _aliases(lxd_project) == before
+    # removing the other store's base leaves this store's image of that name
+    run(PYCOR + ["base", "rm", shared], env=other)
+    assert _aliases(lxd_project) == before
+    # 'lxd init' from the other store refuses to take over this store's profile
+    proc = run(PYCOR + ["lxd", "init"], env=other, check=False)
+    assert proc.returncode == 1
+    assert "belongs to pycor store" in proc.stderr and lxd_env["PYCOR_STORE"] in proc.stderr
+    assert run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout == raw_before
+    assert _aliases(lxd_project) == before
+
+
+def test_images_and_profile_say_which_store_they_belong_to(lxd_env, lxd_project, busybox_base):
+    store = lxd_env["PYCOR_STORE"]
+    assert run(["lxc", "profile", "get", "overlay", "user.pycor.store", "--project", lxd_project]).stdout.strip() == store
+    fp = _aliases(lxd_project)[f"pycor/{busybox_base}"]
+    props = json.loads(run(["lxc", "query", f"/1.0/images/{fp}?project={lxd_project}"]).stdout)["properties"]
+    assert props["pycor.store"] == store and props["pycor.base"] == busybox_base

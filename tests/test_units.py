@@ -70,8 +70,8 @@ def test_hook_arguments_for_hook_versions_0_and_1(monkeypatch):
         hooks.parse_args("pre-start", ["--bogus"])
 
 
-def test_hook_runtime_from_config_path():
-    assert hooks.runtime_of("/var/log/lxd/web1/lxc.conf") == ("lxd", None)
+def test_hook_runtime_of_a_raw_lxc_config_is_its_lxcpath():
+    # LXD and Incus are recognised by their own hook lines inside the config: tests/test_incus.py
     assert hooks.runtime_of("/srv/lxc/web1/config") == ("lxc", "/srv/lxc")
 
 

@@ -1,0 +1,296 @@
+"""The runtimes pycor containers run under: LXC, LXD and Incus, behind one interface.
+
+Every runtime answers the same questions and takes the same orders:
+containers() lists its pycor containers, state(), start(), stop(), restart()
+(each waiting until it is done), exec() runs a command inside, destroy()
+removes a container with its changes, idmap() gives its lxc.idmap lines.
+LXD and Incus are one class over one REST client (lxd.Daemon), told apart by
+its dialect. Nothing above this module asks which runtime a container has:
+the inventory (all_containers, find_container, used_versions) is here.
+
+For the CLI only: hooks never import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from . import lxc
+from .errors import NotFound, PycorError
+from .layer import is_layer
+from .names import check_name
+
+WAIT_SECONDS = 60
+
+
+class Container:
+    """One pycor container: its name, runtime kind ('lxc', 'lxd', 'incus'), rootfs, state; rt drives it."""
+
+    __slots__ = ("name", "runtime", "rootfs", "state", "lxcpath", "rt", "store", "lxc_name")
+
+    def __init__(self, name: str, runtime: str, rootfs: str, state: str, lxcpath: str | None, rt: "Runtime",
+                 store: str | None = None, lxc_name: str | None = None) -> None:
+        self.name, self.runtime, self.rootfs, self.state, self.lxcpath, self.rt = name, runtime, rootfs, state, lxcpath, rt
+        self.store = store  # the store its hook lines name (None: not known)
+        # the name LXC and so the hooks know it by (its run state's): PROJECT_NAME outside a daemon's default project
+        self.lxc_name = lxc_name or name
+
+    def registration(self):  # type: ignore[no-untyped-def]
+        from .driver import Registration
+
+        return Registration(self.lxc_name, self.rootfs, self.runtime, self.lxcpath)
+
+    def __repr__(self) -> str:
+        return f"Container({self.runtime}:{self.name})"
+
+
+class Runtime:
+    """What pycor needs of a container runtime."""
+
+    kind = "?"
+    title = "?"
+
+    def containers(self, with_state: bool = True) -> list[Container]:
+        raise NotImplementedError
+
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def state(self, name: str) -> str:
+        """RUNNING, STOPPED, ... (upper case, as LXC says it)."""
+        raise NotImplementedError
+
+    def start(self, name: str) -> None:
+        raise NotImplementedError
+
+    def stop(self, name: str, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def restart(self, name: str) -> None:
+        self.stop(name)
+        self.start(name)
+
+    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def destroy(self, name: str, force: bool = False) -> None:
+        """Remove a container with its changes; a running one only with force (stopped first)."""
+        if self.state(name) != "STOPPED":
+            if not force:
+                raise PycorError(f"container {name!r} is running", f"stop it first ({self.stop_hint(name)}) or use --force")
+            self.stop(name, force=True)
+        self.delete(name)
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError
+
+    def idmap(self, name: str) -> str | None:
+        """The container's lxc.idmap lines, or None for a privileged one."""
+        raise NotImplementedError
+
+    def stop_hint(self, name: str) -> str:
+        raise NotImplementedError
+
+
+class LxcRuntime(Runtime):
+    """Raw LXC in one lxcpath (containers registered in other lxcpaths are listed with their own)."""
+
+    kind, title = "lxc", "LXC"
+
+    def __init__(self, lxcpath: str) -> None:
+        self.lxcpath = lxcpath
+
+    def containers(self, with_state: bool = True) -> list[Container]:
+        return [Container(c.name, "lxc", c.rootfs, self.state(c.name) if with_state else "?", c.lxcpath, self,
+                          self.store_of(c.name)) for c in lxc.containers(self.lxcpath)]
+
+    def store_of(self, name: str) -> str | None:
+        from .lxd import hooks_store
+
+        try:
+            with open(os.path.join(self.lxcpath, name, "config"), encoding="utf-8", errors="replace") as f:
+                return hooks_store(f.read())
+        except OSError:
+            return None
+
+    def has(self, name: str) -> bool:
+        return lxc.exists(name, self.lxcpath)
+
+    def state(self, name: str) -> str:
+        return lxc.state(name, self.lxcpath)
+
+    def tool(self, tool: str, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return lxc.run_tool([tool, "-n", name, "-P", self.lxcpath, *args], check=check)
+
+    def start(self, name: str) -> None:
+        self.tool("lxc-start", name)
+        self.tool("lxc-wait", name, "-s", "RUNNING", "-t", str(WAIT_SECONDS))
+
+    def stop(self, name: str, force: bool = False) -> None:
+        if not force:
+            self.tool("lxc-stop", name, "-t", "30", check=False)
+        if self.state(name) != "STOPPED":
+            self.tool("lxc-stop", name, "-k")
+
+    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["lxc-attach", "-n", name, "-P", self.lxcpath, "--clear-env", "--", *argv],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def destroy(self, name: str, force: bool = False) -> None:
+        from . import locks
+
+        with locks.name_lock(self.lxcpath, name):  # never in the middle of a create of the same name
+            if not self.has(name):
+                raise NotFound(f"no container {name!r} in {self.lxcpath}", "'pycor ls' lists them")
+            super().destroy(name, force)
+
+    def delete(self, name: str) -> None:
+        self.tool("lxc-destroy", name)
+
+    def idmap(self, name: str) -> str | None:
+        with open(os.path.join(self.lxcpath, name, "config"), encoding="utf-8") as f:
+            return f.read()
+
+    def stop_hint(self, name: str) -> str:
+        return f"lxc-stop -n {name}"
+
+
+class DaemonRuntime(Runtime):
+    """LXD or Incus: one daemon, one project, through its REST API (exec through its own CLI)."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+        self.kind, self.title = client.kind, client.title
+
+    def containers(self, with_state: bool = True) -> list[Container]:
+        from .lxd import hooks_store, instance_dir_name
+
+        found = []
+        for inst in self.client.instances():
+            rootfs = self.client.instance_rootfs(inst)
+            if rootfs and is_layer(rootfs):
+                raw = str((inst.get("expanded_config") or {}).get("raw.lxc", ""))
+                found.append(Container(inst["name"], self.kind, rootfs, str(inst.get("status", "?")).upper(),
+                                       self.client.dir, self, hooks_store(raw), instance_dir_name(inst)))
+        return found
+
+    def has(self, name: str) -> bool:
+        return self.client.instance(name) is not None
+
+    def instance(self, name: str) -> dict:
+        inst = self.client.instance(name)
+        if inst is None:
+            raise NotFound(f"no {self.title} instance {name!r} in {self.client.where()}", "'pycor ls' lists them")
+        return inst
+
+    def state(self, name: str) -> str:
+        return str(self.instance(name).get("status", "?")).upper()
+
+    def start(self, name: str) -> None:
+        self.client.set_state(name, "start", timeout=WAIT_SECONDS)
+
+    def stop(self, name: str, force: bool = False) -> None:
+        self.client.set_state(name, "stop", force=force, timeout=30)
+
+    def restart(self, name: str) -> None:
+        self.client.set_state(name, "restart", timeout=30)
+
+    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.client.cli_argv("exec", name, "--", *argv), env=self.client.cli_env(),
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def delete(self, name: str) -> None:
+        self.client.delete(name)
+
+    def idmap(self, name: str) -> str | None:
+        config = self.instance(name).get("config", {})
+        raw = config.get("volatile.idmap.current") or config.get("volatile.last_state.idmap")
+        if not raw:
+            return None
+        lines = []
+        for e in json.loads(raw):
+            for kind, flag in (("u", "Isuid"), ("g", "Isgid")):
+                if e.get(flag):
+                    lines.append(f"lxc.idmap = {kind} {e['Nsid']} {e['Hostid']} {e['Maprange']}")
+        return "\n".join(lines)
+
+    def stop_hint(self, name: str) -> str:
+        return f"{self.client.dialect.cli} stop {name}"
+
+
+def daemon_runtimes() -> list[DaemonRuntime]:
+    """Every LXD and Incus daemon that runs here, each in its pycor project."""
+    from .lxd import daemons
+
+    return [DaemonRuntime(client) for client in daemons()]
+
+
+def daemon_runtime(kind: str) -> DaemonRuntime:
+    """The runtime of one daemon kind; a clear error if it does not run here."""
+    from .lxd import DIALECTS, daemon
+
+    client = daemon(kind)
+    if client is None:
+        dialect = DIALECTS[kind]
+        raise PycorError(f"{dialect.title} is not running here", f"{dialect.start_hint}, or use LXC (--runtime lxc)")
+    return DaemonRuntime(client)
+
+
+def all_containers(driver, lxcpath: str, with_state: bool = True) -> list[Container]:  # type: ignore[no-untyped-def]
+    """This store's pycor containers: LXC ones in lxcpath or registered in another, and those of every LXD and
+    Incus daemon. Containers whose hooks name another store run on that store's bases: not listed."""
+    found: dict[str, Container] = {}
+    lxc_here = LxcRuntime(lxcpath)
+    for c in lxc_here.containers(with_state):
+        found[c.rootfs] = c
+    for reg in driver.registrations():
+        if reg.runtime == "lxc" and reg.lxcpath and reg.rootfs not in found:
+            rt = LxcRuntime(reg.lxcpath)
+            found[reg.rootfs] = Container(reg.name, "lxc", reg.rootfs, rt.state(reg.name) if with_state else "?",
+                                          reg.lxcpath, rt, rt.store_of(reg.name))
+    for drt in daemon_runtimes():
+        for c in drt.containers(with_state):
+            found[c.rootfs] = c
+    mine = [c for c in found.values() if c.store in (None, driver.store.root)]
+    return sorted(mine, key=lambda c: (c.name, c.runtime))
+
+
+def find_container(driver, lxcpath: str, name: str) -> Container:  # type: ignore[no-untyped-def]
+    check_name(name, "container name")
+    matches = [c for c in all_containers(driver, lxcpath) if c.name == name]
+    if not matches:
+        raise NotFound(f"no pycor container named {name!r}", "'pycor ls' lists them")
+    if len(matches) > 1:
+        runtimes = " and ".join(sorted({c.runtime for c in matches}))
+        raise PycorError(f"{runtimes} each have a container named {name!r}", "use -P to pick the LXC one, or rename one")
+    return matches[0]
+
+
+def runtime_with(name: str, lxcpath: str, kind: str | None = None) -> Runtime:
+    """The runtime that has a container of this name (any container, pycor's or not): LXC first, then each daemon."""
+    if kind is not None and kind != "lxc":
+        return daemon_runtime(kind)
+    lxc_here = LxcRuntime(lxcpath)
+    if kind == "lxc" or lxc_here.has(name):
+        return lxc_here
+    for rt in daemon_runtimes():
+        if rt.has(name):
+            return rt
+    return lxc_here  # says what is missing
+
+
+def used_versions(driver, lxcpath: str) -> dict[str, set[str]]:  # type: ignore[no-untyped-def]
+    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
+    used: dict[str, set[str]] = {}
+    for state in driver.running_states():
+        used.setdefault(state.base, set()).add(state.version)
+    for c in all_containers(driver, lxcpath, with_state=False):
+        try:
+            meta = driver.volume_meta(c.rootfs)
+        except PycorError:
+            continue
+        if meta.pin:
+            used.setdefault(meta.base, set()).add(meta.pin)
+    return used
