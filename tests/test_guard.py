@@ -148,13 +148,13 @@ def test_setuid_binaries_of_a_base_do_not_run_for_host_users_lxd(launch, lxd_env
 
 def lock_waiters(path: str) -> bool:
     """Whether some process is blocked in flock() on the file at path (/proc/locks lists waiters with '->')."""
-    ino = os.stat(path).st_ino
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False  # nobody ever locked it
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 6 and fields[1] == "->" and fields[6].rsplit(":", 1)[-1] == str(ino):
-                return True
-    return False
+        return any(len(fields) > 6 and fields[1] == "->" and fields[6] == ident for fields in map(str.split, f))
 
 
 def test_reset_racing_a_start_never_deletes_the_upper_of_a_running_container(make_container, env, monkeypatch):
@@ -176,7 +176,7 @@ def test_reset_racing_a_start_never_deletes_the_upper_of_a_running_container(mak
         real_reset(rootfs)
 
     monkeypatch.setattr(versions, "reset", reset_after_a_start)
-    cli.main(["reset", c.name, "-P", c.lxcpath])
+    assert cli.main(["reset", c.name, "-P", c.lxcpath]) == 0
     starter[0].wait(60)
     c.lxc("lxc-wait", "-s", "RUNNING", "-t", "20")
     c.sh("echo kept > /root/after-start")
@@ -217,7 +217,7 @@ def test_pin_racing_gc_never_leaves_a_pin_to_a_removed_version(make_container, e
         real_write(rootfs, meta)
 
     monkeypatch.setattr(layer, "write_meta", write_after_gc)
-    cli.main(["pin", c.name, "1", "-P", c.lxcpath])
+    assert cli.main(["pin", c.name, "1", "-P", c.lxcpath]) == 0
     assert gc[0].wait(60) == 0
     meta = json.load(open(os.path.join(c.rootfs, ".pycor/layer.json")))
     assert meta["pin"] == "1"
