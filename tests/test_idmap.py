@@ -590,10 +590,12 @@ def test_ensure_views_shares_one_view_per_map_and_layer(work: str, base: str, vi
     key2 = parse(MAP_200K).key
     assert idmap.list_views(views_root) == {(key, "debian12.1"), (key, "debian12.2"), (key2, "debian12.1")}
 
-    # Everything root-owned 0755.
-    for p in (f"{work}/run", views_root, f"{views_root}/{key}", f"{views_root}/{key2}"):
+    # Root-owned; the views' folder 0711; each map's folder 0710 to its mapped root's gid only
+    # (the base's setuid binaries are reachable through a view by that map's root, by no other host user).
+    for p, mode, gid in ((f"{work}/run", 0o755, 0), (views_root, 0o711, 0),
+                         (f"{views_root}/{key}", 0o710, 100000), (f"{views_root}/{key2}", 0o710, 200000)):
         st = os.lstat(p)
-        assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755, p
+        assert stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) == (0, gid) and stat.S_IMODE(st.st_mode) == mode, p
 
     # Release what nobody uses; keep what is in use.
     removed = idmap.release_unused({(key, "debian12.1")}, root=views_root)
