@@ -32,6 +32,8 @@ from .linux import (
     CLONE_NEWUSER,
     MNT_DETACH,
     MOUNT_ATTR_IDMAP,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
     MOVE_MOUNT_F_EMPTY_PATH,
     MS_PRIVATE,
@@ -360,7 +362,12 @@ def _attach_view(src: str, to_dfd: int, to_path: str, userns: int) -> None:
     try:
         # Read-only: the view is a lower layer and is never written. Private:
         # it neither receives nor sends mount events from the base's mount.
-        mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, 0, userns, MS_PRIVATE)
+        # nosuid, nodev: run through the view's path on the host, the base's
+        # setuid binaries and device nodes give nothing. Inside the container
+        # they still work: exec and open go through the overlay's mount, whose
+        # flags are the ones checked (tests/test_guard.py runs a setuid binary).
+        mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                      0, userns, MS_PRIVATE)
         # No MOVE_MOUNT_T_SYMLINKS: a symlink at the target is not followed.
         move_mount(tree, "", to_dfd, to_path, MOVE_MOUNT_F_EMPTY_PATH)
     finally:

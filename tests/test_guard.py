@@ -44,11 +44,12 @@ def fresh_base(env, store, source_base, tmp_path, extra_files=None) -> str:
     name = f"g{uuid.uuid4().hex[:6]}"
     src = os.path.join(tmp_path, "rootfs")
     run(["cp", "-a", layer_of(store, source_base), src])
-    for rel, (data, mode) in (extra_files or {}).items():
+    for rel, (data, mode, uid) in (extra_files or {}).items():
         path = os.path.join(src, rel)
         with open(path, "wb") as f:
             f.write(data)
-        os.chmod(path, mode)
+        os.chown(path, uid, uid)
+        os.chmod(path, mode)  # after chown, which clears setuid
     pycor(env, "base", "import", name, "--from-dir", src)
     shutil.rmtree(src)
     return name
@@ -63,7 +64,8 @@ def suid_base(env, store, busybox_base, tmp_path):
     run(["gcc", "-static", "-O2", "-o", str(binary), str(c)])
     data = binary.read_bytes()
     name = fresh_base(env, store, busybox_base, tmp_path,
-                      {"bin/pycor-euid": (data, 0o4755), "bin/pycor-runas": (data, 0o755)})
+                      {"bin/pycor-euid": (data, 0o4755, 0), "bin/pycor-runas": (data, 0o755, 0),
+                       "bin/pycor-euid1000": (data, 0o4755, 1000)})
     yield name
     subprocess.run(PYCOR + ["base", "rm", name], env=env, capture_output=True)
 
@@ -113,6 +115,13 @@ def test_setuid_binaries_of_a_base_do_not_run_for_host_users_lxc(make_container,
         refused_to_nobody(from_store)
         view = view_of(suid_base)
         refused_to_nobody(os.path.join(view, "bin/pycor-euid"))
+        # the map's own root passes through its view, which is nosuid: setuid binaries there (root's
+        # show as the mapped root's, 1000's as 101000) change no uid on the host
+        for binary in ("pycor-euid", "pycor-euid1000"):
+            as_mapped_root = subprocess.run(["setpriv", "--reuid", "100000", "--regid", "100000", "--clear-groups",
+                                             os.path.join(view, "bin", binary)], capture_output=True, text=True)
+            assert as_mapped_root.stdout.strip() == "100000", as_mapped_root
+        assert unpriv.sh("/bin/pycor-runas -u /bin/pycor-euid1000").stdout.strip() == "1000"  # inside, it works
         key_dir = os.stat(os.path.dirname(view))
         assert stat.S_IMODE(key_dir.st_mode) & 0o007 == 0
         assert stat.S_IMODE(os.stat("/run/pycor/views").st_mode) == 0o711
