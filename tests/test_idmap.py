@@ -659,3 +659,18 @@ def test_ensure_views_refuses_a_root_others_can_write(work: str, base: str) -> N
 def test_release_unused_on_missing_root_is_fine(work: str) -> None:
     assert idmap.release_unused(set(), root=f"{work}/none") == []
     assert not os.path.exists(f"{work}/none")
+
+
+def test_a_view_showing_another_directory_is_remade_only_when_nobody_uses_it(work: str, base: str, views_root: str) -> None:
+    """A container killed without its post-stop leaves its view; the layer id may later name another directory."""
+    other = make_base(f"{work}/base2")
+    with open(f"{other}/etc/marker", "w") as f:
+        f.write("other\n")
+    first = idmap.ensure_views(parse(MAP_100K), {"b.1": base}, root=views_root)
+    for remake_if in (None, lambda layer_id: False):  # in use (or nobody says otherwise): refused, view kept
+        with pytest.raises(PycorError, match="shows another directory"):
+            idmap.ensure_views(parse(MAP_100K), {"b.1": other}, root=views_root, remake_if=remake_if)
+        assert not os.path.exists(f"{first['b.1']}/etc/marker")
+    again = idmap.ensure_views(parse(MAP_100K), {"b.1": other}, root=views_root, remake_if=lambda layer_id: True)
+    assert again == first and open(f"{again['b.1']}/etc/marker").read() == "other\n"
+    assert len(mounts_under(views_root)) == 1
