@@ -291,6 +291,24 @@ def test_record_of_a_killed_container_is_stale_reported_and_cleared(make_contain
     c.stop()
 
 
+def test_record_of_an_lxd_instance_whose_monitor_was_killed_is_stale(launch, lxd_env):
+    inst = launch()
+    path = driver_mod.Driver().run_state_path(f"{inst.project}_{inst.name}", inst.rootfs)
+    record = json.load(open(path))
+    with open(f"/proc/{record['monitor']}/cmdline") as f:  # LXD's 'lxd forkstart', retitled by liblxc
+        assert f.read().startswith("[lxc monitor]")
+    os.kill(record["monitor"], signal.SIGKILL)
+    wait_for(lambda: inst.status() == "STOPPED", what="LXD to see the instance stopped")
+    stale = [r for r in json.loads(pycor(lxd_env, "doctor", "--format", "json", check=False).stdout)
+             if r["name"] == "stale run records"]
+    assert inst.name in stale[0]["detail"]
+    pycor(lxd_env, "doctor", "--fix", check=False)
+    assert not os.path.exists(path)
+    inst.lxc("start", inst.name)  # and it starts again
+    assert inst.sh("echo ok").stdout == "ok\n"
+    inst.lxc("delete", "-f", inst.name)
+
+
 # -- item 12: unclear errors -----------------------------------------------------------------------
 
 
