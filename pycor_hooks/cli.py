@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 
-from . import __version__, layer, lxc, runtime
+from . import __version__, layer, locks, lxc, runtime
 from .driver import Driver
 from .errors import NotFound, PycorError
 from .fsutil import disk_usage, human_size
@@ -61,6 +63,20 @@ def require_stopped(c: runtime.Container, what: str) -> None:
     if c.state != "STOPPED":
         raise PycorError(f"container {c.name} is {c.state.lower()}: pycor {what} needs it stopped",
                          f"stop it first ({c.rt.stop_hint(c.name)})")
+
+
+@contextlib.contextmanager
+def stopped(driver: Driver, c: runtime.Container, what: str) -> Iterator[None]:
+    """Hold the container's layer lock across 'is it stopped' and the action: a start waits in pre-start.
+
+    The runtime is asked first, outside the lock: a start waiting for the
+    lock in pre-start holds up its monitor, which answers lxc-info and LXD.
+    A start that got past pre-start before the lock left a live run state.
+    """
+    runtime_state = c.rt.state(c.name)
+    with locks.layer_lock(c.rootfs):
+        driver.require_stopped(c.lxc_name, c.rootfs, runtime_state, what, c.rt.stop_hint(c.name))
+        yield
 
 
 def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
@@ -169,6 +185,7 @@ def cmd_base_squash(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
     from .versions import gc
 
+    driver.clear_stale()  # a start recorded by a container that died since uses no version
     removed = gc(driver.store, lambda: used_versions(driver, args))
     for base, version in removed:
         print(f"removed {base} version {version}")
@@ -226,26 +243,28 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
     rows = []
     for c in all_containers(driver, args):
+        row = {"name": c.name, "runtime": c.runtime, "base": "?", "version": "-", "pinned": False, "state": c.state,
+               "changes": disk_usage(os.path.join(c.rootfs, UPPER)), "lxcpath": c.lxcpath, "damaged": False, "detail": ""}
         try:
             meta = driver.volume_meta(c.rootfs)
-        except PycorError:
+        except PycorError as e:  # listed, not lost: its changes are still there
+            row.update(damaged=True, detail=str(e))
+            rows.append(row)
             continue
         known = driver.store.exists(meta.base)
-        rows.append({
-            "name": c.name,
-            "runtime": c.runtime,
-            "base": meta.base,
-            "version": driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
-            "pinned": meta.pin is not None,
-            "state": c.state,
-            "changes": disk_usage(os.path.join(c.rootfs, UPPER)),
-            "lxcpath": c.lxcpath,
-        })
+        row.update(base=meta.base, pinned=meta.pin is not None,
+                   version=driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-")
+        rows.append(row)
     if args.format != "json":
         for r in rows:
             r["changes"] = human_size(r["changes"])
+            if r["damaged"]:
+                r["state"] = f"{r['state']} (DAMAGED)"
     emit(args, rows, [("name", "NAME"), ("runtime", "RUNTIME"), ("base", "BASE"), ("version", "VERSION"),
                       ("state", "STATE"), ("changes", "CHANGES")])
+    for r in rows:
+        if r["damaged"] and args.format != "json":
+            print(f"{r['name']}: {r['detail']}", file=sys.stderr)
 
 
 def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
@@ -253,13 +272,17 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
     from .names import check_version
 
     c = find_container(driver, args, args.name)
-    meta = driver.volume_meta(c.rootfs)
-    if args.version:
-        version = check_version(args.version)
-        driver.store.version(meta.base, version)
-    else:  # where it runs now, else where it would start
-        version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
-    write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
+    wanted = None if args.version is None else check_version(args.version)  # "" is a mistake, not "now"
+    # gc removes versions under the store's exclusive lock: checking the version and writing the
+    # pin under the shared one, gc either sees the pin or removed the version before the check
+    with locks.layer_lock(c.rootfs), driver.store.lock(exclusive=False):
+        meta = driver.volume_meta(c.rootfs)
+        if wanted is not None:
+            version = wanted
+            driver.store.version(meta.base, version)
+        else:  # where it runs now, else where it would start
+            version = driver.volume_version(c.lxc_name, c.rootfs, meta, True)  # a live run state says it runs
+        write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
 
@@ -267,8 +290,9 @@ def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
     from .layer import LayerMeta, write_meta
 
     c = find_container(driver, args, args.name)
-    meta = driver.volume_meta(c.rootfs)
-    write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
+    with locks.layer_lock(c.rootfs):
+        meta = driver.volume_meta(c.rootfs)
+        write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
     print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
 
 
@@ -291,11 +315,13 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
     from .idmap import IdMap
 
     c = find_container(driver, args, args.name)
-    meta = driver.volume_meta(c.rootfs)
-    version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
-    with layer.OpenLayer(c.rootfs) as lay:
-        changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())
+    # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
+    with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
+        version = driver.volume_version(c.lxc_name, c.rootfs, lay.meta, True)  # a live run state says it runs
+        with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
+            changes = diff_layer(lay.upper_fd, driver.store.lower_stack(lay.meta.base, version),
+                                 None if idmap.is_empty else idmap.check())
     if args.format == "json":
         emit(args, [ch.to_json() for ch in changes], [])
         return
@@ -311,8 +337,9 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
         raise PycorError("say where to commit to: --as NEWBASE or --to BASE", "one of the two")
     target = check_name(args.as_base or args.to_base, "base name")
     c = find_container(driver, args, args.name)
-    require_stopped(c, "commit")
-    v = commit(driver.store, c.rootfs, container_idmap(c), args.as_base and target, args.to_base and target)
+    idmap_text = container_idmap(c)  # before the lock: LXD may wait on a start that waits on it
+    with stopped(driver, c, "commit"):
+        v = commit(driver.store, c.rootfs, idmap_text, args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
     if args.as_base:
         add_images(driver, target)
@@ -322,15 +349,18 @@ def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
     from .versions import reset
 
     c = find_container(driver, args, args.name)
-    require_stopped(c, "reset")
-    reset(c.rootfs)
+    with stopped(driver, c, "reset"):
+        reset(c.rootfs)
     print(f"container {c.name}: changes discarded; it runs on its base as new")
 
 
 def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
     from .doctor import run_checks
 
-    results = run_checks(driver.store)
+    if args.fix:
+        for state in driver.clear_stale():
+            print(f"fixed: removed the stale run record of container {state.name} ({state.rootfs})")
+    results = run_checks(driver.store, driver)
     if args.format == "json":
         emit(args, [r.to_json() for r in results], [])
     else:
@@ -473,6 +503,7 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("name")
     rs.set_defaults(func=cmd_reset)
     doc = sub.add_parser("doctor", help="check what pycor relies on, and name a fix for each miss", parents=[fmt])
+    doc.add_argument("--fix", action="store_true", help="clear what pycor can clear by itself (records of containers that no longer run)")
     doc.set_defaults(func=cmd_doctor)
 
     for kind, title in (("lxd", "LXD"), ("incus", "Incus")):

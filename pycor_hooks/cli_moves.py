@@ -24,14 +24,16 @@ def _container(driver: Driver, args: argparse.Namespace):  # type: ignore[no-unt
 
 
 def cmd_rebase(args: argparse.Namespace, driver: Driver) -> None:
-    from .cli import emit, require_stopped
+    from .cli import emit, stopped
 
     c = _container(driver, args)
     to = check_version(args.to) if args.to is not None else None
-    if not args.dry_run:
-        require_stopped(c, "rebase")
     meta = driver.volume_meta(c.rootfs)
-    target, plan = driver.rebase_volume(c.rootfs, to, args.force, args.dry_run)
+    if args.dry_run:
+        target, plan = driver.rebase_volume(c.rootfs, to, args.force, dry_run=True)
+    else:
+        with stopped(driver, c, "rebase"):
+            target, plan = driver.rebase_volume(c.rootfs, to, args.force, locked=True)
     if not args.dry_run and to is not None and to != driver.store.current(meta.base) and meta.pin != to:
         from .layer import LayerMeta, write_meta
 
@@ -113,12 +115,14 @@ def print_base_diff(driver: Driver, c, path: str) -> None:  # type: ignore[no-un
 
 
 def cmd_resolve(args: argparse.Namespace, driver: Driver) -> None:
-    from .cli import require_stopped
+    from .cli import stopped
 
     c = _container(driver, args)
     if args.base:
-        require_stopped(c, "resolve --base")
-    driver.resolve_conflict(c.rootfs, args.path, take_base=args.base)
+        with stopped(driver, c, "resolve --base"):
+            driver.resolve_conflict(c.rootfs, args.path, take_base=True, locked=True)
+    else:
+        driver.resolve_conflict(c.rootfs, args.path, take_base=False)
     print(f"container {c.name}: {args.path} " + ("now shows the base's version" if args.base else "keeps the container's version"))
 
 

@@ -173,10 +173,18 @@ def hooks_check(where: str) -> Check:
                  "pycor install (from a Python every user can reach), or the Debian package")
 
 
-def run_checks(store: Store) -> list[Check]:
+def stale_record_check(driver) -> Check:  # type: ignore[no-untyped-def]
+    """Run records of containers that no longer run: they keep versions and idmapped views in use."""
+    stale = driver.stale_states()
+    detail = "none" if not stale else "; ".join(f"{s.name} ({s.rootfs}, base {s.base} version {s.version})" for s in stale)
+    return Check("stale run records", not stale, detail,
+                 "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
+
+
+def run_checks(store: Store, driver=None) -> list[Check]:  # type: ignore[no-untyped-def]
     checks = [Check("kernel", True, platform.release(), required=False)]
     checks += capability_checks()
-    os.makedirs(store.root, mode=0o755, exist_ok=True)
+    store.make_root()
     probe_dir = tempfile.mkdtemp(prefix=".doctor.", dir=store.root)
     try:
         checks += overlay_checks(probe_dir)
@@ -187,4 +195,6 @@ def run_checks(store: Store) -> list[Check]:
 
         remove_tree(probe_dir)
     checks += tool_checks()
+    if driver is not None:
+        checks.append(stale_record_check(driver))
     return checks

@@ -14,15 +14,15 @@ Hot path: hooks import this module; keep its imports cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
 import zlib
 
-from . import layer, linux, overlay
-from .errors import Conflict, NotFound, PycorError
+from . import layer, linux, locks, overlay
+from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
-from .locks import layer_lock
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
 
 RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
@@ -31,7 +31,7 @@ RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
-    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "held")
+    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "monitor", "monitor_start", "held")
     name: str
     rootfs: str
     base: str
@@ -40,6 +40,8 @@ class RunState(Record):
     started: float
     idmap: str | None  # key of the container's idmap (unprivileged), else None
     views: list[str]  # layer ids of the idmapped views it uses
+    monitor: int  # pid of the LXC monitor running the container (0: recorded by an older pycor)
+    monitor_start: int  # its start time in clock ticks since boot (/proc/PID/stat field 22): pids get reused
     held: str | None  # why it runs on an older version than it follows (a move that conflicts), else None
 
 
@@ -47,7 +49,60 @@ def run_state_from_json(raw: dict) -> RunState:
     return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
                     [str(p) for p in raw["lowerdirs"]], float(raw["started"]),
                     str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
+                    int(raw.get("monitor", 0)), int(raw.get("monitor_start", 0)),
                     str(raw["held"]) if raw.get("held") else None)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """When process pid started (clock ticks since boot), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data.rsplit(b")", 1)[1].split()  # from field 3 on: the command name may hold spaces and ')'
+    if fields[0] in (b"Z", b"X"):
+        return None  # dead, not yet reaped by its parent
+    return int(fields[19])  # field 22: starttime
+
+
+def hook_monitor() -> tuple[int, int]:
+    """The LXC monitor of the container a pre-start hook runs for: its parent process.
+
+    Both raw LXC ('[lxc monitor] LXCPATH NAME', the daemonized lxc-start, or
+    lxc-start itself with -F) and LXD ('lxd forkstart', retitled the same
+    way) run hooks as direct children of the monitor, which lives exactly as
+    long as the container: when it is gone, the container is too.
+    """
+    pid = os.getppid()
+    return pid, proc_start_time(pid) or 0
+
+
+def is_live(state: RunState) -> bool:
+    """Whether the container a run state records still runs (its monitor is the same process)."""
+    if not state.monitor:
+        return True  # an older record: nothing to tell by, so it counts
+    return proc_start_time(state.monitor) == state.monitor_start
+
+
+def in_host_mount_namespace(monitor: int) -> bool:
+    """Whether this process shares its mount namespace with pid 1 or with the container's monitor.
+
+    The monitor (recorded by pre-start) runs in the namespace LXC was started
+    from; pre-mount runs in the container's own. A process that may not look
+    at those namespaces (root of a user namespace) is not in them.
+    """
+    mine = os.stat("/proc/self/ns/mnt")
+    for pid in (1, monitor):
+        if pid <= 0:
+            continue
+        try:
+            other = os.stat(f"/proc/{pid}/ns/mnt")
+        except OSError:  # EACCES from a user namespace; ENOENT: gone
+            continue
+        if (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino):
+            return True
+    return False
 
 
 class Registration(Record):
@@ -159,7 +214,18 @@ class Driver:
     def volume_version(self, name: str, rootfs: str, meta: LayerMeta, running: bool) -> str:
         """The base version a container is on: the one it started on while it runs, else its pin, else current."""
         state = self.run_state(name, rootfs) if running else None
-        return state.version if state else (meta.pin or self.store.current(meta.base))
+        return state.version if state and is_live(state) else (meta.pin or self.store.current(meta.base))
+
+    def require_stopped(self, name: str, rootfs: str, runtime_state: str, what: str, how: str) -> None:
+        """Refuse unless the container is stopped: no live run state, and its runtime says STOPPED.
+
+        Call it holding locks.layer_lock(rootfs), and act before letting go:
+        a start waits for that lock in pre-start.
+        """
+        state = self.run_state(name, rootfs)
+        if (state is not None and is_live(state)) or runtime_state != "STOPPED":
+            shown = "running" if runtime_state == "STOPPED" else runtime_state.lower()
+            raise InUse(f"container {name} is {shown}: pycor {what} needs it stopped", f"stop it first ({how})")
 
     def register(self, reg: Registration) -> None:
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
@@ -202,11 +268,21 @@ class Driver:
         the container cannot write) the lower stack is made of idmapped views
         of the base layers, shared by every container with the same map.
         """
+        # The layer lock is held from reading the layer to writing the run
+        # state: a reset, commit or diff either finishes first or sees the start.
+        with locks.layer_lock(rootfs):
+            return self._prepare_start(name, rootfs, runtime, lxcpath, config_file)
+
+    def _prepare_start(self, name: str, rootfs: str, runtime: str, lxcpath: str | None, config_file: str | None) -> RunState:
         idmap = read_idmap(config_file)
-        with layer_lock(rootfs), layer.OpenLayer(rootfs) as lay, self.store.lock(exclusive=False):
+        with layer.OpenLayer(rootfs) as lay:
+            meta = lay.meta
+            layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
             if idmap is not None:
                 for fd in (lay.upper_fd, lay.work_fd):
                     check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+        monitor, monitor_start = hook_monitor()
+        with layer.OpenLayer(rootfs) as lay, self.store.lock(exclusive=False):
             self.recover_volume(lay)
             meta = lay.meta
             if not self.store.exists(meta.base):
@@ -234,12 +310,19 @@ class Driver:
                         "btrfs or tmpfs) or run the container privileged",
                     )
                 ids = [layer_id(meta.base, path) for path in lowers]
-                made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)))
+                key = idmap.key
+
+                def unused(lid: str) -> bool:  # a view no running container uses may be remade
+                    return not any(st.idmap == key and lid in st.views for st in self.running_states() if is_live(st))
+
+                made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
                 lowers, views = [made[i] for i in ids], ids
             state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
-                             idmap.key if idmap is not None else None, views, held)
+                             idmap.key if idmap is not None else None, views, monitor, monitor_start, held)
             os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
-            write_json(self.run_state_path(name, rootfs), state.to_json())
+            own = self.run_state_path(name, rootfs)
+            self.clear_stale_records(skip=own)
+            write_json(own, state.to_json())
         self.register(Registration(name, rootfs, runtime, lxcpath))
         return state
 
@@ -250,12 +333,22 @@ class Driver:
             return None
 
     def mount_volume(self, name: str, rootfs: str) -> None:
-        """pre-mount: mount the overlay on rootfs in the current mount namespace."""
+        """pre-mount: mount the overlay on rootfs in the current mount namespace.
+
+        Refused in the host's mount namespace: there the overlay would hide
+        the container's rootfs (and its .pycor) from the host for good.
+        """
         state = self.run_state(name, rootfs)
         if state is None or state.rootfs != rootfs:
             raise PycorError(
                 f"no run state for container {name}: the pycor pre-start hook did not run",
                 "the container config needs lxc.hook.pre-start = .../pycor-pre-start (see 'pycor install')",
+            )
+        if in_host_mount_namespace(state.monitor):
+            raise PycorError(
+                f"refusing to mount the overlay of container {name} on {rootfs} in the host's mount namespace",
+                "pycor-pre-mount runs only inside a container's start (LXC runs it in the container's mount namespace); "
+                f"start the container instead ('lxc-start -n {name}' or 'lxc start {name}')",
             )
         fds: list[int] = []
         try:
@@ -282,38 +375,82 @@ class Driver:
 
         The overlay lived in the container's mount namespace and is gone with it.
         The exclusive lock orders this against a pre-start that is making views.
+        Records of containers that died without a post-stop go too.
         """
         with self.store.lock():
             try:
                 os.unlink(self.run_state_path(name, rootfs))
             except FileNotFoundError:
                 pass
+            self.clear_stale_records()
             self.release_views()
 
     def release_views(self) -> None:
-        """Remove idmapped views that no recorded start uses (caller holds the store lock)."""
+        """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
         from .idmap import RUN_VIEWS
 
         if not os.path.isdir(RUN_VIEWS):
             return
         from . import idmap as idmap_mod
 
-        in_use = {(s.idmap, v) for s in self.running_states() if s.idmap for v in s.views}
+        in_use = {(s.idmap, v) for s in self.running_states() if s.idmap and is_live(s) for v in s.views}
         idmap_mod.release_unused(in_use)
 
     def running_states(self) -> list[RunState]:
-        states = []
+        """Every run state recorded, live or stale (see is_live)."""
+        return [state for _, state in self._run_records()]
+
+    def _run_records(self) -> list[tuple[str, RunState]]:
+        found = []
         try:
             entries = os.listdir(RUN_CONTAINERS)
         except FileNotFoundError:
             return []
         for entry in entries:
             if entry.endswith(".json"):
+                path = os.path.join(RUN_CONTAINERS, entry)
                 try:
-                    states.append(run_state_from_json(read_json(os.path.join(RUN_CONTAINERS, entry))))
-                except (OSError, ValueError, KeyError, PycorError):
+                    found.append((path, run_state_from_json(read_json(path))))
+                except (OSError, ValueError, KeyError, TypeError, PycorError):
                     continue
-        return states
+        return found
+
+    def stale_states(self) -> list[RunState]:
+        """Records of starts whose container no longer runs (killed monitor, host crash, destroyed container)."""
+        return [state for state in self.running_states() if not is_live(state)]
+
+    def clear_stale_records(self, skip: str = "") -> list[RunState]:
+        """Remove the records of containers that no longer run; returns them.
+
+        Each is checked again under its container's layer lock, taken without
+        waiting (a start holding it writes a fresh record; lock order is layer
+        before store, and callers may hold the store lock). Views go with the
+        next release_views(); gc and 'pycor doctor --fix' call clear_stale().
+        """
+        cleared = []
+        for path, state in self._run_records():
+            if path == skip or is_live(state):
+                continue
+            try:
+                with locks.layer_lock(state.rootfs, wait=False):
+                    try:
+                        again = run_state_from_json(read_json(path))
+                    except FileNotFoundError:
+                        continue
+                    if is_live(again):
+                        continue
+                    os.unlink(path)
+                    cleared.append(again)
+            except PycorError:
+                continue  # busy: its container is being started, reset or committed right now
+        return cleared
+
+    def clear_stale(self) -> list[RunState]:
+        """Remove stale run records and the idmapped views only they used (for gc and doctor --fix)."""
+        with self.store.lock():
+            cleared = self.clear_stale_records()
+            self.release_views()
+        return cleared
 
     # -- bases ----------------------------------------------------------------
     def base_users(self, base: str, extra: list[Registration] | None = None) -> list[Registration]:
@@ -324,10 +461,11 @@ class Driver:
                 if self.volume_meta(reg.rootfs).base == base:
                     users[reg.rootfs] = reg
             except PycorError:
-                continue
+                # unreadable metadata: it may be on this base, so it counts (named as damaged)
+                users[reg.rootfs] = Registration(f"{reg.name} (damaged layer metadata)", reg.rootfs, reg.runtime, reg.lxcpath)
         for state in self.running_states():
             # a start whose container was destroyed since (no post-stop ran) uses nothing
-            if state.base == base and state.rootfs not in users and layer.is_layer(state.rootfs):
+            if state.base == base and state.rootfs not in users and is_live(state) and layer.is_layer(state.rootfs):
                 users[state.rootfs] = Registration(state.name, state.rootfs, "?", None)
         return sorted(users.values(), key=lambda r: r.name)
 
@@ -387,9 +525,13 @@ class Driver:
             lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
             layer.write_meta(lay.rootfs, lay.meta)
 
-    def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]
-        """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan)."""
-        with layer_lock(rootfs):
+    def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,
+                      locked: bool = False):  # type: ignore[no-untyped-def]
+        """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan).
+
+        locked: the caller holds the layer lock (and checked the container is stopped under it).
+        """
+        with contextlib.nullcontext() if locked else locks.layer_lock(rootfs):
             with layer.OpenLayer(rootfs) as lay:
                 if not dry_run:
                     self.recover_volume(lay)
@@ -406,15 +548,17 @@ class Driver:
         with layer.OpenLayer(rootfs) as lay:
             return reconcile.read_findings(lay.rootfs_fd)
 
-    def resolve_conflict(self, rootfs: str, path: str, take_base: bool) -> None:
-        """Settle one reported conflict: take the base's version (drop the container's copy) or keep the container's."""
+    def resolve_conflict(self, rootfs: str, path: str, take_base: bool, locked: bool = False) -> None:
+        """Settle one reported conflict: take the base's version (drop the container's copy) or keep the container's.
+
+        locked: the caller holds the layer lock (and checked the container is stopped under it).
+        """
         import shutil
 
         from . import reconcile
-        from .errors import NotFound
 
         rel = path.strip("/")
-        with layer_lock(rootfs):
+        with contextlib.nullcontext() if locked else locks.layer_lock(rootfs):
             with layer.OpenLayer(rootfs) as lay:
                 record = reconcile.read_findings(lay.rootfs_fd)
                 findings = record.get("findings", [])

@@ -32,6 +32,8 @@ from .linux import (
     CLONE_NEWUSER,
     MNT_DETACH,
     MOUNT_ATTR_IDMAP,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
     MOVE_MOUNT_F_EMPTY_PATH,
     MS_PRIVATE,
@@ -62,6 +64,8 @@ ID_MAX = 1 << 32  # ids are u32; (u32)-1 is never a valid id
 UID_MAP_EXTENTS_MAX = 340  # kernel limit on lines in uid_map / gid_map
 
 RUN_VIEWS = "/run/pycor/views"
+VIEWS_MODE = 0o711  # root; anyone may pass through, nobody may list the idmap keys
+KEY_DIR_MODE = 0o710  # root:MAPPED_GID: only the map's own root passes through to its views
 
 
 # --- the idmap: pure logic ------------------------------------------------------
@@ -358,7 +362,12 @@ def _attach_view(src: str, to_dfd: int, to_path: str, userns: int) -> None:
     try:
         # Read-only: the view is a lower layer and is never written. Private:
         # it neither receives nor sends mount events from the base's mount.
-        mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, 0, userns, MS_PRIVATE)
+        # nosuid, nodev: run through the view's path on the host, the base's
+        # setuid binaries and device nodes give nothing. Inside the container
+        # they still work: exec and open go through the overlay's mount, whose
+        # flags are the ones checked (tests/test_guard.py runs a setuid binary).
+        mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                      0, userns, MS_PRIVATE)
         # No MOVE_MOUNT_T_SYMLINKS: a symlink at the target is not followed.
         move_mount(tree, "", to_dfd, to_path, MOVE_MOUNT_F_EMPTY_PATH)
     finally:
@@ -489,13 +498,29 @@ def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def ensure_views(idmap: IdMap, layers: dict[str, str], root: str = RUN_VIEWS) -> dict[str, str]:
+def _restrict(fd: int, mode: int, gid: int = 0) -> None:
+    """Give a root-owned directory this mode and group (fixing what an older pycor made 0755)."""
+    st = os.fstat(fd)
+    if st.st_gid != gid:
+        os.fchown(fd, 0, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def ensure_views(idmap: IdMap, layers: dict[str, str], root: str = RUN_VIEWS,
+                 remake_if: Callable[[str], bool] | None = None) -> dict[str, str]:
     """Make sure a view of each layer exists for idmap; return layer id -> view path.
 
     layers maps a caller-chosen layer id to the layer's directory. Views that
     are already mounted are reused (after checking they show the same
-    directory); missing ones are made. Holds an flock on root/lock. On a
-    failure halfway, whatever this call mounted or created is removed again.
+    directory); missing ones are made. A view that shows another directory
+    is remade if remake_if(layer id) says nobody uses it, else refused.
+    Holds an flock on root/lock. On a failure halfway, whatever this call
+    mounted or created is removed again.
+
+    The views' base layers hold setuid-root binaries that, through the view,
+    belong to the map's root: root/KEY is root:MAPPED_GID 0710, so no other
+    host user reaches them.
     """
     idmap.check()
     for layer_id in layers:
@@ -512,8 +537,10 @@ def ensure_views(idmap: IdMap, layers: dict[str, str], root: str = RUN_VIEWS) ->
     ok = False
     try:
         lock_fd = _lock(root_fd)
+        _restrict(root_fd, VIEWS_MODE)
         key_fd, key_created = _open_dir(root_fd, key, f"{root}/{key}", create=True)
         _check_private_dir(key_fd, f"{root}/{key}")
+        _restrict(key_fd, KEY_DIR_MODE, idmap.root()[1])
         result: dict[str, str] = {}
         for layer_id, src in layers.items():
             dst = f"{root}/{key}/{layer_id}"
@@ -522,13 +549,15 @@ def ensure_views(idmap: IdMap, layers: dict[str, str], root: str = RUN_VIEWS) ->
             except OSError as e:
                 raise PycorError(f"cannot make an idmapped view of {src}: {e.strerror}", "is the base intact?") from e
             if is_mounted(layer_id, key_fd):
-                if not _same_inode(os.stat(layer_id, dir_fd=key_fd, follow_symlinks=False), src_st):
+                if _same_inode(os.stat(layer_id, dir_fd=key_fd, follow_symlinks=False), src_st):
+                    result[layer_id] = dst
+                    continue
+                if remake_if is None or not remake_if(layer_id):
                     raise PycorError(
                         f"the idmapped view {dst} shows another directory than {src}",
                         "layer ids must name one layer for good; stop the containers using it, or run 'pycor doctor'",
                     )
-                result[layer_id] = dst
-                continue
+                remove_view(dst)  # left by a container that died without its post-stop
             try:
                 os.mkdir(layer_id, 0o755, dir_fd=key_fd)
                 dirs_made.append(layer_id)

@@ -63,10 +63,15 @@ def open_rootfs(rootfs: str) -> int:
 
 
 def is_layer(rootfs: str) -> bool:
-    """Whether rootfs holds a pycor layer: a real .pycor directory with a regular layer.json (no symlink followed)."""
+    """Whether rootfs holds a pycor layer: a real .pycor directory with a layer.json (no symlink followed).
+
+    A layer.json that is not a regular file still makes a layer, a damaged
+    one: read_meta() says what is wrong, and listings show it as damaged
+    rather than losing the container.
+    """
     try:
         return stat.S_ISDIR(os.lstat(os.path.join(rootfs, PYCOR_DIR)).st_mode) and \
-            stat.S_ISREG(os.lstat(os.path.join(rootfs, META)).st_mode)
+            os.path.lexists(os.path.join(rootfs, META))
     except OSError:
         return False
 
@@ -131,7 +136,8 @@ def create_layer(rootfs: str, meta: LayerMeta, uid: int = 0, gid: int = 0) -> No
         raise PycorError(f"{rootfs} already holds a pycor layer", "pick a new container name")
     fd = open_rootfs(rootfs)
     try:
-        os.mkdir(PYCOR_DIR, 0o711, dir_fd=fd)
+        os.mkdir(PYCOR_DIR, 0o700, dir_fd=fd)
+        secure_pycor_dir(fd, rootfs, (uid, gid) if uid else None)
         for sub, mode in (("upper", 0o755), ("work", 0o700)):
             path = f"{PYCOR_DIR}/{sub}"
             os.mkdir(path, mode, dir_fd=fd)
@@ -144,6 +150,34 @@ def create_layer(rootfs: str, meta: LayerMeta, uid: int = 0, gid: int = 0) -> No
     finally:
         os.close(fd)
     write_meta(rootfs, meta)
+
+
+def secure_pycor_dir(rootfs_fd: int, rootfs: str, mapped_root: tuple[int, int] | None) -> None:
+    """Make .pycor reachable by no host user but root and, if unprivileged, the container's mapped root.
+
+    upper holds whatever the container wrote, setuid binaries and device
+    nodes included: a host user who could reach it would run them. Privileged:
+    root 0700. Unprivileged (pre-mount opens upper and work as the mapped
+    root): root:MAPPED_GID 0710, so the mapped root traverses but cannot
+    rename what is in it; a .pycor owned by the mapped root itself (LXD shifts
+    its image's rootfs to the map) becomes 0700. Layers made by older pycor
+    (0711) are fixed at their next start.
+    """
+    dfd = linux.open_beneath(rootfs_fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st = os.fstat(dfd)
+        mode, gid = 0o700, st.st_gid
+        if mapped_root is not None and st.st_uid != mapped_root[0]:
+            mode, gid = 0o710, mapped_root[1]
+        if gid != st.st_gid:
+            os.fchown(dfd, st.st_uid, gid)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(dfd, mode)
+    except OSError as e:
+        raise PycorError(f"cannot restrict {os.path.join(rootfs, PYCOR_DIR)} to root: {e.strerror}",
+                         "the container's layer must be on a filesystem that keeps owners and modes") from None
+    finally:
+        os.close(dfd)
 
 
 def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:

@@ -9,11 +9,14 @@ version by a full restart.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
+from . import locks
 from .driver import Driver
 from .errors import PycorError
+from .store import Store
 
 WAIT_SECONDS = 60
 
@@ -38,9 +41,22 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
     return False
 
 
+def rollout_lock(store: Store, base: str) -> locks.Flock:
+    """One rollout per base at a time (not waiting): a second would restart the same containers again."""
+    path = os.path.join(locks.LOCK_DIR, "rollout-" + locks._key(store.root + "\0" + base))
+    os.makedirs(locks.LOCK_DIR, mode=0o700, exist_ok=True)
+    return locks.Flock(path, wait=False, what=f"the rollout of base {base}")
+
+
 def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
             report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
     """containers: the running containers of every runtime (runtime.Container)."""
+    with rollout_lock(driver.store, base):  # a second rollout fails at once: "the rollout of base B is busy"
+        return _rollout(driver, base, containers, batch, check, report)
+
+
+def _rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
+             report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
     driver.store.require(base)
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 
 from .errors import PycorError
@@ -30,6 +31,7 @@ DEFAULT_STORE = "/var/lib/pycor"
 CONFIG_FILE = "/etc/pycor/pycor.conf"
 STORE_ENV = "PYCOR_STORE"
 RUN_DIR = "/run/pycor"
+STORE_MODE = 0o700  # the store root and its bases and staging folders: root only
 
 
 def setting(key: str, env: str, default: str) -> str:
@@ -159,8 +161,21 @@ class Store:
     # -- locking -------------------------------------------------------------
     def lock(self, exclusive: bool = True) -> _Flock:
         """Shared for resolving a start, exclusive for anything that removes or switches."""
-        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        self.make_root()
         return _Flock(os.path.join(self.root, "lock"), exclusive)
+
+    def make_root(self) -> None:
+        """Create the store root, mode 0700, and take back wider modes an older pycor left.
+
+        Bases hold setuid-root binaries and device nodes: a host user who
+        could walk down to them would run them as root. Only root walks the
+        store; unprivileged containers reach the base through their own
+        idmapped view, never through it.
+        """
+        os.makedirs(self.root, mode=STORE_MODE, exist_ok=True)
+        st = os.stat(self.root)
+        if stat.S_IMODE(st.st_mode) != STORE_MODE:
+            os.chmod(self.root, STORE_MODE)
 
     # -- reading -------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -236,7 +251,8 @@ class Store:
     # -- writing -------------------------------------------------------------
     def new_staging(self, label: str) -> str:
         """A fresh directory on the store's filesystem for building a layer."""
-        os.makedirs(self.staging_dir, mode=0o700, exist_ok=True)
+        self.make_root()
+        os.makedirs(self.staging_dir, mode=STORE_MODE, exist_ok=True)
         path = os.path.join(self.staging_dir, f"{label}.{os.getpid()}.{time.monotonic_ns()}")
         os.mkdir(path, 0o700)
         return path
@@ -248,7 +264,7 @@ class Store:
             if self.exists(name):
                 raise PycorError(f"base {name!r} already exists", f"remove it first with 'pycor base rm {name}', or pick another name")
             now = time.time()
-            os.makedirs(self.bases_dir, mode=0o755, exist_ok=True)
+            os.makedirs(self.bases_dir, mode=STORE_MODE, exist_ok=True)
             tmp = os.path.join(self.bases_dir, f".{name}.new{os.getpid()}")
             os.makedirs(os.path.join(tmp, "versions"), mode=0o755)
             try:

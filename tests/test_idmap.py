@@ -590,10 +590,12 @@ def test_ensure_views_shares_one_view_per_map_and_layer(work: str, base: str, vi
     key2 = parse(MAP_200K).key
     assert idmap.list_views(views_root) == {(key, "debian12.1"), (key, "debian12.2"), (key2, "debian12.1")}
 
-    # Everything root-owned 0755.
-    for p in (f"{work}/run", views_root, f"{views_root}/{key}", f"{views_root}/{key2}"):
+    # Root-owned; the views' folder 0711; each map's folder 0710 to its mapped root's gid only
+    # (the base's setuid binaries are reachable through a view by that map's root, by no other host user).
+    for p, mode, gid in ((f"{work}/run", 0o755, 0), (views_root, 0o711, 0),
+                         (f"{views_root}/{key}", 0o710, 100000), (f"{views_root}/{key2}", 0o710, 200000)):
         st = os.lstat(p)
-        assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755, p
+        assert stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) == (0, gid) and stat.S_IMODE(st.st_mode) == mode, p
 
     # Release what nobody uses; keep what is in use.
     removed = idmap.release_unused({(key, "debian12.1")}, root=views_root)
@@ -657,3 +659,18 @@ def test_ensure_views_refuses_a_root_others_can_write(work: str, base: str) -> N
 def test_release_unused_on_missing_root_is_fine(work: str) -> None:
     assert idmap.release_unused(set(), root=f"{work}/none") == []
     assert not os.path.exists(f"{work}/none")
+
+
+def test_a_view_showing_another_directory_is_remade_only_when_nobody_uses_it(work: str, base: str, views_root: str) -> None:
+    """A container killed without its post-stop leaves its view; the layer id may later name another directory."""
+    other = make_base(f"{work}/base2")
+    with open(f"{other}/etc/marker", "w") as f:
+        f.write("other\n")
+    first = idmap.ensure_views(parse(MAP_100K), {"b.1": base}, root=views_root)
+    for remake_if in (None, lambda layer_id: False):  # in use (or nobody says otherwise): refused, view kept
+        with pytest.raises(PycorError, match="shows another directory"):
+            idmap.ensure_views(parse(MAP_100K), {"b.1": other}, root=views_root, remake_if=remake_if)
+        assert not os.path.exists(f"{first['b.1']}/etc/marker")
+    again = idmap.ensure_views(parse(MAP_100K), {"b.1": other}, root=views_root, remake_if=lambda layer_id: True)
+    assert again == first and open(f"{again['b.1']}/etc/marker").read() == "other\n"
+    assert len(mounts_under(views_root)) == 1
