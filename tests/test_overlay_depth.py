@@ -16,7 +16,7 @@ import pytest
 from helpers import PYCOR, run
 from test_versions import container_view
 
-from pycor_hooks import overlay
+from pycor_hooks import linux, overlay
 from pycor_hooks.errors import Unsupported
 from pycor_hooks.store import Store
 
@@ -155,3 +155,31 @@ def test_more_lower_layers_than_overlayfs_takes_is_refused_clearly():
     with pytest.raises(Unsupported) as e:
         overlay.mount_overlay(list(range(100, 100 + overlay.OVL_MAX_STACK + 1)), read_only=True)
     assert "501 lower layers" in e.value.message and "squash" in (e.value.hint or "")
+
+
+def test_legacy_fallback_mounts_attached_and_detached(tmp_path, monkeypatch):
+    """The mount(2) path kernels before 6.8 take, forced here: same result, and no mount left behind."""
+    monkeypatch.setattr(overlay, "_api", "legacy")
+    paths = {d: tmp_path / d for d in ("top", "bottom", "upper", "work", "target")}
+    for p in paths.values():
+        p.mkdir()
+    (paths["top"] / "a").write_text("top")
+    (paths["bottom"] / "a").write_text("bottom")
+    (paths["bottom"] / "b").write_text("bottom")
+    fds = {d: os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d, p in paths.items()}
+    try:
+        with overlay.merged_view([fds["top"], str(paths["bottom"])], str(tmp_path / "scratch")) as root:
+            assert sorted(os.listdir(root)) == ["a", "b"] and open(os.path.join(root, "a")).read() == "top"
+            assert not os.path.exists(tmp_path / "scratch")  # attached only for the moment open_tree took
+        overlay.mount_overlay([fds["top"], fds["bottom"]], fds["upper"], fds["work"], fds["target"])
+        try:
+            (paths["target"] / "c").write_text("new")
+            assert sorted(os.listdir(paths["target"])) == ["a", "b", "c"]
+        finally:
+            linux.umount2(str(paths["target"]), linux.MNT_DETACH)
+        assert (paths["upper"] / "c").read_text() == "new"
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
