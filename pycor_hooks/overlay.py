@@ -117,13 +117,14 @@ def _layer_api() -> str:
     global _api
     if _api is not None:
         return _api
-    _api = "legacy"
     try:
         ctx = linux.fsopen("overlay")
     except OSError as e:
         if e.errno != errno.ENOSYS:
             raise
+        _api = "legacy"  # no new mount API (before 5.2)
         return _api
+    found = "legacy"
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for api in ("fd", "path"):
@@ -131,11 +132,12 @@ def _layer_api() -> str:
                 _set_layer(ctx, api, "lowerdir+", root)
             except OSError:
                 continue  # EINVAL: no such key, or no fds for it (before 6.13); EBADF: no O_PATH fds (before 6.15)
-            _api = api
+            found = api
             break
     finally:
         os.close(root)
         os.close(ctx)
+    _api = found
     return _api
 
 
@@ -218,7 +220,10 @@ def _legacy_mount(lower_fds: list[int], upper_fd: int | None, work_fd: int | Non
     opts = legacy_options(lower_fds, upper_fd, work_fd, userxattr, options)
     flags = linux.MS_RDONLY if read_only else 0
     if target_fd is not None:
-        linux.mount("overlay", linux.fd_path(target_fd), "overlay", flags, opts)
+        try:
+            linux.mount("overlay", linux.fd_path(target_fd), "overlay", flags, opts)
+        except OSError as e:
+            raise linux.oserror("mount", _real_path(target_fd), e.errno) from None
         return None
     if scratch is None:
         raise Unsupported("this kernel cannot make a detached overlay mount (no fsopen/lowerdir+)", "use Linux 6.8 or newer")
@@ -246,7 +251,7 @@ class merged_view:  # noqa: N801 - used as a context manager, like a function
     scratch is used only on kernels without the new mount API.
     """
 
-    def __init__(self, lowerdirs: list[str | int], scratch: str, userxattr: bool = False) -> None:
+    def __init__(self, lowerdirs: list[str] | list[str | int], scratch: str, userxattr: bool = False) -> None:
         if len(lowerdirs) < 2:
             raise ValueError("overlayfs needs two lower layers when it has no upper")
         self.lowerdirs, self.scratch, self.userxattr = lowerdirs, scratch, userxattr
