@@ -1,7 +1,7 @@
 """Tiny typed wrappers over the Linux syscalls pycor needs, one per call.
 
 Hot path: every hook imports this. Please don't import any extra modules here.
-Each wrapper raises OSError with the errno and the path it was given.
+Each wrapper raises OSError through oserror(): the errno, the syscall by name, the path.
 """
 
 from __future__ import annotations
