@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 from systems import ALL, PYCOR, Context, System, sh  # noqa: E402
 
 from pycor_hooks.imports import Progress, copy_tree  # noqa: E402
-from pycor_hooks.versions import merged_view  # noqa: E402
+from pycor_hooks.overlay import merged_view  # noqa: E402
 
 READ_WORKLOAD = ("find /usr/bin /usr/lib /usr/sbin /bin /lib -xdev -type f -exec cat {} + > /dev/null 2>&1; "
                  "for b in sh ls cat find sort; do command -v $b >/dev/null && $b --help >/dev/null 2>&1; done; true")

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycor_hooks.versions import merged_view  # noqa: E402
+from pycor_hooks.overlay import merged_view  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIRS, FILES = 60, 80  # 4800 files in the bottom layer

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 
-from . import linux
+from . import overlay
 from .install import HOOKS
 from .store import hooks_dir
 from .store import Store
@@ -44,16 +44,22 @@ def _fs_of(path: str) -> tuple[str, str, str]:
 
 
 def _try_overlay(work: str, extra: str = "") -> str | None:
-    """Mount a small overlay with extra options; None if it worked, else the error."""
-    lower, upper, wdir, merged = (os.path.join(work, d) for d in ("l", "u", "w", "m"))
-    for d in (lower, upper, wdir, merged):
-        os.makedirs(d, exist_ok=True)
-    opts = f"lowerdir={lower},upperdir={upper},workdir={wdir}" + (f",{extra}" if extra else "")
+    """Mount a small overlay with extra options, as pycor mounts every overlay; None if it worked, else the error."""
+    dirs = [os.path.join(work, d) for d in ("l", "u", "w")]
+    fds = []
     try:
-        linux.mount("overlay", merged, "overlay", 0, opts)
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            fds.append(os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        mnt = overlay.mount_overlay(fds[:1], fds[1], fds[2], options=(extra,) if extra else (),
+                                    scratch=os.path.join(work, "m"))
     except OSError as e:
         return e.strerror
-    linux.umount2(merged, linux.MNT_DETACH)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if mnt is not None:
+        os.close(mnt)  # detached: closing its last fd unmounts it
     return None
 
 

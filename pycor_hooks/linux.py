@@ -1,12 +1,13 @@
 """Tiny typed wrappers over the Linux syscalls pycor needs, one per call.
 
 Hot path: every hook imports this. Please don't import any extra modules here.
-Each wrapper raises OSError with the errno and the path it was given.
+Each wrapper raises OSError through oserror(): the errno, the syscall by name, the path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -36,10 +37,24 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def _check(ret: int, path: str) -> int:
+def oserror(syscall: str, path: str | None, err: int | None = None, detail: str = "") -> OSError:
+    """The one way a failed syscall is reported: its errno, its name and the path it was given.
+
+    ENOSYS becomes a sentence, so a user learns why (an old kernel, or a
+    seccomp filter in a container manager), not just that. detail: what the
+    kernel said besides the errno (a filesystem context's log).
+    """
+    err = ctypes.get_errno() if err is None else err
+    if err == errno.ENOSYS:
+        text = f"{syscall}: your kernel lacks this system call (or a seccomp filter blocks it)"
+    else:
+        text = f"{syscall}: {os.strerror(err)}"
+    return OSError(err, f"{text} ({detail})" if detail else text, path)
+
+
+def _check(ret: int, path: str | None, syscall: str) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
+        raise oserror(syscall, path)
     return ret
 
 
@@ -53,11 +68,12 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, options:
             options.encode() if options is not None else None,
         ),
         target,
+        "mount",
     )
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), flags), target)
+    _check(_libc.umount2(target.encode(), flags), target, "umount2")
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
@@ -65,6 +81,7 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return _check(
         _libc.syscall(SYS_openat2, ctypes.c_int(dirfd), path.encode(), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
         path,
+        "openat2",
     )
 
 
@@ -82,10 +99,18 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def shared_fd_path(fd: int) -> str:
+    """A path naming what fd refers to, valid in this process and in the children it starts (tar, cp)."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
+
+
 # --- kernel constants (include/uapi/linux/mount.h, fcntl.h, sched.h, stat.h) --
 
 SYS_open_tree = 428  # x86_64; since 424 the numbers are shared by every architecture but alpha
 SYS_move_mount = 429
+SYS_fsopen = 430
+SYS_fsconfig = 431
+SYS_fsmount = 432
 SYS_mount_setattr = 442
 
 AT_FDCWD = -100
@@ -103,6 +128,13 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x04
 MOVE_MOUNT_T_SYMLINKS = 0x10
 MOVE_MOUNT_T_AUTOMOUNTS = 0x20
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
 
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
@@ -145,6 +177,7 @@ def open_tree(dirfd: int, path: str, flags: int) -> int:
     return _check(
         _libc.syscall(SYS_open_tree, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags)),
         path,
+        "open_tree",
     )
 
 
@@ -159,6 +192,7 @@ def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: 
             ctypes.c_uint(flags),
         ),
         to_path,
+        "move_mount",
     )
 
 
@@ -176,17 +210,45 @@ def mount_setattr(
             ctypes.c_size_t(ctypes.sizeof(attr)),
         ),
         path,
+        "mount_setattr",
     )
 
 
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    """A filesystem context fd (new mount API, Linux 5.2+)."""
+    return _check(_libc.syscall(SYS_fsopen, fstype.encode(), ctypes.c_uint(flags)), fstype, "fsopen")
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = None, aux: int = 0) -> None:
+    """Set one parameter of a filesystem context, or run a command on it (FSCONFIG_CMD_CREATE)."""
+    _check(
+        _libc.syscall(
+            SYS_fsconfig,
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(cmd),
+            key.encode() if key is not None else None,
+            os.fsencode(value) if value is not None else None,
+            ctypes.c_int(aux),
+        ),
+        value if value is not None else (f"fd {aux}" if cmd == FSCONFIG_SET_FD else None),
+        f"fsconfig({key})" if key is not None else "fsconfig(create)",
+    )
+
+
+def fsmount(fs_fd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int:
+    """A detached mount of a created filesystem context: attached nowhere until move_mount."""
+    return _check(_libc.syscall(SYS_fsmount, ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attr_flags)),
+                  None, "fsmount")
+
+
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    _check(_libc.unshare(flags), None, "unshare")
 
 
 def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) -> tuple[int, int]:
     """(stx_attributes, stx_attributes_mask) of path, symlinks not followed."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    _check(_libc.statx(dirfd, os.fsencode(path), flags, STATX_TYPE | STATX_INO, buf), path)
+    _check(_libc.statx(dirfd, os.fsencode(path), flags, STATX_TYPE | STATX_INO, buf), path, "statx")
     (attributes,) = struct.unpack_from("=Q", buf, 8)
     (mask,) = struct.unpack_from("=Q", buf, 56)
     return attributes, mask
@@ -194,4 +256,4 @@ def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | A
 
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the calling process gets sig when its parent dies."""
-    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), None, "prctl(PR_SET_PDEATHSIG)")

@@ -28,6 +28,7 @@ from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
 from .imports import Progress, copy_tree, discard_staging
 from .layer import LayerMeta
+from .overlay import merged_view
 from .store import Store, Version
 
 OPAQUE = b"y"
@@ -100,26 +101,6 @@ def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | 
             os.setxattr(fd, "security.capability", _shift_caps(caps, idmap))
         finally:
             os.close(fd)
-
-
-# -- read-only merged views ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def merged_view(lowerdirs: list[str], at: str, userxattr: bool = False) -> Iterator[str]:
-    """Mount a read-only overlay of lowerdirs (top first, at least two) at a fresh directory; unmount on exit."""
-    if len(lowerdirs) < 2:
-        raise ValueError("overlayfs needs two lower layers when it has no upper")
-    os.mkdir(at, 0o700)
-    try:
-        opts = "lowerdir=" + ":".join(overlay.escape(p) for p in lowerdirs)
-        linux.mount("overlay", at, "overlay", linux.MS_RDONLY, opts + (",userxattr" if userxattr else ""))
-        try:
-            yield at
-        finally:
-            linux.umount2(at, linux.MNT_DETACH)
-    finally:
-        os.rmdir(at)
 
 
 # -- update -----------------------------------------------------------------------------------
