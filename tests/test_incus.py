@@ -206,6 +206,7 @@ def aliases(project: str) -> dict[str, str]:
 
 
 def test_incus_init_is_safe_to_repeat_and_makes_profile_and_image(incus_env, incus_project, busybox_base, hooks_dir):
+    run(PYCOR + ["incus", "init"], env=incus_env)  # bases imported since the session's init (other tests') get their image
     again = run(PYCOR + ["incus", "init"], env=incus_env).stdout
     assert "already set up" in again
     raw = run(["incus", "profile", "get", "overlay", "raw.lxc", "--project", incus_project]).stdout

@@ -15,6 +15,7 @@ from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, view_mou
 
 
 def test_lxd_init_is_safe_to_repeat_and_makes_profile_and_image(lxd_env, lxd_project, busybox_base, hooks_dir):
+    run(PYCOR + ["lxd", "init"], env=lxd_env)  # bases imported since the session's init (other tests') get their image
     again = run(PYCOR + ["lxd", "init"], env=lxd_env).stdout
     assert "already set up" in again
     raw = run(["lxc", "profile", "get", "overlay", "raw.lxc", "--project", lxd_project]).stdout
