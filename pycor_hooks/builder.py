@@ -85,7 +85,7 @@ def builder_config(store: Store, base: str, rootfs: str, stack: list[str], extra
         f"lxc.include = {os.path.join(LXC_CONFIG_DIR, 'common.conf')}",
         "lxc.net.0.type = none",  # the host's network, for apt-get and the like
         "lxc.uts.name = pycor-builder",
-        *hook_lines(hooks_dir(), store),
+        *hook_lines(hooks_dir(), store, privileged=True),
         *store.base(base).lxc,
         *extra,
     ]

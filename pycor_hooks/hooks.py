@@ -22,9 +22,13 @@ from .errors import PycorError
 HOOKS = ("pre-start", "pre-mount", "post-stop")
 
 
-def parse_args(hook: str, argv: list[str]) -> str | None:
-    """Return --store; check the hook type LXC says it is running, if it says."""
-    store = None
+def parse_args(hook: str, argv: list[str]) -> tuple[str | None, bool]:
+    """Return (--store, --prepare); check the hook type LXC says it is running, if it says.
+
+    --prepare (pre-mount only): do pre-start's work here too, for a
+    privileged container whose config has no pre-start hook.
+    """
+    store, prepare = None, False
     rest = list(argv)
     while rest and rest[0].startswith("--"):
         opt = rest.pop(0)
@@ -32,12 +36,14 @@ def parse_args(hook: str, argv: list[str]) -> str | None:
             store = rest.pop(0)
         elif opt.startswith("--store="):
             store = opt.split("=", 1)[1]
+        elif opt == "--prepare" and hook == "pre-mount":
+            prepare = True
         else:
-            raise PycorError(f"unknown option {opt!r}", "the only option is --store PATH")
+            raise PycorError(f"unknown option {opt!r}", "the options are --store PATH, and --prepare for pre-mount")
     kind = os.environ.get("LXC_HOOK_TYPE") or (rest[2] if len(rest) >= 3 else None)
     if kind is not None and kind != hook:
         raise PycorError(f"this is the {hook} hook but LXC runs it as {kind}", f"configure it as lxc.hook.{hook}")
-    return store
+    return store, prepare
 
 
 def container_from_env() -> tuple[str, str, str | None]:
@@ -123,8 +129,13 @@ def runtime_info(config_file: str | None) -> tuple[str, str | None, str | None, 
     return daemon_kind(exe, daemon_dir), daemon_dir, project, instance
 
 
+def lxcpath_of(config_file: str | None) -> str | None:
+    """A raw LXC container's lxcpath: its config is LXCPATH/NAME/config."""
+    return os.path.dirname(os.path.dirname(config_file)) if config_file else None
+
+
 def run(hook: str, argv: list[str]) -> None:
-    store_path = parse_args(hook, argv)
+    store_path, prepare = parse_args(hook, argv)
     name, rootfs, config_file = container_from_env()
     from .driver import Driver
     from .store import Store
@@ -141,6 +152,16 @@ def run(hook: str, argv: list[str]) -> None:
             )
         driver.prepare_start(name, rootfs, runtime, lxcpath, config_file)
     elif hook == "pre-mount":
+        if prepare:
+            from .driver import in_user_namespace
+
+            if in_user_namespace():
+                raise PycorError(
+                    "this container is unprivileged, but its config runs pycor without a pre-start hook "
+                    "(pre-mount --prepare is for privileged containers)",
+                    "add lxc.hook.pre-start = .../pycor-pre-start and drop --prepare, or create it again with lxc-create -t pycor",
+                )
+            driver.prepare_start(name, rootfs, "lxc", lxcpath_of(config_file), config_file, in_pre_mount=True)
         driver.mount_volume(name, rootfs)
     elif hook == "post-stop":
         driver.release(name, rootfs)

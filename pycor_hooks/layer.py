@@ -14,11 +14,10 @@ Hot path: the hooks import this.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
-from . import linux
+from . import flatjson, linux
 from .errors import PycorError
 from .names import check_name, check_version
 from .store import Record
@@ -78,7 +77,7 @@ def is_layer(rootfs: str) -> bool:
 
 def parse_meta(data: bytes, where: str) -> LayerMeta:
     try:
-        raw = json.loads(data)
+        raw = flatjson.load(data)
         base = check_name(str(raw["base"]), "base name")
         pin, based_on = raw.get("pin"), raw.get("based_on")
         return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None)
@@ -115,8 +114,7 @@ def write_meta(rootfs: str, meta: LayerMeta) -> None:
         wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
         try:
             with os.fdopen(wfd, "w", encoding="utf-8") as f:
-                json.dump(meta.to_json(), f)
-                f.write("\n")
+                f.write(flatjson.dumps(meta.to_json()))
             os.rename(tmp, "layer.json", src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             os.unlink(tmp, dir_fd=dfd)

@@ -46,6 +46,16 @@ class Flock:
             self.fd = -1
 
 
+class Held:
+    """Stands for a lock the caller already holds (contextlib.nullcontext without importing contextlib)."""
+
+    def __enter__(self) -> "Held":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def _lock_dir() -> str:
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     return LOCK_DIR

@@ -295,7 +295,7 @@ def profile_store(profile: dict) -> str:
 def hooks_store(config_text: str) -> str:
     """The store the pycor hook lines of an LXC config (or raw.lxc) name: their --store, else the default store."""
     for line in config_text.splitlines():
-        if "pycor-pre-start" not in line:
+        if "pycor-pre-start" not in line and "pycor-pre-mount" not in line:  # privileged: pre-mount --prepare only
             continue
         try:
             words = shlex.split(line.partition("=")[2])

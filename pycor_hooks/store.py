@@ -19,7 +19,6 @@ Version N's lower stack is its own layer, then its parent's, and so on down
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import stat
 import time
@@ -120,10 +119,12 @@ def read_json(path: str, limit: int = 1 << 20) -> dict:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise PycorError(f"{path} is larger than {limit} bytes", "it was not written by pycor")
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor")
-    return value
+    from .flatjson import load  # the json module only for what pycor did not write flat
+
+    try:
+        return load(data)
+    except ValueError:
+        raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor") from None
 
 
 def write_json(path: str, value: dict, mode: int = 0o644) -> None:
@@ -131,8 +132,15 @@ def write_json(path: str, value: dict, mode: int = 0o644) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.write("\n")
+        try:
+            from .flatjson import dumps
+
+            f.write(dumps(value))
+        except TypeError:  # nested: not on the start path
+            import json
+
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.write("\n")
     os.rename(tmp, path)
 
 

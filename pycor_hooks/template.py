@@ -49,12 +49,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def hook_lines(hooks_dir: str, store: Store) -> list[str]:
+def hook_lines(hooks_dir: str, store: Store, privileged: bool = False) -> list[str]:
+    """The hook lines of a container config.
+
+    A privileged container needs no work in the host's namespaces that its
+    pre-mount hook (real root, before the rootfs is mounted) cannot do: it
+    gets pre-mount with --prepare, one Python process per start instead of
+    two. An unprivileged one needs pre-start, as host root, for its idmapped views.
+    """
     extra = "" if store.root == DEFAULT_STORE else f" --store {shlex.quote(store.root)}"
+    hooks = ("pre-mount", "post-stop") if privileged else ("pre-start", "pre-mount", "post-stop")
     # LXC runs hook lines through /bin/sh: quote what could hold spaces.
     return [
-        f"lxc.hook.{hook} = {shlex.quote(os.path.join(hooks_dir, 'pycor-' + hook))}{extra}"
-        for hook in ("pre-start", "pre-mount", "post-stop")
+        f"lxc.hook.{hook} = {shlex.quote(os.path.join(hooks_dir, 'pycor-' + hook))}"
+        + (" --prepare" if privileged and hook == "pre-mount" else "") + extra
+        for hook in hooks
     ]
 
 
@@ -118,7 +127,7 @@ def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, st
             lines.append(f"lxc.include = {path}")
     lines.extend(idmap)
     lines.append(f"lxc.uts.name = {name}")
-    lines.extend(hook_lines(hooks_dir, store))
+    lines.extend(hook_lines(hooks_dir, store, privileged=not (idmap or keys.get("lxc.idmap"))))
     lines.extend(base_lxc)
     return lines
 

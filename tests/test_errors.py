@@ -93,7 +93,7 @@ def test_container_whose_base_was_removed_by_hand_refuses_to_start(make_containe
     assert proc.returncode != 0
     assert c.state() == "STOPPED"
     log = open(c.log).read()
-    assert "pycor-pre-start: container" in log and "base 'doomed', which is not in store" in log
+    assert "pycor-pre-mount: container" in log and "base 'doomed', which is not in store" in log  # privileged: one hook does it all
     assert open(os.path.join(c.upper, "root/data")).read() == "precious\n"
     assert host_overlays() == before
 
@@ -136,4 +136,4 @@ def test_planted_symlink_in_layer_stops_the_start_and_touches_nothing_outside(ma
     assert proc.returncode != 0
     assert c.state() == "STOPPED"
     assert os.listdir(outside) == []
-    assert "pycor-pre-start: container" in open(c.log).read()
+    assert "pycor-pre-mount: container" in open(c.log).read()  # privileged: pre-mount --prepare
