@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import __version__, layer, lxc
+from . import __version__, faults, layer, lxc
 from .driver import Driver
 from .errors import PycorError
 from .fsutil import disk_usage, human_size
@@ -111,18 +111,14 @@ def require_stopped(c: Listed, what: str) -> None:
                          f"stop it first ({'lxc-stop -n ' + c.name if c.runtime == 'lxc' else 'lxc stop ' + c.name})")
 
 
-def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
-    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
-    used: dict[str, set[str]] = {}
-    for state in driver.running_states():
-        used.setdefault(state.base, set()).add(state.version)
-    for c in all_containers(driver, args, with_state=False):
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.pin:
-            used.setdefault(meta.base, set()).add(meta.pin)
+def used_versions(driver: Driver, args: argparse.Namespace, problems: list[str] | None = None) -> dict[str, set[str]]:
+    """base -> versions some layer pycor can find references (running, pinned, in snapshots and copies)."""
+    from .layers_seen import referenced_versions
+
+    lxcpaths = [lxcpath_of(args)] + ([lxc.default_lxcpath()] if args.lxcpath else [])
+    used, unreadable = referenced_versions(driver, lxcpaths)
+    if problems is not None:
+        problems.extend(unreadable)
     return used
 
 
@@ -153,15 +149,19 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
     extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
     rows = []
     for name in store.base_names():
-        base = store.base(name)
-        versions = store.versions(name)
+        try:
+            created = store.base(name).created
+            current = store.current(name)
+        except (OSError, ValueError, PycorError):
+            created, current = 0.0, "damaged"
+        versions, damaged = store.scan_versions(name)
         users = driver.base_users(name, extra)
         rows.append({
             "name": name,
-            "current": store.current(name),
+            "current": current if not damaged else f"{current} (damaged: {len(damaged)} version(s))",
             "versions": len(versions),
             "size": sum(v.size for v in versions),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(base.created)),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)),
             "containers": [u.name for u in users],
         })
     if args.format != "json":
@@ -173,26 +173,65 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
+    """Every version that reads, plus one line per damaged one (marked, never a failure of the listing)."""
     from .versions import SQUASH_ADVISED_DEPTH
 
     store = driver.store
     name = check_name(args.name, "base name")
-    current = store.current(name)
+    store.require(name)
+    try:
+        current: str | None = store.current(name)
+    except (OSError, PycorError):
+        current = None
     used = used_versions(driver, args).get(name, set())
+    held = store.holds(name)
+    found, damaged = store.scan_versions(name)
+    by_number = {v.version: v for v in found}
+
+    def depth(version: str) -> int:
+        n, v = 0, by_number.get(version)
+        while v is not None:
+            n, v = n + 1, by_number.get(v.parent) if v.parent else None
+        return n
+
     rows = [{
-        "version": v.version, "current": v.version == current, "parent": v.parent, "depth": store.depth(name, v.version),
+        "version": v.version, "current": v.version == current, "parent": v.parent, "depth": depth(v.version),
         "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
-        "in_use": v.version in used or v.version == current, "source": v.source,
-    } for v in store.versions(name)]
+        "in_use": v.version in used or v.version == current, "held": v.version in held, "damaged": None,
+        "source": v.source,
+    } for v in found]
+    rows += [{"version": number, "current": number == current, "parent": None, "depth": 0, "size": 0, "created": "-",
+              "in_use": number in used or number == current, "held": number in held, "damaged": why,
+              "source": f"DAMAGED: {why}"} for number, why in damaged.items()]
+    rows.sort(key=lambda r: int(r["version"]) if str(r["version"]).isdigit() else 0)
     if args.format != "json":
         for r in rows:
             r["size"] = human_size(r["size"])
             r["version"] = f"{r['version']}{' *' if r['current'] else ''}"
+            r["held"] = "held" if r["held"] else ""
     emit(args, rows, [("version", "VERSION"), ("parent", "PARENT"), ("depth", "LAYERS"), ("size", "SIZE"),
-                      ("created", "CREATED"), ("source", "SOURCE")])
-    depth = store.depth(name, current)
-    if args.format != "json" and depth >= SQUASH_ADVISED_DEPTH:
-        print(f"version {current} stacks {depth} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)
+                      ("created", "CREATED"), ("held", "HELD"), ("source", "SOURCE")])
+    if args.format != "json":
+        if current is None or current not in by_number:
+            print(f"base {name}: its current version is missing or damaged; 'pycor base gc' reports what is wrong", file=sys.stderr)
+        elif depth(current) >= SQUASH_ADVISED_DEPTH:
+            print(f"version {current} stacks {depth(current)} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)
+
+
+def cmd_base_hold(args: argparse.Namespace, driver: Driver) -> None:
+    from .names import check_version
+
+    name, version = check_name(args.name, "base name"), check_version(args.version)
+    driver.store.hold(name, version)
+    print(f"base {name}: version {version} is held; gc keeps it (and the versions below it) until 'pycor base unhold {name} {version}'")
+
+
+def cmd_base_unhold(args: argparse.Namespace, driver: Driver) -> None:
+    from .names import check_version
+
+    name, version = check_name(args.name, "base name"), check_version(args.version)
+    driver.store.unhold(name, version)
+    print(f"base {name}: version {version} is no longer held")
 
 
 def cmd_base_update(args: argparse.Namespace, driver: Driver) -> None:
@@ -217,13 +256,20 @@ def cmd_base_squash(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
     from .versions import gc
 
-    removed = gc(driver.store, lambda: used_versions(driver, args))
-    for base, version in removed:
+    unreadable: list[str] = []
+    result = gc(driver.store, lambda: used_versions(driver, args, unreadable))
+    for base, version in result.removed:
         print(f"removed {base} version {version}")
-    if not removed:
-        print("nothing to remove: every version is current or in use")
+    if not result.removed:
+        print("nothing to remove: every version is current, held or in use")
     with driver.store.lock():
         driver.release_views()
+    problems = unreadable + result.problems
+    for line in problems:
+        print(f"pycor: warning: {line}", file=sys.stderr)
+    if problems:
+        raise PycorError(f"gc finished, and found {len(problems)} problem(s) listed above",
+                         "a damaged base keeps all its versions until it is fixed (re-import it, or 'pycor base rm' it)")
 
 
 def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
@@ -393,6 +439,7 @@ def cmd_rm(args: argparse.Namespace, driver: Driver) -> None:
             if not args.force:
                 raise PycorError(f"container {name!r} is running", f"stop it first (lxc stop {name}) or use --force")
             client.set_state(name, "stop", force=True)
+        faults.point("rm.stopped")
         client.delete(name)
     else:
         lxc.destroy(name, lxcpath, args.force)
@@ -467,6 +514,14 @@ def parser() -> argparse.ArgumentParser:
     bsq.set_defaults(func=cmd_base_squash)
     bgc = base.add_parser("gc", help="remove versions neither current nor used by a container", parents=[where])
     bgc.set_defaults(func=cmd_base_gc)
+    bh = base.add_parser("hold", help="keep a base version through gc (for copies gc cannot see)")
+    bh.add_argument("name")
+    bh.add_argument("version")
+    bh.set_defaults(func=cmd_base_hold)
+    buh = base.add_parser("unhold", help="let gc remove a held version again")
+    buh.add_argument("name")
+    buh.add_argument("version")
+    buh.set_defaults(func=cmd_base_unhold)
     brm = base.add_parser("rm", help="remove a base no container uses", parents=[where])
     brm.add_argument("name")
     brm.set_defaults(func=cmd_base_rm)

@@ -18,7 +18,7 @@ import os
 import time
 import zlib
 
-from . import layer, overlay
+from . import faults, layer, overlay
 from .errors import PycorError
 from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -116,6 +116,7 @@ class Driver:
         if pin:
             self.store.version(base, pin)
         layer.create_layer(rootfs, LayerMeta(base, pin), uid, gid)
+        faults.point("create.layer")
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
     def volume_meta(self, rootfs: str) -> LayerMeta:
@@ -136,6 +137,8 @@ class Driver:
         if os.path.exists(path):
             return
         write_json(path, reg.to_json(), mode=0o600)
+        if reg.lxcpath and reg.runtime == "lxc":
+            self.store.remember_lxcpath(reg.lxcpath)  # gc looks for copies of layers there, even after this one goes
 
     def registrations(self) -> list[Registration]:
         """Registered layers that still exist; entries of removed containers are pruned."""

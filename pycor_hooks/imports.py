@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import IO, Callable, Iterator, Sequence
 
+from . import faults
 from .errors import PycorError
 from .fsutil import disk_usage, human_size, remove_tree
 from .names import check_name
@@ -254,8 +255,10 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
     try:
         with staging_dir(store, name) as staging:
             rootfs = os.path.join(staging, "rootfs")
+            faults.point("import.staging")
             lxc = build(rootfs)
             _check_rootfs(rootfs, what, hint)
+            faults.point("import.built")
             return store.publish_base(name, staging, source=source, size=disk_usage(rootfs), lxc=lxc)
     finally:
         progress.close()
@@ -267,9 +270,8 @@ def staging_dir(store: Store, name: str) -> Iterator[str]:
     staging = store.new_staging(name)
     try:
         yield staging
-    except BaseException:
-        discard_staging(staging)
-        raise
+    finally:
+        store.end_staging(staging)
 
 
 def discard_staging(staging: str) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from . import faults
 from .errors import PycorError
 from .layer import is_layer, rootfs_dir
 
@@ -106,4 +107,5 @@ def destroy(name: str, lxcpath: str, force: bool = False) -> None:
         if not force:
             raise PycorError(f"container {name!r} is running", f"stop it first (lxc-stop -n {name}) or use --force")
         run_tool(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], check=False)
+    faults.point("rm.stopped")
     run_tool(["lxc-destroy", "-n", name, "-P", lxcpath])
