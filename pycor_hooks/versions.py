@@ -26,6 +26,7 @@ from . import layer as layers
 from .errors import PycorError
 from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
+from .driver import Driver
 from .imports import Progress, copy_tree
 from .layer import LayerMeta
 from .store import Store, Version, hooks_dir
@@ -316,6 +317,9 @@ def stop_builders(staging: str) -> None:
             if not os.path.exists(f"/proc/{pid}"):
                 break
             time.sleep(0.05)
+        # its post-stop may never run (its config goes with the staging): forget the start here
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Driver().run_state_path(name, os.path.join(lxcpath, name, "rootfs")))
 
 
 class GcResult:

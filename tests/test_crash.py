@@ -7,6 +7,7 @@ no staging directory, no .new/.rm, no mount under the store, no builder.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -49,9 +50,24 @@ def processes_under(path: str) -> list[str]:
     return found
 
 
+def run_states_under(path: str) -> list[str]:
+    """Records of starts (under /run/pycor) of containers whose rootfs is below path."""
+    found = []
+    for entry in os.listdir("/run/pycor/containers"):
+        try:
+            with open(os.path.join("/run/pycor/containers", entry)) as f:
+                if json.load(f)["rootfs"].startswith(path + "/"):
+                    found.append(entry)
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
 def assert_clean(store: str) -> None:
     assert Store(store).check() == []
-    assert processes_under(os.path.join(store, "staging")) == []
+    staging = os.path.join(store, "staging")
+    assert processes_under(staging) == []
+    assert run_states_under(staging) == []
 
 
 def killed(env, *args, fault: str) -> None:
