@@ -116,6 +116,19 @@ def test_held_version_is_kept_and_listed_until_unheld(base, env, lxcpath):
     assert proc.returncode == 1 and "is not held" in proc.stderr
 
 
+def test_layers_of_lxd_and_incus_instances_and_snapshots_are_found_in_their_pool_folders(tmp_path):
+    from pycor_hooks.layers_seen import daemon_layers, layer_versions
+    from pycor_hooks.layer import LayerMeta
+
+    pools = tmp_path / "lxd" / "storage-pools"
+    wanted = [pools / "default/containers/web/rootfs", pools / "fast/containers/p_db/rootfs",
+              pools / "default/containers-snapshots/web/snap0/rootfs"]
+    for path in wanted + [pools / "default/images/abc/rootfs", pools / "default/custom/vol"]:
+        path.mkdir(parents=True)
+    assert sorted(daemon_layers([str(tmp_path / "lxd"), str(tmp_path / "incus")])) == sorted(map(str, wanted))
+    assert layer_versions(LayerMeta("b", "3")) == {"3"} and layer_versions(LayerMeta("b", None)) == set()
+
+
 # -- damage ---------------------------------------------------------------------------------
 
 
@@ -145,6 +158,9 @@ def test_gc_reports_a_damaged_base_and_collects_the_others(env, store, installed
         table = pycor(env, "base", "versions", unreadable).stdout
         assert "DAMAGED: version.json cannot be read" in table
         pycor(env, "base", "ls")  # lists every base, damaged ones too
+        checks = json.loads(pycor(env, "doctor", "--format", "json", check=False).stdout)
+        consistency = next(c for c in checks if c["name"] == "store consistency")
+        assert not consistency["ok"] and f"base {broken}" in consistency["detail"]
     finally:
         for name in (broken, unreadable, good):
             subprocess.run(PYCOR + ["base", "rm", name], env=env, capture_output=True)
