@@ -264,11 +264,12 @@ def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
         print("nothing to remove: every version is current, held or in use")
     with driver.store.lock():
         driver.release_views()
-    problems = unreadable + result.problems
-    for line in problems:
+    for line in unreadable + result.warnings:
         print(f"pycor: warning: {line}", file=sys.stderr)
-    if problems:
-        raise PycorError(f"gc finished, and found {len(problems)} problem(s) listed above",
+    for line in result.problems:
+        print(f"pycor: error: {line}", file=sys.stderr)
+    if result.problems:
+        raise PycorError(f"gc collected the other bases, and left {len(result.problems)} problem(s) listed above",
                          "a damaged base keeps all its versions until it is fixed (re-import it, or 'pycor base rm' it)")
 
 

@@ -309,4 +309,5 @@ class Driver:
                 )
             doomed = os.path.join(self.store.bases_dir, f".{base}.rm{os.getpid()}")
             os.rename(self.store.base_dir(base), doomed)  # gone from view in one step
+        faults.point("base-rm.renamed")  # killed here, the next store lock removes .BASE.rmPID
         remove_tree(doomed)

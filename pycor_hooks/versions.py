@@ -323,32 +323,33 @@ def stop_builders(staging: str) -> None:
 
 
 class GcResult:
-    """What gc removed, and the problems it found and stepped around (one sentence each)."""
+    """What gc removed; problems: what it could not do (a base skipped, a removal failed); warnings: what it noticed."""
 
     def __init__(self) -> None:
         self.removed: list[tuple[str, str]] = []
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
 
-def needed_versions(store: Store, base: str, wanted: set[str]) -> tuple[set[str], list[str], bool]:
-    """current, the wanted versions and every version below them: (keep, problems, safe to remove the rest).
+def needed_versions(store: Store, base: str, wanted: set[str]) -> tuple[set[str], list[str], list[str]]:
+    """current, the wanted versions and every version below them: (keep, problems, warnings).
 
     A wanted version that does not exist (a dangling pin) is reported; a
     stack that cannot be followed (a parent missing or unreadable, current
-    dangling) makes removing anything from this base unsafe.
+    dangling) is a problem: removing anything from this base is unsafe.
     """
     keep: set[str] = set()
     problems: list[str] = []
-    safe = True
+    warnings: list[str] = []
     try:
         starts = [(store.current(base), "current")]
     except (OSError, PycorError) as e:
         problems.append(f"base {base}: its current link is damaged ({e})")
-        starts, safe = [], False
+        starts = []
     starts += [(v, "used") for v in sorted(wanted, key=int)]
     for version, why in starts:
         if why == "used" and not os.path.isdir(os.path.join(store.base_dir(base), "versions", version)):
-            problems.append(f"base {base}: version {version} is referenced but does not exist")
+            warnings.append(f"base {base}: version {version} is referenced (pinned or held) but does not exist")
             continue
         current: str | None = version
         while current is not None and current not in keep:
@@ -356,11 +357,10 @@ def needed_versions(store: Store, base: str, wanted: set[str]) -> tuple[set[str]
                 parent = store.version(base, current).parent
             except (OSError, ValueError, TypeError, PycorError) as e:
                 problems.append(f"base {base}: version {current}, needed by version {version}, cannot be read ({e})")
-                safe = False
                 break
             keep.add(current)
             current = parent
-    return keep, problems, safe
+    return keep, problems, warnings
 
 
 def versions_in_use(store: Store, base: str, used: set[str]) -> set[str]:
@@ -383,15 +383,16 @@ def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> GcResult:
         in_use = used()
         for base in store.base_names():
             try:
-                keep, problems, safe = needed_versions(store, base, in_use.get(base, set()) | store.holds(base))
+                keep, problems, warnings = needed_versions(store, base, in_use.get(base, set()) | store.holds(base))
                 found, damaged = store.scan_versions(base)
             except (OSError, PycorError) as e:
                 result.problems.append(f"base {base}: {e}")
                 continue
-            result.problems += problems
-            result.problems += [f"base {base}: version {v} is damaged: {why}" for v, why in sorted(damaged.items()) if v not in keep]
-            if not safe:
-                result.problems.append(f"base {base}: nothing removed from it, its stacks cannot be followed")
+            result.warnings += warnings
+            result.warnings += [f"base {base}: version {v} is damaged and left in place: {why}"
+                                for v, why in sorted(damaged.items()) if v not in keep]
+            if problems:
+                result.problems += problems + [f"base {base}: nothing removed from it, its stacks cannot be followed"]
                 continue
             for v in reversed(found):  # children first (a parent is always older): a kill never orphans a version
                 if v.version in keep:

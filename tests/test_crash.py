@@ -151,6 +151,15 @@ def test_gc_killed_then_run_again(env, store, base, lxcpath):
     assert sorted(os.listdir(os.path.join(store, "bases", base, "versions"))) == ["3"]
 
 
+def test_base_rm_killed_then_the_next_command_finishes_it(env, store, installed, lxcpath):
+    name = f"r{uuid.uuid4().hex[:6]}"
+    pycor(env, "base", "import", name, "--busybox")
+    killed(env, "base", "rm", name, "-P", lxcpath, fault="base-rm.renamed")
+    assert damage(store) == [] and name not in Store(store).base_names()
+    pycor(env, "base", "gc", "-P", lxcpath)  # any command taking the store lock
+    assert_clean(store)
+
+
 def test_create_killed_then_run_again(env, store, base, lxcpath, template):
     name = f"c{uuid.uuid4().hex[:8]}"
     try:

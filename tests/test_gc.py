@@ -150,7 +150,7 @@ def test_gc_reports_a_damaged_base_and_collects_the_others(env, store, installed
         assert proc.returncode == 1
         assert f"base {broken}: version 1, needed by version 2, cannot be read" in proc.stderr
         assert f"base {unreadable}: version 2, needed by version 2, cannot be read" in proc.stderr
-        assert f"base {good}: version 9 is referenced but does not exist" in proc.stderr
+        assert f"warning: base {good}: version 9 is referenced (pinned or held) but does not exist" in proc.stderr
         assert sorted(os.listdir(os.path.join(store, "bases", good, "versions"))) == ["3"]
         assert sorted(os.listdir(os.path.join(store, "bases", broken, "versions"))) == ["2"]
         rows = json.loads(pycor(env, "base", "versions", broken, "--format", "json").stdout)
