@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from . import __version__, layer, locks, lxc, runtime
+from . import __version__, faults, layer, locks, lxc, runtime
 from .driver import Driver
 from .errors import NotFound, PycorError
 from .fsutil import disk_usage, human_size
@@ -79,8 +79,15 @@ def stopped(driver: Driver, c: runtime.Container, what: str) -> Iterator[None]:
         yield
 
 
-def used_versions(driver: Driver, args: argparse.Namespace) -> dict[str, set[str]]:
-    return runtime.used_versions(driver, lxcpath_of(args))
+def used_versions(driver: Driver, args: argparse.Namespace, problems: list[str] | None = None) -> dict[str, set[str]]:
+    """base -> versions some layer pycor can find references (running, pinned, in snapshots and copies)."""
+    from .layers_seen import referenced_versions
+
+    lxcpaths = [lxcpath_of(args)] + ([lxc.default_lxcpath()] if args.lxcpath else [])
+    used, unreadable = referenced_versions(driver, lxcpaths)
+    if problems is not None:
+        problems.extend(unreadable)
+    return used
 
 
 # -- base ----------------------------------------------------------------------
@@ -121,15 +128,19 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
     extra = [c.registration() for c in all_containers(driver, args, with_state=False)]
     rows = []
     for name in store.base_names():
-        base = store.base(name)
-        versions = store.versions(name)
+        try:
+            created = store.base(name).created
+            current = store.current(name)
+        except (OSError, ValueError, PycorError):
+            created, current = 0.0, "damaged"
+        versions, damaged = store.scan_versions(name)
         users = driver.base_users(name, extra)
         rows.append({
             "name": name,
-            "current": store.current(name),
+            "current": current if not damaged else f"{current} (damaged: {len(damaged)} version(s))",
             "versions": len(versions),
             "size": sum(v.size for v in versions),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(base.created)),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)),
             "containers": [u.name for u in users],
         })
     if args.format != "json":
@@ -141,26 +152,65 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
+    """Every version that reads, plus one line per damaged one (marked, never a failure of the listing)."""
     from .versions import SQUASH_ADVISED_DEPTH
 
     store = driver.store
     name = check_name(args.name, "base name")
-    current = store.current(name)
+    store.require(name)
+    try:
+        current: str | None = store.current(name)
+    except (OSError, PycorError):
+        current = None
     used = used_versions(driver, args).get(name, set())
+    held = store.holds(name)
+    found, damaged = store.scan_versions(name)
+    by_number = {v.version: v for v in found}
+
+    def depth(version: str) -> int:
+        n, v = 0, by_number.get(version)
+        while v is not None:
+            n, v = n + 1, by_number.get(v.parent) if v.parent else None
+        return n
+
     rows = [{
-        "version": v.version, "current": v.version == current, "parent": v.parent, "depth": store.depth(name, v.version),
+        "version": v.version, "current": v.version == current, "parent": v.parent, "depth": depth(v.version),
         "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
-        "in_use": v.version in used or v.version == current, "source": v.source,
-    } for v in store.versions(name)]
+        "in_use": v.version in used or v.version == current, "held": v.version in held, "damaged": None,
+        "source": v.source,
+    } for v in found]
+    rows += [{"version": number, "current": number == current, "parent": None, "depth": 0, "size": 0, "created": "-",
+              "in_use": number in used or number == current, "held": number in held, "damaged": why,
+              "source": f"DAMAGED: {why}"} for number, why in damaged.items()]
+    rows.sort(key=lambda r: int(r["version"]) if str(r["version"]).isdigit() else 0)
     if args.format != "json":
         for r in rows:
             r["size"] = human_size(r["size"])
             r["version"] = f"{r['version']}{' *' if r['current'] else ''}"
+            r["held"] = "held" if r["held"] else ""
     emit(args, rows, [("version", "VERSION"), ("parent", "PARENT"), ("depth", "LAYERS"), ("size", "SIZE"),
-                      ("created", "CREATED"), ("source", "SOURCE")])
-    depth = store.depth(name, current)
-    if args.format != "json" and depth >= SQUASH_ADVISED_DEPTH:
-        print(f"version {current} stacks {depth} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)
+                      ("created", "CREATED"), ("held", "HELD"), ("source", "SOURCE")])
+    if args.format != "json":
+        if current is None or current not in by_number:
+            print(f"base {name}: its current version is missing or damaged; 'pycor base gc' reports what is wrong", file=sys.stderr)
+        elif depth(current) >= SQUASH_ADVISED_DEPTH:
+            print(f"version {current} stacks {depth(current)} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)
+
+
+def cmd_base_hold(args: argparse.Namespace, driver: Driver) -> None:
+    from .names import check_version
+
+    name, version = check_name(args.name, "base name"), check_version(args.version)
+    driver.store.hold(name, version)
+    print(f"base {name}: version {version} is held; gc keeps it (and the versions below it) until 'pycor base unhold {name} {version}'")
+
+
+def cmd_base_unhold(args: argparse.Namespace, driver: Driver) -> None:
+    from .names import check_version
+
+    name, version = check_name(args.name, "base name"), check_version(args.version)
+    driver.store.unhold(name, version)
+    print(f"base {name}: version {version} is no longer held")
 
 
 def cmd_base_update(args: argparse.Namespace, driver: Driver) -> None:
@@ -186,13 +236,21 @@ def cmd_base_gc(args: argparse.Namespace, driver: Driver) -> None:
     from .versions import gc
 
     driver.clear_stale()  # a start recorded by a container that died since uses no version
-    removed = gc(driver.store, lambda: used_versions(driver, args))
-    for base, version in removed:
+    unreadable: list[str] = []
+    result = gc(driver.store, lambda: used_versions(driver, args, unreadable))
+    for base, version in result.removed:
         print(f"removed {base} version {version}")
-    if not removed:
-        print("nothing to remove: every version is current or in use")
+    if not result.removed:
+        print("nothing to remove: every version is current, held or in use")
     with driver.store.lock():
         driver.release_views()
+    for line in unreadable + result.warnings:
+        print(f"pycor: warning: {line}", file=sys.stderr)
+    for line in result.problems:
+        print(f"pycor: error: {line}", file=sys.stderr)
+    if result.problems:
+        raise PycorError(f"gc collected the other bases, and left {len(result.problems)} problem(s) listed above",
+                         "a damaged base keeps all its versions until it is fixed (re-import it, or 'pycor base rm' it)")
 
 
 def cmd_base_rm(args: argparse.Namespace, driver: Driver) -> None:
@@ -452,6 +510,14 @@ def parser() -> argparse.ArgumentParser:
     bsq.set_defaults(func=cmd_base_squash)
     bgc = base.add_parser("gc", help="remove versions neither current nor used by a container", parents=[where])
     bgc.set_defaults(func=cmd_base_gc)
+    bh = base.add_parser("hold", help="keep a base version through gc (for copies gc cannot see)")
+    bh.add_argument("name")
+    bh.add_argument("version")
+    bh.set_defaults(func=cmd_base_hold)
+    buh = base.add_parser("unhold", help="let gc remove a held version again")
+    buh.add_argument("name")
+    buh.add_argument("version")
+    buh.set_defaults(func=cmd_base_unhold)
     brm = base.add_parser("rm", help="remove a base no container uses", parents=[where])
     brm.add_argument("name")
     brm.set_defaults(func=cmd_base_rm)

@@ -200,7 +200,17 @@ def run_checks(store: Store, driver=None) -> list[Check]:  # type: ignore[no-unt
         from .fsutil import remove_tree
 
         remove_tree(probe_dir)
+    checks.append(consistency_check(store))
     checks += tool_checks()
     if driver is not None:
         checks.append(stale_record_check(driver))
     return checks
+
+
+def consistency_check(store: Store) -> Check:
+    """Store.check(): damage (unreadable records, dangling links) and what killed commands left."""
+    problems = store.check()
+    detail = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+    return Check("store consistency", not problems, detail or "no damage, nothing left by killed commands",
+                 "leftovers go at the next command that changes the store (e.g. 'pycor base gc'); "
+                 "a damaged base: re-import it, or remove it with 'pycor base rm'", required=False)

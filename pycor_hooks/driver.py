@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import layer, linux, locks, overlay
+from . import faults, layer, linux, locks, overlay
 from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -195,6 +195,7 @@ class Driver:
         if pin:
             self.store.version(base, pin)
         layer.create_layer(rootfs, LayerMeta(base, pin, pin or self.store.current(base)), uid, gid)
+        faults.point("create.layer")
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
     def adopt_volume(self, name: str, rootfs: str, base: str, uid: int | None = 0, gid: int | None = 0,
@@ -253,6 +254,8 @@ class Driver:
         if os.path.exists(path):
             return
         write_json(path, reg.to_json(), mode=0o600)
+        if reg.lxcpath and reg.runtime == "lxc":
+            self.store.remember_lxcpath(reg.lxcpath)  # gc looks for copies of layers there, even after this one goes
 
     def registrations(self) -> list[Registration]:
         """Registered layers that still exist; entries of removed containers are pruned."""
@@ -515,6 +518,7 @@ class Driver:
                 )
             doomed = os.path.join(self.store.bases_dir, f".{base}.rm{os.getpid()}")
             os.rename(self.store.base_dir(base), doomed)  # gone from view in one step
+        faults.point("base-rm.renamed")  # killed here, the next store lock removes .BASE.rmPID
         remove_tree(doomed)
 
     # -- moving a layer's changes between versions (reconciliation) -------------------

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import IO, Callable, Iterator, Sequence
 
+from . import faults
 from .errors import PycorError
 from .fsutil import disk_usage, human_size, remove_tree
 from .names import check_name
@@ -267,11 +268,13 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
     try:
         with staging_dir(store, name) as staging:
             rootfs = os.path.join(staging, "rootfs")
+            faults.point("import.staging")
             lxc = build(rootfs)
             _check_rootfs(rootfs, what, hint)
             from .builder import set_container_ranges
 
             set_container_ranges(rootfs)
+            faults.point("import.built")
             return store.publish_base(name, staging, source=source, size=disk_usage(rootfs), lxc=lxc)
     finally:
         progress.close()
@@ -283,9 +286,8 @@ def staging_dir(store: Store, name: str) -> Iterator[str]:
     staging = store.new_staging(name)
     try:
         yield staging
-    except BaseException:
-        discard_staging(staging)
-        raise
+    finally:
+        store.end_staging(staging)
 
 
 def discard_staging(staging: str) -> None:

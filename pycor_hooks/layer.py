@@ -14,6 +14,7 @@ Hot path: the hooks import this.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -188,7 +189,8 @@ def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
             except OSError as e:
                 raise PycorError(
                     f"cannot open {os.path.join(rootfs, rel)}: {e.strerror}",
-                    "the container's layer is damaged or a symlink was planted there",
+                    "a 'pycor reset' of this container was interrupted: run it again" if e.errno == errno.ENOENT
+                    else "the container's layer is damaged or a symlink was planted there",
                 ) from None
     except BaseException:
         for fd in fds:

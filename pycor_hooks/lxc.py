@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
-from . import locks
+from . import faults, locks
 from .errors import Conflict, NotFound, PycorError
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
 

@@ -81,6 +81,9 @@ class Runtime:
             if not force:
                 raise PycorError(f"container {name!r} is running", f"stop it first ({self.stop_hint(name)}) or use --force")
             self.stop(name, force=True)
+        from . import faults
+
+        faults.point("rm.stopped")
         self.delete(name)
 
     def delete(self, name: str) -> None:

@@ -18,15 +18,16 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 
-from . import builder
+from . import builder, faults, linux, overlay
 from . import layer as layers
-from . import linux, overlay
 from .errors import PycorError
 from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
-from .imports import Progress, copy_tree, discard_staging
+from .driver import Driver
+from .imports import Progress, copy_tree
 from .layer import LayerMeta
 from .overlay import merged_view
 from .store import Store, Version
@@ -113,7 +114,7 @@ def _staging(store: Store, label: str) -> Iterator[str]:
     try:
         yield path
     finally:
-        discard_staging(path)  # unmounts anything left below it first
+        store.end_staging(path)  # stops a builder, unmounts anything left below it, removes it
 
 
 @contextlib.contextmanager
@@ -146,7 +147,16 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
         stack = store.lower_stack(base, current)
         with _staging(store, f"{base}.update") as staging:
             lxcpath = builder.prepare(store, base, staging, current, stack)
-            rc = builder.execute(lxcpath, argv)
+            proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
+            try:
+                faults.point("update.builder")  # killed here, the builder goes on running the command
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    stop_builders(staging)
+                    proc.wait()
+            faults.point("update.built")
+            rc = proc.returncode
             if rc != 0:
                 raise PycorError(
                     f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
@@ -164,6 +174,7 @@ def _publish_builder(store: Store, base: str, staging: str, lxcpath: str, versio
     normalize_layer(upper)
     os.rename(upper, os.path.join(staging, "rootfs"))
     remove_tree(lxcpath)
+    faults.point("update.staged")
     return store.publish_version(base, staging, version, source, disk_usage(os.path.join(staging, "rootfs")),
                                  expected_current=version)
 
@@ -202,7 +213,7 @@ def edit_base(store: Store, base: str) -> str:
             builder.save_edit(store, base, staging, current)
         except BaseException:
             builder.stop(os.path.join(staging, "lxc"))
-            discard_staging(staging)
+            store.end_staging(staging)
             raise
         return lxcpath
 
@@ -217,8 +228,7 @@ def publish_edit(store: Store, base: str, keep_apt_lists: bool = False) -> Versi
         stack = store.lower_stack(base, version)
         published = _publish_builder(store, base, staging, lxcpath, version, stack, "edit", keep_apt_lists)
         builder.end_edit(store, base)
-        if published is None:
-            discard_staging(staging)
+        store.end_staging(staging)  # removes what is left if nothing was published
         return published
 
 
@@ -227,7 +237,7 @@ def discard_edit(store: Store, base: str) -> None:
     with _base_update_lock(store, base):
         staging, _ = builder.edit_staging(store, base)
         builder.stop(os.path.join(staging, "lxc"))
-        discard_staging(staging)
+        store.end_staging(staging)
         builder.end_edit(store, base)
 
 
@@ -244,7 +254,9 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
             rootfs = os.path.join(staging, "rootfs")
             os.mkdir(rootfs)
             with merged_view(stack, os.path.join(staging, "merged")) as merged:
+                faults.point("squash.mounted")
                 copy_tree(merged, rootfs, progress or Progress())
+            faults.point("squash.staged")
             return store.publish_version(base, staging, None, f"squash of version {current} ({len(stack)} layers)",
                                          disk_usage(rootfs), expected_current=current)
 
@@ -282,8 +294,10 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
                     copy_tree(lay.upper, new, progress or Progress())
                 else:
                     with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
+                        faults.point("commit.mounted")
                         copy_tree(merged, new, progress or Progress())
                 normalize_layer(new, idmap)
+                faults.point("commit.staged")
                 source = f"commit of {rootfs}"
                 if as_base:
                     return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
@@ -294,68 +308,181 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
 # -- garbage collection and reset ----------------------------------------------------------------
 
 
-def versions_in_use(store: Store, base: str, used: set[str]) -> set[str]:
-    """current, the versions containers use, and every version below them in their stacks."""
+def stop_builders(staging: str) -> None:
+    """Kill the builder containers of a staging directory (a killed 'base update' leaves its builder running).
+
+    Killing its init ends every process of the builder and with them the
+    overlay mounted in its mount namespace; its monitor then runs post-stop.
+    """
+    lxcpath = os.path.join(staging, "lxc")
+    if not os.path.isdir(lxcpath):
+        return
+    for name in os.listdir(lxcpath):
+        if not os.path.isfile(os.path.join(lxcpath, name, "config")):
+            continue
+        proc = subprocess.run(["lxc-info", "-n", name, "-P", lxcpath, "-p", "-H"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        pid = proc.stdout.strip()
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+        for _ in range(200):  # an init killed with SIGKILL is gone in milliseconds
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.05)
+        # its post-stop may never run (its config goes with the staging): forget the start here
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Driver().run_state_path(name, os.path.join(lxcpath, name, "rootfs")))
+
+
+class GcResult:
+    """What gc removed; problems: what it could not do (a base skipped, a removal failed); warnings: what it noticed."""
+
+    def __init__(self) -> None:
+        self.removed: list[tuple[str, str]] = []
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+
+def needed_versions(store: Store, base: str, wanted: set[str]) -> tuple[set[str], list[str], list[str]]:
+    """current, the wanted versions and every version below them: (keep, problems, warnings).
+
+    A wanted version that does not exist (a dangling pin) is reported; a
+    stack that cannot be followed (a parent missing or unreadable, current
+    dangling) is a problem: removing anything from this base is unsafe.
+    """
     keep: set[str] = set()
-    for version in {store.current(base)} | used:
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        starts = [(store.current(base), "current")]
+    except (OSError, PycorError) as e:
+        problems.append(f"base {base}: its current link is damaged ({e})")
+        starts = []
+    starts += [(v, "used") for v in sorted(wanted, key=int)]
+    for version, why in starts:
+        if why == "used" and not os.path.isdir(os.path.join(store.base_dir(base), "versions", version)):
+            warnings.append(f"base {base}: version {version} is referenced (pinned or held) but does not exist")
+            continue
         current: str | None = version
         while current is not None and current not in keep:
+            try:
+                parent = store.version(base, current).parent
+            except (OSError, ValueError, TypeError, PycorError) as e:
+                problems.append(f"base {base}: version {current}, needed by version {version}, cannot be read ({e})")
+                break
             keep.add(current)
-            current = store.version(base, current).parent
-    return keep
+            current = parent
+    return keep, problems, warnings
 
 
-def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> list[tuple[str, str]]:
-    """Remove versions neither current nor used; returns what went.
+def versions_in_use(store: Store, base: str, used: set[str]) -> set[str]:
+    """current, the versions containers use, and every version below them in their stacks."""
+    return needed_versions(store, base, used)[0]
 
-    used() lists, per base, the versions containers use (running, pinned).
-    It is called under the store's exclusive lock, so no container can start
-    on a version between the count and the removal.
+
+def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> GcResult:
+    """Remove versions neither current, held, nor referenced by a layer; returns what went and what was wrong.
+
+    used() lists, per base, the versions layers reference (running, pinned,
+    snapshots...). It is called under the store's exclusive lock, so no
+    container can start on a version between the count and the removal;
+    taking that lock also clears what an earlier, killed gc left (.N.rm).
+    A damaged base is reported and skipped; the others are still collected.
     """
-    removed = []
+    result = GcResult()
+    doomed: list[str] = []
     with store.lock():
         in_use = used()
         for base in store.base_names():
-            keep = versions_in_use(store, base, in_use.get(base, set()))
-            for v in store.versions(base):
-                if v.version not in keep:
-                    doomed = os.path.join(store.base_dir(base), "versions", f".{v.version}.rm")
-                    os.rename(os.path.dirname(v.rootfs), doomed)
-                    removed.append((base, v.version))
-    for base, version in removed:
-        remove_tree(os.path.join(store.base_dir(base), "versions", f".{version}.rm"))
-    _remove_stale_staging(store)
-    return removed
+            try:
+                keep, problems, warnings = needed_versions(store, base, in_use.get(base, set()) | store.holds(base))
+                found, damaged = store.scan_versions(base)
+            except (OSError, PycorError) as e:
+                result.problems.append(f"base {base}: {e}")
+                continue
+            result.warnings += warnings
+            result.warnings += [f"base {base}: version {v} is damaged and left in place: {why}"
+                                for v, why in sorted(damaged.items()) if v not in keep]
+            if problems:
+                result.problems += problems + [f"base {base}: nothing removed from it, its stacks cannot be followed"]
+                continue
+            for v in reversed(found):  # children first (a parent is always older): a kill never orphans a version
+                if v.version in keep:
+                    continue
+                path = os.path.join(store.base_dir(base), "versions", f".{v.version}.rm{os.getpid()}")
+                try:
+                    os.rename(os.path.dirname(v.rootfs), path)
+                except OSError as e:
+                    result.problems.append(f"base {base}: cannot remove version {v.version}: {e.strerror}")
+                    continue
+                doomed.append(path)
+                result.removed.append((base, v.version))
+                faults.point("gc.renamed")
+    for path in doomed:  # outside the lock: starts need not wait for the deletion
+        try:
+            remove_tree(path)
+        except PycorError as e:
+            result.problems.append(str(e))
+    return result
 
 
-def _remove_stale_staging(store: Store) -> None:
-    """Staging directories of pycor commands that are no longer running (label.PID.NS)."""
-    try:
-        entries = os.listdir(store.staging_dir)
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        parts = entry.rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-            discard_staging(os.path.join(store.staging_dir, entry))
+RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset, emptied, renamed back
 
 
 def reset(rootfs: str) -> None:
-    """Discard a stopped container's changes: fresh upper and work, same owners and modes.
+    """Discard a stopped container's changes, without needing a byte of free space.
 
+    upper and work are renamed aside (a start meanwhile fails rather than
+    seeing half-deleted changes), emptied, and renamed back: the same
+    directories, owners and modes, and nothing created before the old
+    changes are gone. A reset killed at any step resumes when run again.
     Everything happens relative to the checked .pycor directory's fd.
     """
-    with layers.OpenLayer(rootfs) as lay:
-        dfd = linux.open_beneath(lay.rootfs_fd, layers.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    fd = layers.open_rootfs(rootfs)
+    try:
+        layers.read_meta(fd, rootfs)  # a pycor layer, or a clear error
         try:
-            for name, fd in (("upper", lay.upper_fd), ("work", lay.work_fd)):
-                st = os.fstat(fd)
-                fresh, old = f"{name}.reset{os.getpid()}", f"{name}.old{os.getpid()}"
-                os.mkdir(fresh, 0o700, dir_fd=dfd)
-                os.chown(fresh, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
-                os.chmod(fresh, stat.S_IMODE(st.st_mode), dir_fd=dfd)
-                os.rename(name, old, src_dir_fd=dfd, dst_dir_fd=dfd)
-                os.rename(fresh, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                shutil.rmtree(old, dir_fd=dfd)
-        finally:
-            os.close(dfd)
+            dfd = linux.open_beneath(fd, layers.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise PycorError(f"cannot open {rootfs}/{layers.PYCOR_DIR}: {e.strerror}", "the container's layer is damaged") from None
+    finally:
+        os.close(fd)
+    try:
+        for name in ("upper", "work"):
+            aside = name + RESET_ASIDE
+            if not _lexists_at(dfd, aside):
+                os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
+                faults.point(f"reset.{name}-aside")
+            _empty_dir_at(dfd, aside)
+            faults.point(f"reset.{name}-emptied")
+            os.rename(aside, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _lexists_at(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _empty_dir_at(dfd: int, name: str) -> None:
+    """Delete everything inside dfd/name (never following a symlink), keep the directory, drop its overlay xattrs."""
+    fd = linux.open_beneath(dfd, name, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise PycorError(f"{name} in the container's layer is not a directory", "the layer is damaged")
+        for entry in os.listdir(fd):
+            if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                shutil.rmtree(entry, dir_fd=fd)
+            else:
+                os.unlink(entry, dir_fd=fd)
+        for attr in os.listxattr(fd):
+            if attr.startswith(("trusted.overlay.", "user.overlay.")):
+                os.removexattr(fd, attr)
+    finally:
+        os.close(fd)
