@@ -1,0 +1,82 @@
+"""The start path stays light: what each hook imports is pinned, privileged starts run one hook process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from helpers import PYCOR, run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The standard library modules a hook may load (besides the interpreter's own start-up and
+# underscore modules): no json, re, enum, collections, contextlib, typing, argparse, subprocess.
+PINNED = {"abc", "builtins", "codecs", "ctypes", "ctypes._endian", "encodings", "encodings.aliases", "encodings.utf_8",
+          "errno", "fcntl", "genericpath", "io", "marshal", "os", "os.path", "posix", "posixpath", "stat", "struct", "sys",
+          "time", "types", "zipimport", "zlib"}
+PYCOR_MODULES = {"pycor_hooks", "pycor_hooks.driver", "pycor_hooks.errors", "pycor_hooks.faults", "pycor_hooks.flatjson",
+                 "pycor_hooks.hooks", "pycor_hooks.layer", "pycor_hooks.linux", "pycor_hooks.locks", "pycor_hooks.names",
+                 "pycor_hooks.overlay", "pycor_hooks.store"}
+
+
+def modules_after(code: str) -> set[str]:
+    """sys.modules after code runs in a hook's interpreter (-IBS, the checkout first on sys.path)."""
+    out = subprocess.run(["/usr/bin/python3", "-IBS", "-c", f"import sys; sys.path.insert(0, {REPO!r}); {code}; "
+                          "print(' '.join(sorted(m for m in sys.modules if not m.startswith('_'))))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_privileged_start_and_stop_import_only_the_pinned_modules():
+    # what pre-mount --prepare and post-stop load before they act
+    assert modules_after("import pycor_hooks.hooks, pycor_hooks.driver") == PINNED | PYCOR_MODULES
+
+
+def test_unprivileged_pre_start_adds_only_the_idmap_module():
+    assert modules_after("import pycor_hooks.hooks, pycor_hooks.driver, pycor_hooks.idmap") == \
+        PINNED | PYCOR_MODULES | {"pycor_hooks.idmap"}
+
+
+def test_run_states_and_layer_metadata_are_read_without_the_json_module(tmp_path):
+    from pycor_hooks import flatjson
+
+    meta = {"base": "debian12", "pin": None, "based_on": "3", "lowerdirs": ["/a,b:c", 'q"uote\\'], "started": 1.5, "n": 7}
+    text = flatjson.dumps(meta)
+    import json
+
+    assert json.loads(text) == meta and flatjson.loads(text) == meta
+    assert flatjson.loads(json.dumps(meta, indent=1)) == meta  # what pycor 0.1 wrote
+    assert modules_after(f"from pycor_hooks import flatjson; flatjson.load({text.encode()!r})").isdisjoint({"json", "re"})
+    nested = b'{"a": {"b": 1}}'
+    assert flatjson.load(nested) == {"a": {"b": 1}}  # anything else: the json module reads it
+
+
+def test_privileged_lxc_container_runs_one_hook_process_at_start(make_container, busybox_base):
+    c = make_container()
+    config = open(c.config).read()
+    assert "pycor-pre-start" not in config and "pycor-pre-mount --prepare" in config
+    c.start()
+    assert c.sh("cat /etc/passwd").returncode == 0
+    log = open(c.log).read()
+    assert "pycor-pre-mount" in log and "Executing script \"" in log and "pycor-pre-start" not in log
+
+
+def test_unprivileged_lxc_container_keeps_its_pre_start_hook(make_container):
+    c = make_container(extra=("--unprivileged",))
+    config = open(c.config).read()
+    assert "pycor-pre-start" in config and "--prepare" not in config
+    c.start()
+    assert c.sh("id -u").stdout.strip() == "0"
+
+
+def test_prepare_is_refused_for_an_unprivileged_container(make_container, env):
+    c = make_container(extra=("--unprivileged",))
+    with open(c.config) as f:
+        text = f.read()
+    with open(c.config, "w") as f:
+        f.write("\n".join(line for line in text.splitlines() if "pycor-pre-start" not in line)
+                .replace("pycor-pre-mount", "pycor-pre-mount --prepare") + "\n")
+    proc = c.lxc("lxc-start", "-l", "DEBUG", "-o", c.log, check=False)
+    assert proc.returncode != 0 and c.state() == "STOPPED"
+    assert "pre-mount --prepare is for privileged containers" in open(c.log).read()
+    run(PYCOR + ["ls", "-P", c.lxcpath], env=env)
