@@ -25,8 +25,9 @@ from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
 
 RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
-SWEEP_STAMP = os.path.join(RUN_CONTAINERS, ".swept")  # when a start last cleared stale records
-SWEEP_SECONDS = 30
+# One empty file per recorded start, named MONITOR.STARTTIME.KEY: a start finds the records of
+# containers that died (their monitor pid is gone) with one listdir, not by reading every record.
+RUN_MONITORS = os.path.join(RUN_DIR, "monitors")
 
 
 class RunState(Record):
@@ -52,6 +53,18 @@ def run_state_from_json(raw: dict) -> RunState:
                     str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
                     int(raw.get("monitor", 0)), int(raw.get("monitor_start", 0)),
                     str(raw["held"]) if raw.get("held") else None)
+
+
+def monitor_entry(state: "RunState", record: str) -> str:
+    """The monitor index entry of a recorded start: MONITOR.STARTTIME.KEY (KEY: the record's file name)."""
+    return f"{state.monitor}.{state.monitor_start}.{os.path.basename(record)[:-5]}"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -347,6 +360,9 @@ class Driver:
             own = self.run_state_path(name, rootfs)
             self.sweep_stale_records(skip=own)
             write_json(own, state.to_json())
+            os.makedirs(RUN_MONITORS, mode=0o700, exist_ok=True)
+            os.close(os.open(os.path.join(RUN_MONITORS, monitor_entry(state, own)),
+                             os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self.register(Registration(name, rootfs, runtime, lxcpath))
         return state
 
@@ -402,10 +418,11 @@ class Driver:
         Records of containers that died without a post-stop go too.
         """
         with self.store.lock():
-            try:
-                os.unlink(self.run_state_path(name, rootfs))
-            except FileNotFoundError:
-                pass
+            own = self.run_state_path(name, rootfs)
+            state = self.run_state(name, rootfs)
+            _unlink(own)
+            if state is not None:
+                _unlink(os.path.join(RUN_MONITORS, monitor_entry(state, own)))
             self.clear_stale_records()
             self.release_views()
 
@@ -455,31 +472,56 @@ class Driver:
         for path, state in self._run_records():
             if path == skip or is_live(state):
                 continue
-            try:
-                with locks.layer_lock(state.rootfs, wait=False):
-                    try:
-                        again = run_state_from_json(read_json(path))
-                    except FileNotFoundError:
-                        continue
-                    if is_live(again):
-                        continue
-                    os.unlink(path)
-                    cleared.append(again)
-            except PycorError:
-                continue  # busy: its container is being started, reset or committed right now
-        return cleared
-
-    def sweep_stale_records(self, skip: str = "") -> None:
-        """clear_stale_records() at a start, at most every SWEEP_SECONDS: reading every record costs a start
-        about 10 ms at 200 containers. Stale records block nothing meanwhile (a view only they use is remade)."""
+            gone = self._clear_if_stale(path, state)
+            if gone is not None:
+                cleared.append(gone)
         try:
-            if time.time() - os.stat(SWEEP_STAMP).st_mtime < SWEEP_SECONDS:
-                return
+            for entry in os.listdir(RUN_MONITORS):  # index entries of records gone since
+                key = entry.split(".", 2)[-1]
+                if not os.path.exists(os.path.join(RUN_CONTAINERS, key + ".json")):
+                    _unlink(os.path.join(RUN_MONITORS, entry))
         except FileNotFoundError:
             pass
-        os.close(os.open(SWEEP_STAMP, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-        os.utime(SWEEP_STAMP)
-        self.clear_stale_records(skip)
+        return cleared
+
+    def _clear_if_stale(self, path: str, state: "RunState | None" = None) -> "RunState | None":
+        """Remove one record if its container no longer runs, checked again under its layer lock; returns it."""
+        try:
+            state = state or run_state_from_json(read_json(path))
+        except (OSError, ValueError, KeyError, TypeError, PycorError):
+            return None
+        if is_live(state):
+            return None
+        try:
+            with locks.layer_lock(state.rootfs, wait=False):
+                try:
+                    again = run_state_from_json(read_json(path))
+                except FileNotFoundError:
+                    return None
+                if is_live(again):
+                    return None
+                os.unlink(path)
+                return again
+        except PycorError:
+            return None  # busy: its container is being started, reset or committed right now
+
+    def sweep_stale_records(self, skip: str = "") -> None:
+        """At a start: clear the records whose monitor process is gone, found by the monitor index
+        (one listdir and one /proc read per running container; reading every record would cost a
+        start 13 ms at 200 containers). Records without an index entry go at the next stop, gc or doctor --fix."""
+        try:
+            entries = os.listdir(RUN_MONITORS)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            pid, _, rest = entry.partition(".")
+            start, _, key = rest.partition(".")
+            if not pid.isdigit() or not key or str(proc_start_time(int(pid))) == start:
+                continue  # its monitor runs (a killed one may linger as a zombie: proc_start_time says None)
+            path = os.path.join(RUN_CONTAINERS, key + ".json")
+            if path != skip:
+                self._clear_if_stale(path)
+            _unlink(os.path.join(RUN_MONITORS, entry))
 
     def clear_stale(self) -> list[RunState]:
         """Remove stale run records and the idmapped views only they used (for gc and doctor --fix)."""
