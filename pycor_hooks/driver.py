@@ -595,10 +595,12 @@ class Driver:
 
     def recover_volume(self, lay: layer.OpenLayer) -> None:
         """Finish (or discard) a reconciliation a crash interrupted; cheap when there is none."""
+        try:  # one stat; the reconcile module is imported only when there is something to finish
+            os.stat(f"{layer.PYCOR_DIR}/reconcile", dir_fd=lay.rootfs_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
         from . import reconcile
 
-        if not reconcile.pending(lay.rootfs_fd):
-            return
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
             lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
