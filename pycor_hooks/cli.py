@@ -244,6 +244,9 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
         raise PycorError("--adopt and --dir are for LXC containers", "drop them, or use --runtime lxc")
     if args.adopt and args.pin:
         raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
+    from .cli_hosting import create_args
+
+    backing, extra = create_args(args, lxcpath_of(args))  # --size, --volume, --ephemeral: all checked before anything is made
     if args.runtime == "lxd":
         client = lxd_client()
         if client is None:
@@ -269,12 +272,15 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
 
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
                store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None,
-               unprivileged=args.unprivileged, adopt=args.adopt, rootfs=args.dir, check=check_layer)
+               unprivileged=args.unprivileged, adopt=args.adopt, rootfs=args.dir, check=check_layer,
+               backing=backing, template_args=extra)
     print(f"container {name} {'re-created around its layer' if args.adopt else 'created'} on base {args.base} "
           f"(lxc-start -n {name}{'' if not args.lxcpath else ' -P ' + lxcpath})")
 
 
 def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
+    from .cli_hosting import quota_cell
+
     rows = []
     for c in all_containers(driver, args):
         try:
@@ -290,13 +296,14 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             "pinned": meta.pin is not None,
             "state": c.state,
             "changes": disk_usage(os.path.join(c.rootfs, UPPER)),
+            "quota": quota_cell(c.rootfs, meta, args.format != "json"),
             "lxcpath": c.lxcpath,
         })
     if args.format != "json":
         for r in rows:
             r["changes"] = human_size(r["changes"])
     emit(args, rows, [("name", "NAME"), ("runtime", "RUNTIME"), ("base", "BASE"), ("version", "VERSION"),
-                      ("state", "STATE"), ("changes", "CHANGES")])
+                      ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT")])
 
 
 def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
@@ -310,7 +317,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
         version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
-    write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
+    write_meta(c.rootfs, meta.but(pin=version))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
 
@@ -319,7 +326,7 @@ def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
+    write_meta(c.rootfs, meta.but(pin=None))
     print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
 
 
@@ -347,6 +354,9 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
     with layer.OpenLayer(c.rootfs) as lay:
         changes = diff_layer(lay.upper_fd, driver.store.lower_stack(meta.base, version), None if idmap.is_empty else idmap.check())
+    from .cli_hosting import note_volumes
+
+    note_volumes(c.rootfs, "diff")
     if args.format == "json":
         emit(args, [ch.to_json() for ch in changes], [])
         return
@@ -363,6 +373,9 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
     target = check_name(args.as_base or args.to_base, "base name")
     c = find_container(driver, args, args.name)
     require_stopped(c, "commit")
+    from .cli_hosting import note_volumes
+
+    note_volumes(c.rootfs, "commit")
     v = commit(driver.store, c.rootfs, container_idmap(c), args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
     client = lxd_client()
@@ -382,7 +395,7 @@ def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
 def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
     from .doctor import run_checks
 
-    results = run_checks(driver.store)
+    results = run_checks(driver.store, lxcpath_of(args))
     if args.format == "json":
         emit(args, [r.to_json() for r in results], [])
     else:
@@ -539,6 +552,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_moves import add_commands
 
     add_commands(sub, base, fmt, where)
+    from . import cli_hosting
+
+    cli_hosting.add_commands(sub, fmt, where)  # create --size, --volume, --ephemeral; set; doctor -P
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
     ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")

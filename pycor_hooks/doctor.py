@@ -31,16 +31,9 @@ class Check:
 
 def _fs_of(path: str) -> tuple[str, str, str]:
     """(mount point, filesystem type, source) of the mount holding path."""
-    path = os.path.realpath(path)
-    best = ("/", "?", "?")
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point = left.split()[4].replace("\\040", " ")
-            fstype, source = right.split()[:2]
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-                best = (point, fstype, source)
-    return best
+    from .quota import mount_of
+
+    return mount_of(path)[:3]
 
 
 def _try_overlay(work: str, extra: str = "") -> str | None:
@@ -161,7 +154,7 @@ def tool_checks() -> list[Check]:
     return checks
 
 
-def run_checks(store: Store) -> list[Check]:
+def run_checks(store: Store, lxcpath: str | None = None) -> list[Check]:
     checks = [Check("kernel", True, platform.release(), required=False)]
     checks += capability_checks()
     os.makedirs(store.root, mode=0o755, exist_ok=True)
@@ -175,4 +168,18 @@ def run_checks(store: Store) -> list[Check]:
 
         remove_tree(probe_dir)
     checks += tool_checks()
+    checks.append(quota_check(lxcpath))
     return checks
+
+
+def quota_check(lxcpath: str | None) -> Check:
+    """Whether 'pycor create --size' can limit containers where they live."""
+    from . import lxc, quota
+
+    path = lxcpath or lxc.default_lxcpath()
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    kind, why = quota.backend(probe)
+    return Check("disk quotas", kind is not None, f"containers in {path}: {why}",
+                 "put the LXC path on btrfs, or on ext4 ('-O quota,project') / XFS mounted with prjquota", required=False)

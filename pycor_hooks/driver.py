@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import layer, linux, overlay
+from . import layer, linux, overlay, volumes
 from .errors import Conflict, NotFound, PycorError
 from .layer import LayerMeta
 from .locks import layer_lock
@@ -261,6 +261,7 @@ class Driver:
         try:
             fds.append(layer.open_rootfs(rootfs))
             fds.extend(layer.open_layer_dirs(fds[0], rootfs))
+            meta = volumes.before_overlay(fds, rootfs)  # hosting: an ephemeral layer's upper and work in memory
             for lower in state.lowerdirs:
                 try:
                     fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -273,6 +274,7 @@ class Driver:
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
                     "the kernel log (dmesg) says why; 'pycor doctor' checks overlay support",
                 ) from None
+            volumes.mount_volumes(fds[0], rootfs, meta)  # hosting: volumes bound over the overlay
         finally:
             for fd in fds:
                 os.close(fd)
@@ -372,7 +374,7 @@ class Driver:
                 result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
                                              self.store.lower_stack(meta.base, target), force, dry_run)
         if not dry_run:
-            lay.meta = LayerMeta(meta.base, meta.pin, target)
+            lay.meta = meta.but(based_on=target)
             layer.write_meta(lay.rootfs, lay.meta)
         return result
 
@@ -384,7 +386,7 @@ class Driver:
             return
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
+            lay.meta = lay.meta.but(based_on=target)
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]

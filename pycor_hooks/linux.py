@@ -195,3 +195,39 @@ def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | A
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the calling process gets sig when its parent dies."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+# --- new mount API: a filesystem instance with no mount point (fsopen, fsconfig, fsmount) --
+
+SYS_fsopen = 430
+SYS_fsconfig = 431
+SYS_fsmount = 432
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+
+
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    return _check(_libc.syscall(SYS_fsopen, fstype.encode(), ctypes.c_uint(flags)), fstype)
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+    _check(_libc.syscall(SYS_fsconfig, ctypes.c_int(fs_fd), ctypes.c_uint(cmd), key.encode() if key else None,
+                         value.encode() if value else None, ctypes.c_int(0)), key or "fsconfig")
+
+
+def fsmount(fs_fd: int, flags: int = FSMOUNT_CLOEXEC, attrs: int = 0) -> int:
+    return _check(_libc.syscall(SYS_fsmount, ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attrs)), "fsmount")
+
+
+def detached_mount(fstype: str, options: dict[str, str]) -> int:
+    """A new filesystem instance mounted nowhere: an fd of its root, gone when the last fd closes."""
+    fs = fsopen(fstype)
+    try:
+        for key, value in options.items():
+            fsconfig(fs, FSCONFIG_SET_STRING, key, value)
+        fsconfig(fs, FSCONFIG_CMD_CREATE)
+        return fsmount(fs)
+    finally:
+        os.close(fs)
