@@ -384,7 +384,7 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
-    from .versions import reset
+    from .cli_hosting import reset  # versions.reset, also at a quota's limit
 
     c = find_container(driver, args, args.name)
     require_stopped(c, "reset")

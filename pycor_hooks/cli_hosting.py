@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 
 from . import layer, quota, volumes
@@ -134,3 +135,38 @@ def add_commands(sub, fmt: argparse.ArgumentParser, where: argparse.ArgumentPars
     st.add_argument("name")
     st.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     st.set_defaults(func=cmd_set)
+
+
+def reset(rootfs: str) -> None:
+    """versions.reset, also for a layer at its quota.
+
+    reset makes fresh upper and work before dropping the old ones (a crash
+    leaves either the old layer or the new); at the limit that mkdir fails
+    with EDQUOT. Then the old upper's contents are removed first (by fd,
+    never following a symlink) and reset runs again: a crash in between
+    leaves some changes discarded, and running reset again finishes.
+    """
+    import errno
+    import shutil
+
+    from . import linux
+    from .versions import reset as reset_layer
+
+    try:
+        reset_layer(rootfs)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EDQUOT, errno.ENOSPC):
+            raise
+    with layer.OpenLayer(rootfs) as lay:
+        for fd in (lay.upper_fd, lay.work_fd):
+            dfd = os.open(linux.fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in os.listdir(dfd):
+                    if stat.S_ISDIR(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(entry, dir_fd=dfd)
+                    else:
+                        os.unlink(entry, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+    reset_layer(rootfs)
