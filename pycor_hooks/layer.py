@@ -56,10 +56,10 @@ def rootfs_dir(path: str) -> str:
     for prefix in ("dir:", "btrfs:"):  # btrfs: a subvolume (lxc-create -B btrfs), e.g. for a quota
         if path.startswith(prefix):
             path = path[len(prefix):]
-    if path.startswith("overlay:") or path.startswith("overlayfs:"):
+    if is_overlay_clone(path):
         raise PycorError(
-            f"rootfs {path!r} is an LXC overlay clone of a pycor container, which pycor cannot run",
-            "copy it with a directory rootfs: 'lxc-copy -n ORIG -N NEW -B dir' (add -e for an ephemeral copy)",
+            f"rootfs {path!r} is an LXC overlay clone of a pycor container: only its hooks run it",
+            "for a lasting copy use a directory rootfs: 'lxc-copy -n ORIG -N NEW'",
         )
     if not path.startswith("/"):
         raise PycorError(
@@ -67,6 +67,20 @@ def rootfs_dir(path: str) -> str:
             "pycor containers use a directory rootfs (lxc.rootfs.path = dir:/...)",
         )
     return path
+
+
+def is_overlay_clone(path: str) -> bool:
+    """LXC's overlay rootfs (lxc-copy -s / -e of a directory container): overlay:LOWER:UPPER."""
+    return path.startswith("overlay:") or path.startswith("overlayfs:")
+
+
+def hook_rootfs(path: str) -> str:
+    """The layer directory a hook works on: rootfs_dir, or LOWER of an overlay clone (see volumes.before_overlay)."""
+    if is_overlay_clone(path):
+        lower = path.split(":")[1]
+        if lower.startswith("/"):
+            return lower
+    return rootfs_dir(path)
 
 
 def open_rootfs(rootfs: str) -> int:

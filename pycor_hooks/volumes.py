@@ -106,8 +106,9 @@ def mount_volumes(under_fd: int, rootfs: str, meta: layer.LayerMeta) -> None:
     under_fd is the rootfs directory opened before the overlay covered it
     (where .pycor lives); the mount points are found in the overlay itself.
     """
-    if not meta.volumes:
-        return
+    unpin()  # the overlay is mounted: it holds its own reference to an in-memory upper
+    if not meta.volumes or layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+        return  # LXC's overlay clone stacks on this view, and an overlay layer never crosses into submounts
     top = layer.open_rootfs(rootfs)  # now the overlay's root
     try:
         for i, path in enumerate(meta.volumes):
@@ -153,17 +154,42 @@ def memory_layer(upper_fd: int, size: int | None) -> tuple[int, int]:
             os.chown(name, st.st_uid, st.st_gid, dir_fd=mnt, follow_symlinks=False)
             os.chmod(name, mode, dir_fd=mnt, follow_symlinks=False)
             fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=mnt))
+        _pinned.append(mnt)
         return fds[0], fds[1]
-    finally:
-        os.close(mnt)  # the fds of upper and work keep the tmpfs alive until the overlay pins it
+    except BaseException:
+        os.close(mnt)
+        raise
+
+
+# The fd of a detached mount's root keeps it mounted: closing it dissolves the
+# mount even while fds inside it stay open, and overlayfs then cannot clone
+# upperpath. Held until the overlay has pinned it (mount_volumes), else to exit.
+_pinned: list[int] = []
+
+
+def unpin() -> None:
+    while _pinned:
+        os.close(_pinned.pop())
 
 
 def before_overlay(fds: list[int], rootfs: str) -> layer.LayerMeta:
-    """pre-mount: read the layer's metadata; for an ephemeral layer swap upper and work (fds[1], fds[2]) for memory."""
+    """pre-mount: read the layer's metadata; for an ephemeral layer swap upper and work (fds[1], fds[2]) for memory.
+
+    fds is [rootfs, upper, work]; the caller appends the base's lowerdirs
+    after it, top first. For LXC's overlay clone of this container (lxc-copy
+    -e: LXC_ROOTFS_PATH overlay:ROOTFS:DELTA) the original's upper is never
+    an upperdir here: it becomes the top lowerdir (fds[3]) under an unused
+    in-memory upper, and LXC then mounts its own overlay, whose upperdir is
+    the clone's delta (destroyed at stop), on top of this view.
+    """
     meta = layer.read_meta(fds[0], rootfs)
-    if meta.ephemeral:
+    clone = layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", ""))
+    if meta.ephemeral or clone:
         upper, work = memory_layer(fds[1], meta.size)
-        os.close(fds[1])
+        if clone:
+            fds.append(fds[1])  # the original's changes, read-only
+        else:
+            os.close(fds[1])
         os.close(fds[2])
         fds[1], fds[2] = upper, work
     return meta
