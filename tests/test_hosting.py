@@ -163,7 +163,7 @@ def test_project_quota_on_ext4_limits_a_container(session_dir, env, busybox_base
             if "'mount'" not in str(e):
                 raise
             pytest.skip("this kernel cannot mount ext4 with prjquota (kernel option CONFIG_QFMT_V2 is not set; "
-                        f"mount said: {str(e).splitlines()[-1].strip()}): the ext4/XFS project-quota path is unproven here")
+                        f"mount said: {next((x for x in str(e).splitlines() if 'mount:' in x), '?').strip()}): the ext4/XFS project-quota path is unproven here")
         assert quota.backend(point)[0] == "project"
         c = Container(f"p{uuid.uuid4().hex[:6]}", point, env)
         create(env, point, c.name, "--size", "20MiB")
