@@ -317,3 +317,38 @@ def test_unprivileged_ephemeral_container_with_a_volume(lxcpath, env, busybox_ba
         assert run_states_of({c.name}) == [] and mounts_mentioning(c.name) == []
     finally:
         destroy(c.name, lxcpath)
+
+
+# -- LXD ----------------------------------------------------------------------------------
+def test_lxd_ephemeral_instance_on_the_overlay_profile(launch, lxd_project):
+    c = launch(extra=("--ephemeral",))
+    c.sh("echo eph > /root/f")
+    assert open(os.path.join(c.upper, "root/f")).read() == "eph\n"
+    c.lxc("stop", c.name, "--force")
+    wait_for(lambda: c.name not in c.lxc("list", "-c", "n", "--format", "csv").stdout.split(), 60, "LXD to delete it")
+    assert not os.path.exists(c.rootfs) and run_states_of({f"{lxd_project}_{c.name}", c.name}) == []
+
+
+@pytest.fixture
+def lxd_btrfs_pool(lxd_env) -> Iterator[str]:
+    """A loop btrfs storage pool of LXD's own, removed afterwards (pools are global: a unique name)."""
+    pool = f"pycor-q-{uuid.uuid4().hex[:6]}"
+    run(["lxc", "storage", "create", pool, "btrfs", "size=1GiB"], timeout=120)
+    try:
+        yield pool
+    finally:
+        subprocess.run(["lxc", "storage", "delete", pool], capture_output=True)
+
+
+def test_lxd_btrfs_pool_honours_root_size_for_the_pycor_layer(launch, lxd_btrfs_pool, lxd_project):
+    limited = launch(extra=("--storage", lxd_btrfs_pool, "--device", "root,size=20MiB"))
+    neighbour = launch(extra=("--storage", lxd_btrfs_pool))
+    try:
+        limited.sh("echo copied-up >> /etc/passwd")
+        out = limited.sh("dd if=/dev/zero of=/big bs=1M count=40 2>&1; sync", check=False).stdout.lower()
+        assert "quota exceeded" in out or "no space" in out, out
+        out = neighbour.sh("dd if=/dev/zero of=/big bs=1M count=40 2>&1; sync", check=False).stdout.lower()
+        assert "exceeded" not in out and "no space" not in out
+    finally:
+        for c in (limited, neighbour):
+            c.lxc("delete", "-f", c.name, check=False)
