@@ -307,7 +307,7 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
-    from .layer import LayerMeta, write_meta
+    from .layer import write_meta
     from .names import check_version
 
     c = find_container(driver, args, args.name)
@@ -322,7 +322,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
-    from .layer import LayerMeta, write_meta
+    from .layer import write_meta
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
