@@ -15,7 +15,7 @@ import sys
 
 from . import layer, quota, volumes
 from .driver import Driver
-from .errors import PycorError
+from .errors import Conflict, PycorError
 
 
 # -- pycor create: checked in full before lxc-create runs ------------------------------
@@ -96,6 +96,10 @@ def cmd_set(args: argparse.Namespace, driver: Driver) -> None:
             print(f"container {c.name}: in-memory layer {'limited to ' + quota.human(size) if size else 'unlimited'} "
                   "from its next start")
             continue
+        used = (quota.usage(c.rootfs) or (0, None))[0]
+        if size and used > size:  # a layer over its limit cannot even mount its overlay (workdir writes)
+            raise Conflict(f"container {c.name} already uses {quota.human(used)}, more than {quota.human(size)}",
+                           "give a larger size, or free space in it first (a copy's size counts what it shares with its original)")
         quota.set_limit(c.rootfs, size)
         print(f"container {c.name}: {'limited to ' + quota.human(size) if size else 'no size limit'}")
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from typing import Iterator
 
@@ -71,7 +72,12 @@ def loop_fs(session_dir: str, mkfs: list[str], mount_opts: str | None = None, si
             for name in os.listdir(point):
                 if os.path.exists(os.path.join(point, name, "config")):
                     destroy(name, point)
-            subprocess.run(["umount", point], capture_output=True)
+            for _ in range(50):  # a container's last processes may still be leaving the mount
+                if subprocess.run(["umount", point], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                subprocess.run(["umount", "-l", point], capture_output=True)  # the loop device detaches when it is free
         subprocess.run(["losetup", "-d", dev], capture_output=True)
         for p in (image,):
             with contextlib.suppress(FileNotFoundError):
@@ -141,6 +147,18 @@ def test_set_size_changes_and_removes_the_limit(btrfs_lxcpath, env, busybox_base
     run(PYCOR + ["set", c.name, "size=", "-P", btrfs_lxcpath], env=env)
     assert ls_row(env, btrfs_lxcpath, c.name)["quota"]["limit"] is None
     assert "exceeded" not in fill(c, "/g", 40).stdout
+    assert "ok  disk quotas" in run(PYCOR + ["doctor", "-P", btrfs_lxcpath], env=env, check=False).stdout
+    # lxc-copy snapshots the subvolume: the copy runs (a btrfs: rootfs) and gets its own limit with pycor set
+    c.stop()
+    copy = Container(f"s{uuid.uuid4().hex[:6]}", btrfs_lxcpath, env)
+    run(["lxc-copy", "-n", c.name, "-N", copy.name, "-P", btrfs_lxcpath])
+    # the snapshot refers to its original's 60 MiB: a lower limit is refused with what it uses
+    low = run(PYCOR + ["set", copy.name, "size=30MiB", "-P", btrfs_lxcpath], env=env, check=False)
+    assert low.returncode == 1 and "uses" in low.stderr and ls_row(env, btrfs_lxcpath, copy.name)["quota"]["limit"] is None
+    run(PYCOR + ["set", copy.name, "size=100MiB", "-P", btrfs_lxcpath], env=env)
+    copy.start()
+    assert copy.sh("ls /f").returncode == 0
+    assert "exceeded" in fill(copy, "/h", 60).stdout.lower()
 
 
 def test_size_is_refused_where_there_is_no_quota(lxcpath, env, busybox_base):
