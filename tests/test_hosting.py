@@ -51,6 +51,18 @@ def test_volume_paths_refuse_overlap_and_normalise():
         volumes.check_paths(["/var/lib", "/var/lib/db"])
 
 
+def test_hosting_options_are_refused_for_lxd_with_what_applies():
+    import argparse
+
+    from pycor_hooks.cli_hosting import create_args
+
+    for extra in ({"size": "1GiB"}, {"volume": ["/srv"]}, {"ephemeral": True}):
+        args = argparse.Namespace(**{"size": None, "volume": [], "ephemeral": False, "runtime": "lxd", "dir": None, **extra})
+        with pytest.raises(PycorError) as e:
+            create_args(args, "/nonexistent")
+        assert "size=" in e.value.hint and "--ephemeral" in e.value.hint
+
+
 # -- fixtures ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def loop_fs(session_dir: str, mkfs: list[str], mount_opts: str | None = None, size: str = "1G") -> Iterator[str]:
@@ -206,6 +218,14 @@ def test_volume_bypasses_overlay_survives_restart_and_copy(make_container, env, 
     assert "/var/lib/data/table" not in diff.stdout and "/root/f" in diff.stdout
     assert "volumes left out" in diff.stderr and "/var/lib/data" in diff.stderr
     c.stop()
+    commit = run(PYCOR + ["commit", c.name, "--as", f"v{c.name}", "-P", lxcpath], env=env)
+    try:
+        assert "volumes left out" in commit.stderr
+        published = os.path.join(env["PYCOR_STORE"], "bases", f"v{c.name}", "versions", "1", "rootfs")
+        assert os.path.exists(os.path.join(published, "root/f"))
+        assert not os.path.exists(os.path.join(published, "var/lib/data/table"))
+    finally:
+        run(PYCOR + ["base", "rm", f"v{c.name}", "-P", lxcpath], env=env, check=False)
     c.start()
     assert c.sh("cat /var/lib/data/table /srv/logs/app.log").stdout == "row\nline\n"
     c.stop()
@@ -265,6 +285,7 @@ def test_ephemeral_container_writes_nothing_and_is_gone_after_stop(lxcpath, env,
         c.start()
         c.sh("echo mem > /root/f && echo x >> /etc/passwd")
         assert os.listdir(c.upper) == []  # changes live in memory
+        assert ls_row(env, lxcpath, c.name)["quota"] == {"memory": True, "limit": 8 * MiB}
         assert "No space" in fill(c, "/big", 16).stdout  # --size limits the in-memory layer
         c.stop()
         wait_for(lambda: not os.path.exists(os.path.join(lxcpath, c.name)), what="LXC to destroy the ephemeral container")
