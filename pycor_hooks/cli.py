@@ -254,7 +254,9 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
         if client.instance(name) is not None:
             raise PycorError(f"LXD instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
         lxd_init(client, driver)
-        client.create(name, args.base)
+        from .cli_hosting import lxd_create
+
+        lxd_create(client, name, args.base, args)  # --size: the root device's size; --ephemeral
         print(f"container {name} created on base {args.base} (lxc start {name})")
         return
     lxcpath = lxcpath_of(args)

@@ -15,7 +15,7 @@ import sys
 
 from . import layer, quota, volumes
 from .driver import Driver
-from .errors import Conflict, PycorError
+from .errors import Conflict, PycorError, Unsupported
 
 
 # -- pycor create: checked in full before lxc-create runs ------------------------------
@@ -32,12 +32,12 @@ def create_args(args: argparse.Namespace, lxcpath: str) -> tuple[str | None, lis
     """(lxc-create backing store or None, template arguments) for --size, --volume, --ephemeral; refuses bad input first."""
     size = quota.parse_size(args.size) if args.size else None
     paths = volumes.check_paths(args.volume)
-    if args.runtime == "lxd" and (size or paths or args.ephemeral):
-        raise PycorError("--size, --volume and --ephemeral are for LXC containers: LXD does these itself",
-                         "'lxc config device override NAME root size=10GiB', 'lxc config device add NAME data disk "
-                         "pool=default source=VOL path=/var/lib/postgresql', 'lxc launch ... --ephemeral' (see README)")
+    if args.runtime == "lxd" and paths:
+        raise PycorError("--volume is for LXC containers: under LXD a custom volume does the same",
+                         "'lxc storage volume create default VOL' and 'lxc config device add NAME VOL disk "
+                         "pool=default source=VOL path=/var/lib/postgresql' (see README)")
     backing = None
-    if size and not args.ephemeral:
+    if size and not args.ephemeral and args.runtime == "lxc":  # LXD: checked against its pool (lxd_create)
         os.makedirs(lxcpath, exist_ok=True)
         kind = quota.require(lxcpath)
         if kind == "btrfs":
@@ -51,6 +51,53 @@ def create_args(args: argparse.Namespace, lxcpath: str) -> tuple[str | None, lis
     if args.ephemeral:
         targs.append("--ephemeral")
     return backing, targs
+
+
+# -- LXD: the daemon's own root disk size and ephemeral flag ------------------------------
+def lxd_root_device(client, name: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """The root disk device an instance has (or, before it exists, the default profile's)."""
+    if name is None:
+        return dict(client.request("GET", "/1.0/profiles/default").get("devices", {}).get("root") or {})
+    return dict((client.instance(name) or {}).get("expanded_devices", {}).get("root") or {})
+
+
+def lxd_check_size(client, root: dict) -> None:  # type: ignore[no-untyped-def]
+    """Refuse a size LXD's pool cannot enforce: a dir pool limits only with project quotas."""
+    pool = root.get("pool")
+    if not pool:
+        raise PycorError("the LXD profile 'default' has no root disk device with a pool", "add one: lxc profile device add default root disk path=/ pool=POOL")
+    info = client.request("GET", f"/1.0/storage-pools/{pool}")
+    if info.get("driver") == "dir" and quota.backend(str(info.get("config", {}).get("source", "/")))[0] != "project":
+        raise Unsupported(f"LXD pool {pool!r} is a dir pool without project quotas: LXD cannot enforce a size there",
+                          "use a btrfs (or zfs, lvm) pool: 'lxc storage create POOL btrfs' and "
+                          "'lxc profile device set default root pool=POOL' (or 'lxc launch ... -s POOL -d root,size=...')")
+
+
+def lxd_create(client, name: str, base: str, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """LXD's instance on the pycor image, with --size as its root device's size and --ephemeral as its flag."""
+    size = quota.parse_size(args.size) if args.size else None
+    root = lxd_root_device(client)
+    if size:
+        lxd_check_size(client, root)
+    client.create(name, base)
+    if not (size or args.ephemeral):
+        return
+    patch: dict = {"ephemeral": bool(args.ephemeral)}
+    if size:
+        patch["devices"] = {"root": {**root, "size": str(size)}}
+    try:
+        client.request("PATCH", f"/1.0/instances/{name}", patch)
+    except PycorError:
+        client.delete(name)  # made by this command a moment ago: nothing half-made is left
+        raise
+
+
+def lxd_set_size(client, name: str, size: int | None) -> None:  # type: ignore[no-untyped-def]
+    root = {k: v for k, v in lxd_root_device(client, name).items() if k != "size"}
+    if size:
+        lxd_check_size(client, root)
+        root["size"] = str(size)
+    client.request("PATCH", f"/1.0/instances/{name}", {"devices": {"root": root}})
 
 
 # -- the template's side ------------------------------------------------------------
@@ -96,11 +143,16 @@ def cmd_set(args: argparse.Namespace, driver: Driver) -> None:
             print(f"container {c.name}: in-memory layer {'limited to ' + quota.human(size) if size else 'unlimited'} "
                   "from its next start")
             continue
-        used = (quota.usage(c.rootfs) or (0, None))[0]
+        used = (quota.usage(c.rootfs) or (0, None))[0] if c.runtime == "lxc" else 0
         if size and used > size:  # a layer over its limit cannot even mount its overlay (workdir writes)
             raise Conflict(f"container {c.name} already uses {quota.human(used)}, more than {quota.human(size)}",
                            "give a larger size, or free space in it first (a copy's size counts what it shares with its original)")
-        quota.set_limit(c.rootfs, size)
+        if c.runtime == "lxd":
+            from .cli import lxd_client
+
+            lxd_set_size(lxd_client(), c.name, size)
+        else:
+            quota.set_limit(c.rootfs, size)
         print(f"container {c.name}: {'limited to ' + quota.human(size) if size else 'no size limit'}")
 
 

@@ -155,10 +155,12 @@ def usage(rootfs: str) -> tuple[int, int | None] | None:
     """(bytes used, limit or None) of the container's quota group, or None when it has none."""
     try:
         if mount_of(rootfs)[1] == "btrfs":
-            if not is_subvolume(rootfs) or not btrfs_quota_on(rootfs):
+            # LXC's btrfs rootfs is the subvolume; LXD's instance subvolume is its parent
+            sub = next((p for p in (rootfs, os.path.dirname(rootfs)) if is_subvolume(p)), None)
+            if sub is None or not btrfs_quota_on(sub):
                 return None
-            qid = f"0/{subvolume_id(rootfs)}"
-            for line in run_btrfs("qgroup", "show", "-re", "--raw", "--sync", rootfs).splitlines():
+            qid = f"0/{subvolume_id(sub)}"
+            for line in run_btrfs("qgroup", "show", "-re", "--raw", "--sync", sub).splitlines():
                 cols = line.split()
                 if cols and cols[0] == qid:
                     return int(cols[1]), (None if cols[3] == "none" else int(cols[3]))

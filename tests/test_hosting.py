@@ -51,16 +51,15 @@ def test_volume_paths_refuse_overlap_and_normalise():
         volumes.check_paths(["/var/lib", "/var/lib/db"])
 
 
-def test_hosting_options_are_refused_for_lxd_with_what_applies():
+def test_volume_is_refused_for_lxd_with_what_applies():
     import argparse
 
     from pycor_hooks.cli_hosting import create_args
 
-    for extra in ({"size": "1GiB"}, {"volume": ["/srv"]}, {"ephemeral": True}):
-        args = argparse.Namespace(**{"size": None, "volume": [], "ephemeral": False, "runtime": "lxd", "dir": None, **extra})
-        with pytest.raises(PycorError) as e:
-            create_args(args, "/nonexistent")
-        assert "size=" in e.value.hint and "--ephemeral" in e.value.hint
+    args = argparse.Namespace(size=None, volume=["/srv"], ephemeral=False, runtime="lxd", dir=None)
+    with pytest.raises(PycorError) as e:
+        create_args(args, "/nonexistent")
+    assert "custom volume" in e.value.message and "lxc config device add" in e.value.hint
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -422,3 +421,53 @@ def test_lxd_btrfs_pool_honours_root_size_for_the_pycor_layer(launch, lxd_btrfs_
     finally:
         for c in (limited, neighbour):
             c.lxc("delete", "-f", c.name, check=False)
+
+
+def test_lxd_size_on_a_dir_pool_is_refused_and_creates_nothing(lxd_env, lxd_project):
+    name = f"l{uuid.uuid4().hex[:6]}"
+    proc = run(PYCOR + ["create", name, "--base", "busybox", "--runtime", "lxd", "--size", "20MiB"], env=lxd_env, check=False)
+    assert proc.returncode == 1 and "dir pool without project quotas" in proc.stderr and "btrfs" in proc.stderr
+    assert name not in run(["lxc", "list", "--project", lxd_project, "-c", "n", "--format", "csv"]).stdout.split()
+
+
+@pytest.fixture
+def lxd_btrfs_project(lxd_btrfs_pool, env) -> Iterator[dict]:
+    """A private LXD project whose default profile puts the root disk on a loop btrfs pool; pycor set up in it."""
+    project = f"pycor-q-{uuid.uuid4().hex[:6]}"
+    run(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
+    try:
+        run(["lxc", "profile", "device", "add", "default", "root", "disk", "path=/", f"pool={lxd_btrfs_pool}",
+             "--project", project])
+        penv = dict(env, PYCOR_LXD_PROJECT=project)
+        run(PYCOR + ["lxd", "init"], env=penv)
+        yield penv
+    finally:
+        names = run(["lxc", "list", "--project", project, "-c", "n", "--format", "csv"], check=False).stdout.split()
+        for name in names:
+            subprocess.run(["lxc", "delete", "-f", name, "--project", project], capture_output=True)
+        images = run(["lxc", "image", "list", "--project", project, "-c", "f", "--format", "csv"], check=False).stdout.split()
+        for fp in images:
+            subprocess.run(["lxc", "image", "delete", fp, "--project", project], capture_output=True)
+        subprocess.run(["lxc", "profile", "delete", "overlay", "--project", project], capture_output=True)
+        subprocess.run(["lxc", "profile", "device", "remove", "default", "root", "--project", project], capture_output=True)
+        subprocess.run(["lxc", "project", "delete", project], capture_output=True)
+
+
+def test_pycor_create_lxd_size_and_ephemeral_on_a_btrfs_pool(lxd_btrfs_project, busybox_base):
+    penv, project = lxd_btrfs_project, lxd_btrfs_project["PYCOR_LXD_PROJECT"]
+    name, eph = f"l{uuid.uuid4().hex[:6]}", f"e{uuid.uuid4().hex[:6]}"
+    run(PYCOR + ["create", name, "--base", "busybox", "--runtime", "lxd", "--size", "20MiB"], env=penv)
+    run(PYCOR + ["create", eph, "--base", "busybox", "--runtime", "lxd", "--ephemeral"], env=penv)
+    run(["lxc", "start", name, eph, "--project", project], timeout=120)
+    dd = "dd if=/dev/zero of=/big bs=1M count=40 2>&1; sync"
+    out = run(["lxc", "exec", name, "--project", project, "--", "sh", "-c", dd], check=False).stdout.lower()
+    assert "quota exceeded" in out or "no space" in out, out
+    rows = json.loads(run(PYCOR + ["ls", "--format", "json"], env=penv).stdout)
+    row = next(r for r in rows if r["name"] == name)
+    assert row["quota"]["limit"] == 20 * MiB and row["quota"]["used"] >= 19 * MiB
+    run(PYCOR + ["set", name, "size=100MiB"], env=penv)
+    out = run(["lxc", "exec", name, "--project", project, "--", "sh", "-c", "rm /big; " + dd], check=False).stdout.lower()
+    assert "exceeded" not in out and "no space" not in out
+    run(["lxc", "stop", eph, "--force", "--project", project], timeout=120)
+    wait_for(lambda: eph not in run(["lxc", "list", "--project", project, "-c", "n", "--format", "csv"]).stdout.split(),
+             60, "LXD to delete the ephemeral instance")
