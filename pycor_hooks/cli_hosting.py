@@ -32,6 +32,7 @@ def create_args(args: argparse.Namespace, lxcpath: str) -> tuple[str | None, lis
     """(lxc-create backing store or None, template arguments) for --size, --volume, --ephemeral; refuses bad input first."""
     size = quota.parse_size(args.size) if args.size else None
     paths = volumes.check_paths(args.volume)
+    refuse_with_adopt(args)
     if args.runtime == "lxd" and paths:
         raise PycorError("--volume is for LXC containers: under LXD a custom volume does the same",
                          "'lxc storage volume create default VOL' and 'lxc config device add NAME VOL disk "
@@ -51,6 +52,12 @@ def create_args(args: argparse.Namespace, lxcpath: str) -> tuple[str | None, lis
     if args.ephemeral:
         targs.append("--ephemeral")
     return backing, targs
+
+
+def refuse_with_adopt(args: argparse.Namespace) -> None:
+    if getattr(args, "adopt", False) and (args.size or args.volume or args.ephemeral):
+        raise PycorError("--adopt keeps the layer as it was: --size, --volume and --ephemeral do not go with it",
+                         "adopt it first, then 'pycor set NAME size=...' for a limit")
 
 
 # -- LXD: the daemon's own root disk size and ephemeral flag ------------------------------
@@ -111,6 +118,7 @@ def add_template_options(p: argparse.ArgumentParser) -> None:
 def template_apply(args: argparse.Namespace, rootfs: str, uid: int, gid: int) -> list[str]:
     """After the layer is made: record volumes and ephemeral, make volume dirs, set the quota. Config lines to add."""
     paths = volumes.check_paths(args.volume)
+    refuse_with_adopt(args)
     if not (paths or args.ephemeral or args.size):
         return []
     fd = layer.open_rootfs(rootfs)

@@ -62,6 +62,16 @@ def test_volume_is_refused_for_lxd_with_what_applies():
     assert "custom volume" in e.value.message and "lxc config device add" in e.value.hint
 
 
+def test_adopt_refuses_hosting_options():
+    import argparse
+
+    from pycor_hooks.cli_hosting import create_args
+
+    args = argparse.Namespace(size=None, volume=["/srv"], ephemeral=False, runtime="lxc", dir=None, adopt=True)
+    with pytest.raises(PycorError, match="--adopt keeps the layer"):
+        create_args(args, "/nonexistent")
+
+
 # -- fixtures ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def loop_fs(session_dir: str, mkfs: list[str], mount_opts: str | None = None, size: str = "1G") -> Iterator[str]:
