@@ -99,6 +99,18 @@ def lxd_create(client, name: str, base: str, args: argparse.Namespace) -> None: 
         raise
 
 
+def daemon_client(c):  # type: ignore[no-untyped-def]
+    """The LXD (or Incus) API that runs container c: its runtime's client where the CLI has one, else LXD's."""
+    client = getattr(getattr(c, "rt", None), "client", None)
+    if client is None:
+        from .cli import lxd_client
+
+        client = lxd_client()
+    if client is None:
+        raise PycorError(f"the daemon of container {c.name} is not running", "start it first")
+    return client
+
+
 def lxd_set_size(client, name: str, size: int | None) -> None:  # type: ignore[no-untyped-def]
     root = {k: v for k, v in lxd_root_device(client, name).items() if k != "size"}
     if size:
@@ -151,14 +163,12 @@ def cmd_set(args: argparse.Namespace, driver: Driver) -> None:
             print(f"container {c.name}: in-memory layer {'limited to ' + quota.human(size) if size else 'unlimited'} "
                   "from its next start")
             continue
-        used = (quota.usage(c.rootfs) or (0, None))[0] if c.runtime == "lxc" else 0
+        used = (quota.usage(c.rootfs) or (0, None))[0] if c.runtime == "lxc" else 0  # LXD checks its own
         if size and used > size:  # a layer over its limit cannot even mount its overlay (workdir writes)
             raise Conflict(f"container {c.name} already uses {quota.human(used)}, more than {quota.human(size)}",
                            "give a larger size, or free space in it first (a copy's size counts what it shares with its original)")
-        if c.runtime == "lxd":
-            from .cli import lxd_client
-
-            lxd_set_size(lxd_client(), c.name, size)
+        if c.runtime != "lxc":
+            lxd_set_size(daemon_client(c), c.name, size)
         else:
             quota.set_limit(c.rootfs, size)
         print(f"container {c.name}: {'limited to ' + quota.human(size) if size else 'no size limit'}")
