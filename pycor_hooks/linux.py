@@ -219,15 +219,3 @@ def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = N
 
 def fsmount(fs_fd: int, flags: int = FSMOUNT_CLOEXEC, attrs: int = 0) -> int:
     return _check(_libc.syscall(SYS_fsmount, ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attrs)), "fsmount")
-
-
-def detached_mount(fstype: str, options: dict[str, str]) -> int:
-    """A new filesystem instance mounted nowhere: an fd of its root, gone when the last fd closes."""
-    fs = fsopen(fstype)
-    try:
-        for key, value in options.items():
-            fsconfig(fs, FSCONFIG_SET_STRING, key, value)
-        fsconfig(fs, FSCONFIG_CMD_CREATE)
-        return fsmount(fs)
-    finally:
-        os.close(fs)

@@ -133,6 +133,18 @@ def mount_volumes(under_fd: int, rootfs: str, meta: layer.LayerMeta) -> None:
         os.close(top)
 
 
+def detached_mount(fstype: str, options: dict[str, str]) -> int:
+    """A new filesystem instance mounted nowhere: the fd of its root (see _pinned)."""
+    fs = linux.fsopen(fstype)
+    try:
+        for key, value in options.items():
+            linux.fsconfig(fs, linux.FSCONFIG_SET_STRING, key, value)
+        linux.fsconfig(fs, linux.FSCONFIG_CMD_CREATE)
+        return linux.fsmount(fs)
+    finally:
+        os.close(fs)
+
+
 def memory_layer(upper_fd: int, size: int | None) -> tuple[int, int]:
     """O_PATH fds of a fresh upper and work on a detached tmpfs (optionally size-limited).
 
@@ -143,7 +155,7 @@ def memory_layer(upper_fd: int, size: int | None) -> tuple[int, int]:
     if size:
         opts["size"] = str(size)
     try:
-        mnt = linux.detached_mount("tmpfs", opts)
+        mnt = detached_mount("tmpfs", opts)
     except OSError as e:
         raise PycorError(f"cannot make the in-memory layer (tmpfs): {e.strerror}",
                          "the kernel needs the new mount API (5.2+); or create the container without --ephemeral") from None
