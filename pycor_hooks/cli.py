@@ -270,12 +270,17 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
         raise PycorError("--adopt and --dir are for LXC containers", "drop them, or use --runtime lxc")
     if args.adopt and args.pin:
         raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
+    from .cli_hosting import create_args
+
+    backing, extra = create_args(args, lxcpath_of(args))  # --size, --volume, --ephemeral: all checked before anything is made
     if args.runtime != "lxc":
         rt = runtime.daemon_runtime(args.runtime)
         if rt.has(name):
             raise PycorError(f"{rt.title} instance {name!r} already exists", "pick another name, or 'pycor rm' it first")
         daemon_init(rt.client, driver)
-        rt.client.create(name, args.base)
+        from .cli_hosting import lxd_create
+
+        lxd_create(rt.client, name, args.base, args)  # --size: the root device's size; --ephemeral
         print(f"container {name} created on base {args.base} ({rt.client.dialect.cli} start {name})")
         return
     lxcpath = lxcpath_of(args)
@@ -293,16 +298,20 @@ def cmd_create(args: argparse.Namespace, driver: Driver) -> None:
 
     lxc.create(name, args.base, lxcpath, template, args.pin, args.network,
                store=driver.store.root if args.store or os.environ.get("PYCOR_STORE") else None,
-               unprivileged=args.unprivileged, adopt=args.adopt, rootfs=args.dir, check=check_layer)
+               unprivileged=args.unprivileged, adopt=args.adopt, rootfs=args.dir, check=check_layer,
+               backing=backing, template_args=extra)
     print(f"container {name} {'re-created around its layer' if args.adopt else 'created'} on base {args.base} "
           f"(lxc-start -n {name}{'' if not args.lxcpath else ' -P ' + lxcpath})")
 
 
 def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
+    from .cli_hosting import quota_cell
+
     rows = []
     for c in all_containers(driver, args):
         row = {"name": c.name, "runtime": c.runtime, "base": "?", "version": "-", "pinned": False, "state": c.state,
-               "changes": disk_usage(os.path.join(c.rootfs, UPPER)), "lxcpath": c.lxcpath, "damaged": False, "detail": ""}
+               "changes": disk_usage(os.path.join(c.rootfs, UPPER)), "lxcpath": c.lxcpath, "damaged": False, "detail": "",
+               "quota": ""}
         try:
             meta = driver.volume_meta(c.rootfs)
         except PycorError as e:  # listed, not lost: its changes are still there
@@ -310,7 +319,7 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             rows.append(row)
             continue
         known = driver.store.exists(meta.base)
-        row.update(base=meta.base, pinned=meta.pin is not None,
+        row.update(base=meta.base, pinned=meta.pin is not None, quota=quota_cell(c.rootfs, meta, args.format != "json"),
                    version=driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-")
         rows.append(row)
     if args.format != "json":
@@ -319,14 +328,14 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             if r["damaged"]:
                 r["state"] = f"{r['state']} (DAMAGED)"
     emit(args, rows, [("name", "NAME"), ("runtime", "RUNTIME"), ("base", "BASE"), ("version", "VERSION"),
-                      ("state", "STATE"), ("changes", "CHANGES")])
+                      ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT")])
     for r in rows:
         if r["damaged"] and args.format != "json":
             print(f"{r['name']}: {r['detail']}", file=sys.stderr)
 
 
 def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
-    from .layer import LayerMeta, write_meta
+    from .layer import write_meta
     from .names import check_version
 
     c = find_container(driver, args, args.name)
@@ -340,17 +349,17 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
             driver.store.version(meta.base, version)
         else:  # where it runs now, else where it would start
             version = driver.volume_version(c.lxc_name, c.rootfs, meta, True)  # a live run state says it runs
-        write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
+        write_meta(c.rootfs, meta.but(pin=version))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
 
 def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
-    from .layer import LayerMeta, write_meta
+    from .layer import write_meta
 
     c = find_container(driver, args, args.name)
     with locks.layer_lock(c.rootfs):
         meta = driver.volume_meta(c.rootfs)
-        write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
+        write_meta(c.rootfs, meta.but(pin=None))
     print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
 
 
@@ -380,6 +389,9 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
         with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
             changes = diff_layer(lay.upper_fd, driver.store.lower_stack(lay.meta.base, version),
                                  None if idmap.is_empty else idmap.check())
+    from .cli_hosting import note_volumes
+
+    note_volumes(c.rootfs, "diff")
     if args.format == "json":
         emit(args, [ch.to_json() for ch in changes], [])
         return
@@ -396,6 +408,9 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
     target = check_name(args.as_base or args.to_base, "base name")
     c = find_container(driver, args, args.name)
     idmap_text = container_idmap(c)  # before the lock: LXD may wait on a start that waits on it
+    from .cli_hosting import note_volumes
+
+    note_volumes(c.rootfs, "commit")
     with stopped(driver, c, "commit"):
         v = commit(driver.store, c.rootfs, idmap_text, args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
@@ -404,7 +419,7 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
-    from .versions import reset
+    from .versions import reset  # needs no free space: works at a quota's limit and on a full disk
 
     c = find_container(driver, args, args.name)
     with stopped(driver, c, "reset"):
@@ -418,7 +433,7 @@ def cmd_doctor(args: argparse.Namespace, driver: Driver) -> None:
     if args.fix:
         for state in driver.clear_stale():
             print(f"fixed: removed the stale run record of container {state.name} ({state.rootfs})")
-    results = run_checks(driver.store, driver)
+    results = run_checks(driver.store, driver, lxcpath_of(args))
     if args.format == "json":
         emit(args, [r.to_json() for r in results], [])
     else:
@@ -580,6 +595,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_moves import add_commands
 
     add_commands(sub, base, fmt, where)
+    from . import cli_hosting
+
+    cli_hosting.add_commands(sub, fmt, where)  # create --size, --volume, --ephemeral; set; doctor -P
 
     ins = sub.add_parser("install", help="install the LXC hooks and template for this Python (pip or source installs)",
                          description="Write the LXC hooks and template for the Python running pycor, after checking that an "

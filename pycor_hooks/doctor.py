@@ -31,16 +31,9 @@ class Check:
 
 def _fs_of(path: str) -> tuple[str, str, str]:
     """(mount point, filesystem type, source) of the mount holding path."""
-    path = os.path.realpath(path)
-    best = ("/", "?", "?")
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point = left.split()[4].replace("\\040", " ")
-            fstype, source = right.split()[:2]
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-                best = (point, fstype, source)
-    return best
+    from .quota import mount_of
+
+    return mount_of(path)[:3]
 
 
 def _try_overlay(work: str, extra: str = "") -> str | None:
@@ -187,7 +180,7 @@ def stale_record_check(driver) -> Check:  # type: ignore[no-untyped-def]
                  "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
 
 
-def run_checks(store: Store, driver=None) -> list[Check]:  # type: ignore[no-untyped-def]
+def run_checks(store: Store, driver=None, lxcpath: str | None = None) -> list[Check]:  # type: ignore[no-untyped-def]
     checks = [Check("kernel", True, platform.release(), required=False)]
     checks += capability_checks()
     store.make_root()
@@ -202,6 +195,7 @@ def run_checks(store: Store, driver=None) -> list[Check]:  # type: ignore[no-unt
         remove_tree(probe_dir)
     checks.append(consistency_check(store))
     checks += tool_checks()
+    checks.append(quota_check(lxcpath))
     if driver is not None:
         checks.append(stale_record_check(driver))
     return checks
@@ -214,3 +208,16 @@ def consistency_check(store: Store) -> Check:
     return Check("store consistency", not problems, detail or "no damage, nothing left by killed commands",
                  "leftovers go at the next command that changes the store (e.g. 'pycor base gc'); "
                  "a damaged base: re-import it, or remove it with 'pycor base rm'", required=False)
+
+
+def quota_check(lxcpath: str | None) -> Check:
+    """Whether 'pycor create --size' can limit containers where they live."""
+    from . import lxc, quota
+
+    path = lxcpath or lxc.default_lxcpath()
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    kind, why = quota.backend(probe)
+    return Check("disk quotas", kind is not None, f"containers in {path}: {why}",
+                 "put the LXC path on btrfs, or on ext4 ('-O quota,project') / XFS mounted with prjquota", required=False)

@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import faults, layer, linux, locks, overlay
+from . import faults, layer, linux, locks, overlay, volumes
 from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -394,6 +394,7 @@ class Driver:
         try:
             fds.append(layer.open_rootfs(rootfs))
             fds.extend(layer.open_layer_dirs(fds[0], rootfs))
+            meta = volumes.before_overlay(fds, rootfs)  # hosting: an ephemeral layer's upper and work in memory
             for lower in state.lowerdirs:
                 try:
                     fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -406,6 +407,7 @@ class Driver:
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
                     "the kernel log (dmesg) says why; 'pycor doctor' checks overlay support",
                 ) from None
+            volumes.mount_volumes(fds[0], rootfs, meta)  # hosting: volumes bound over the overlay
         finally:
             for fd in fds:
                 os.close(fd)
@@ -589,7 +591,7 @@ class Driver:
                 result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
                                              self.store.lower_stack(meta.base, target), force, dry_run)
         if not dry_run:
-            lay.meta = LayerMeta(meta.base, meta.pin, target)
+            lay.meta = meta.but(based_on=target)
             layer.write_meta(lay.rootfs, lay.meta)
         return result
 
@@ -603,7 +605,7 @@ class Driver:
 
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
+            lay.meta = lay.meta.but(based_on=target)
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,

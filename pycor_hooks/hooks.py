@@ -54,9 +54,9 @@ def container_from_env() -> tuple[str, str, str | None]:
             "LXC_NAME and LXC_ROOTFS_PATH are not set",
             "this hook is run by LXC (lxc.hook.* in a container config), not by hand",
         )
-    from .layer import rootfs_dir
+    from .layer import hook_rootfs
 
-    return name, rootfs_dir(rootfs), os.environ.get("LXC_CONFIG_FILE")
+    return name, hook_rootfs(rootfs), os.environ.get("LXC_CONFIG_FILE")  # hosting: lxc-copy -e clones too
 
 
 def daemon_callhook(config_file: str) -> tuple[str, str, str, str] | None:

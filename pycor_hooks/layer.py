@@ -34,25 +34,53 @@ class LayerMeta(Record):
     """What a layer's changes run on: its base, a pinned version (or None: follow current), and the
     version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1)."""
 
-    __slots__ = ("base", "pin", "based_on")
+    __slots__ = ("base", "pin", "based_on", "volumes", "ephemeral", "size")
     base: str
     pin: str | None
     based_on: str | None
+    volumes: list[str]  # container paths of volumes; volume i lives in .pycor/volumes/i (see volumes.py)
+    ephemeral: bool  # upper and work in memory (a tmpfs), the container destroyed at stop
+    size: int | None  # bytes: the tmpfs limit of an ephemeral layer (on disk the qgroup/project quota is the limit)
 
-    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None) -> None:
-        super().__init__(base, pin, based_on)
+    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None,
+                 volumes: list[str] | None = None, ephemeral: bool = False, size: int | None = None) -> None:
+        super().__init__(base, pin, based_on, list(volumes or []), ephemeral, size)
+
+    def but(self, **changes: object) -> "LayerMeta":
+        """A copy with some fields changed: every other field (volumes, ...) kept."""
+        return LayerMeta(**{**self.to_json(), **changes})  # type: ignore[arg-type]
 
 
 def rootfs_dir(path: str) -> str:
     """The directory of an LXC rootfs path ('dir:' prefix allowed, other backends refused)."""
-    if path.startswith("dir:"):
-        path = path[4:]
+    for prefix in ("dir:", "btrfs:"):  # btrfs: a subvolume (lxc-create -B btrfs), e.g. for a quota
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    if is_overlay_clone(path):
+        raise PycorError(
+            f"rootfs {path!r} is an LXC overlay clone of a pycor container: only its hooks run it",
+            "for a lasting copy use a directory rootfs: 'lxc-copy -n ORIG -N NEW'",
+        )
     if not path.startswith("/"):
         raise PycorError(
             f"rootfs {path!r} is not a directory path",
             "pycor containers use a directory rootfs (lxc.rootfs.path = dir:/...)",
         )
     return path
+
+
+def is_overlay_clone(path: str) -> bool:
+    """LXC's overlay rootfs (lxc-copy -s / -e of a directory container): overlay:LOWER:UPPER."""
+    return path.startswith("overlay:") or path.startswith("overlayfs:")
+
+
+def hook_rootfs(path: str) -> str:
+    """The layer directory a hook works on: rootfs_dir, or LOWER of an overlay clone (see volumes.before_overlay)."""
+    if is_overlay_clone(path):
+        lower = path.split(":")[1]
+        if lower.startswith("/"):
+            return lower
+    return rootfs_dir(path)
 
 
 def open_rootfs(rootfs: str) -> int:
@@ -81,7 +109,12 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
         raw = flatjson.load(data)
         base = check_name(str(raw["base"]), "base name")
         pin, based_on = raw.get("pin"), raw.get("based_on")
-        return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None)
+        volumes = [str(v) for v in raw.get("volumes", [])]
+        if any(not v.startswith("/") or "/." in v for v in volumes):  # checked in full at create (volumes.check_paths)
+            raise ValueError(f"bad volume path in {volumes}")
+        size = raw.get("size")
+        return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None,
+                         volumes, bool(raw.get("ephemeral", False)), int(size) if size is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 

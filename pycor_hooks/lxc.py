@@ -112,7 +112,8 @@ def template_error(stderr: str, returncode: int) -> PycorError:
 
 def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = None,
            network: str = "default", store: str | None = None, unprivileged: bool = False,
-           adopt: bool = False, rootfs: str | None = None, check: Callable[[str], None] | None = None) -> None:
+           adopt: bool = False, rootfs: str | None = None, check: Callable[[str], None] | None = None,
+           backing: str | None = None, template_args: list[str] | None = None) -> None:
     """lxc-create -t pycor, refusing first whatever its failure cleanup would delete.
 
     Holds the name lock from the check to the end of lxc-create, so two
@@ -126,6 +127,8 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
         argv = ["lxc-create", "-n", name, "-P", lxcpath, "-t", template]
         if rootfs != os.path.join(lxcpath, name, "rootfs"):
             argv += ["-B", "dir", "--dir", rootfs]
+        elif backing:
+            argv += ["-B", backing]  # btrfs: the rootfs a subvolume, for its quota
         conf = None
         if network == "none":
             fd, conf = tempfile.mkstemp(prefix="pycor-", suffix=".conf")
@@ -141,6 +144,7 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
             argv += ["--unprivileged"]
         if adopt:
             argv += ["--adopt"]
+        argv += template_args or []
         try:
             # lxc-create holds the lock too: if this process is killed, no other create slips in while it runs
             proc = run_tool(argv, check=False, pass_fds=(held.fd,))

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="pycor store (default: $PYCOR_STORE, /etc/pycor/pycor.conf, /var/lib/pycor)")
     p.add_argument("--adopt", action="store_true",
                    help="re-create the container around the pycor layer already in its rootfs, keeping its changes")
+    from .cli_hosting import add_template_options
+
+    add_template_options(p)  # --size, --volume, --ephemeral
     return p
 
 
@@ -147,8 +150,8 @@ def lxc_create_paths(argv: list[str]) -> tuple[str | None, str | None]:
                 found[opt] = argv[i + 1]
     path = found.get("--path")
     rootfs = found.get("--rootfs") or (os.path.join(path, "rootfs") if path else None)
-    if rootfs and rootfs.startswith("dir:"):
-        rootfs = rootfs[4:]
+    if rootfs and rootfs.split(":", 1)[0] in ("dir", "btrfs"):
+        rootfs = rootfs.split(":", 1)[1]
     return path, rootfs
 
 
@@ -249,8 +252,11 @@ def run(argv: list[str], hooks_dir: str) -> None:
         os.chmod(args.path, 0o770)
     if not args.adopt:
         driver.create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
+    from .cli_hosting import template_apply
+
+    hosting = template_apply(args, rootfs, uid, gid)  # volumes, ephemeral, quota
     with open(config, "a", encoding="utf-8") as f:
-        f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap)) + "\n")
+        f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap) + hosting) + "\n")
 
 
 def report(e: BaseException) -> None:

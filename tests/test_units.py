@@ -48,12 +48,26 @@ def test_layer_metadata_is_validated():
             layer.parse_meta(bad, "x")
 
 
-def test_rootfs_dir_accepts_dir_backend_only():
+def test_rootfs_dir_accepts_dir_and_btrfs_backends_only():
     assert layer.rootfs_dir("dir:/var/lib/lxc/a/rootfs") == "/var/lib/lxc/a/rootfs"
+    assert layer.rootfs_dir("btrfs:/var/lib/lxc/a/rootfs") == "/var/lib/lxc/a/rootfs"  # a subvolume, for --size
     assert layer.rootfs_dir("/var/lib/lxc/a:b/rootfs") == "/var/lib/lxc/a:b/rootfs"
-    for bad in ["overlay:/a:/b", "btrfs:/x", "relative/path"]:
+    for bad in ["overlay:/a:/b", "lvm:/dev/x", "relative/path"]:
         with pytest.raises(PycorError):
             layer.rootfs_dir(bad)
+
+
+def test_hooks_run_an_overlay_clone_on_its_original_layer():
+    assert layer.hook_rootfs("overlay:/l/orig/rootfs:/l/clone/delta0") == "/l/orig/rootfs"
+    assert layer.hook_rootfs("dir:/l/a/rootfs") == "/l/a/rootfs"
+
+
+def test_layer_meta_keeps_volumes_through_pin_and_moves():
+    meta = layer.parse_meta(b'{"base": "b", "volumes": ["/srv/v"], "ephemeral": true, "size": 1024}', "x")
+    assert meta.but(pin="2").volumes == ["/srv/v"] and meta.but(based_on="2").ephemeral and meta.size == 1024
+    assert layer.parse_meta(b'{"base": "b"}', "x").volumes == []
+    with pytest.raises(PycorError):
+        layer.parse_meta(b'{"base": "b", "volumes": ["/a/../etc"]}', "x")
 
 
 def test_hook_arguments_for_hook_versions_0_and_1(monkeypatch):

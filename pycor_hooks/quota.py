@@ -1,0 +1,257 @@
+"""Disk quotas for a container's layer, the two ways LXD limits a volume.
+
+btrfs: the container's rootfs is a subvolume (lxc-create -B btrfs; lxc-destroy
+removes it) holding .pycor/upper, work and volumes; a qgroup limit on its
+referenced bytes caps everything the container writes. Quotas are enabled on
+the filesystem when first needed.
+
+ext4 / XFS: a project id per container on .pycor and everything under it,
+with PROJINHERIT on the directories (FS_IOC_FSSETXATTR), and a block limit
+set with quotactl(Q_SETQUOTA, PRJQUOTA) on the filesystem's block device.
+upper and work carry the same id: copy-up renames from work into upper, and
+different ids there give EXDEV. The filesystem must be mounted with prjquota
+(ext4 also needs the 'project' and 'quota' features), and the kernel needs
+CONFIG_QFMT_V2 (ext4) or CONFIG_XFS_QUOTA.
+
+Not on the hook path: the CLI and the template use it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import zlib
+
+from . import layer
+from .errors import PycorError, Unsupported
+
+UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
+         "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
+
+# include/uapi/linux/fs.h: struct fsxattr (28 bytes) and its ioctls
+FS_IOC_FSGETXATTR = 0x801C581F
+FS_IOC_FSSETXATTR = 0x401C5820
+FS_XFLAG_PROJINHERIT = 0x00000200
+_FSXATTR = struct.Struct("=IIIII8s")  # fsx_xflags, fsx_extsize, fsx_nextents, fsx_projid, fsx_cowextsize, pad
+# include/uapi/linux/quota.h
+Q_SETQUOTA = 0x800008
+Q_GETQUOTA = 0x800007
+PRJQUOTA = 2
+QIF_BLIMITS = 1
+QIF_SPACE = 2
+QIF_DQBLKSIZE = 1024
+PROJECT_BASE = 0x50000000  # project ids pycor hands out: above any /etc/projid a person writes by hand
+
+
+class _IfDqblk(ctypes.Structure):
+    _fields_ = [("dqb_bhardlimit", ctypes.c_uint64), ("dqb_bsoftlimit", ctypes.c_uint64), ("dqb_curspace", ctypes.c_uint64),
+                ("dqb_ihardlimit", ctypes.c_uint64), ("dqb_isoftlimit", ctypes.c_uint64), ("dqb_curinodes", ctypes.c_uint64),
+                ("dqb_btime", ctypes.c_uint64), ("dqb_itime", ctypes.c_uint64), ("dqb_valid", ctypes.c_uint32)]
+
+
+def parse_size(text: str) -> int:
+    """'10GiB', '500M', '1g', '1048576' -> bytes (K, M, G, T alone are binary, as LXD reads them)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in UNITS or float(m.group(1)) <= 0:
+        raise PycorError(f"size {text!r} is not a size", "write it as a number and a unit: 512MiB, 10GiB, 1G")
+    return int(float(m.group(1)) * UNITS[unit])
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f}{unit}" if unit != "B" else f"{n}B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def mount_of(path: str) -> tuple[str, str, str, str]:
+    """(mount point, fstype, source, super options) of the filesystem holding path (from /proc/self/mountinfo)."""
+    path = os.path.realpath(path)
+    best = ("/", "?", "?", "")
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].replace("\\040", " ")
+            fstype, source, opts = (right.split() + ["", "", ""])[:3]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, fstype, source, opts)
+    return best
+
+
+def block_device(path: str) -> str:
+    """The block device node of the filesystem holding path (pyudev, from st_dev)."""
+    import pyudev
+
+    dev = pyudev.Devices.from_device_number(pyudev.Context(), "block", os.stat(path).st_dev)
+    if not dev.device_node:
+        raise Unsupported(f"no block device node for the filesystem of {path}")
+    return str(dev.device_node)
+
+
+def backend(path: str) -> tuple[str | None, str]:
+    """Which quota pycor can set on a layer under path: ('btrfs' | 'project' | None, why)."""
+    point, fstype, _, opts = mount_of(path)
+    if fstype == "btrfs":
+        return "btrfs", f"{point} is btrfs: a subvolume per container with a qgroup limit"
+    if fstype in ("ext4", "xfs"):
+        if "prjquota" in opts.split(","):
+            return "project", f"{point} is {fstype} mounted with prjquota: a project quota per container"
+        return None, f"{point} is {fstype} without prjquota"
+    return None, f"{point} is {fstype}, which has no per-directory quota"
+
+
+def require(path: str) -> str:
+    """The quota backend for containers under path, or Unsupported saying what to do."""
+    kind, why = backend(path)
+    if kind is None:
+        raise Unsupported(f"--size needs a quota where the containers live, and {why}",
+                          "put the LXC path (-P) on btrfs (qgroups), or on ext4 with '-O quota,project' / XFS, "
+                          "mounted with prjquota (kernel CONFIG_QFMT_V2 / CONFIG_XFS_QUOTA)")
+    return kind
+
+
+def run_btrfs(*args: str) -> str:
+    proc = subprocess.run(["btrfs", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PycorError(f"btrfs {' '.join(args)} failed: {proc.stderr.strip() or proc.returncode}",
+                         "check the filesystem with 'btrfs filesystem show' and 'btrfs qgroup show'")
+    return proc.stdout
+
+
+def is_subvolume(path: str) -> bool:
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_ino == 256 and mount_of(path)[1] == "btrfs"
+
+
+def subvolume_id(path: str) -> str:
+    return run_btrfs("inspect-internal", "rootid", path).strip()
+
+
+def btrfs_quota_on(path: str) -> bool:
+    return subprocess.run(["btrfs", "qgroup", "show", path], capture_output=True).returncode == 0
+
+
+def set_limit(rootfs: str, size: int | None) -> None:
+    """Limit (size bytes) or unlimit (None) everything the container writes under rootfs."""
+    kind = require(rootfs)
+    if kind == "btrfs":
+        if not is_subvolume(rootfs):
+            raise Unsupported(f"{rootfs} is a plain directory on btrfs, not a subvolume, so it cannot carry a qgroup limit",
+                              "create the container with --size (pycor makes its rootfs a subvolume: lxc-create -B btrfs)")
+        if not btrfs_quota_on(rootfs):
+            run_btrfs("quota", "enable", mount_of(rootfs)[0])
+        run_btrfs("qgroup", "limit", str(size) if size else "none", rootfs)
+    else:
+        set_project_limit(rootfs, size)
+
+
+def usage(rootfs: str) -> tuple[int, int | None] | None:
+    """(bytes used, limit or None) of the container's quota group, or None when it has none."""
+    try:
+        if mount_of(rootfs)[1] == "btrfs":
+            # LXC's btrfs rootfs is the subvolume; LXD's instance subvolume is its parent
+            sub = next((p for p in (rootfs, os.path.dirname(rootfs)) if is_subvolume(p)), None)
+            if sub is None or not btrfs_quota_on(sub):
+                return None
+            qid = f"0/{subvolume_id(sub)}"
+            for line in run_btrfs("qgroup", "show", "-re", "--raw", "--sync", sub).splitlines():
+                cols = line.split()
+                if cols and cols[0] == qid:
+                    return int(cols[1]), (None if cols[3] == "none" else int(cols[3]))
+            return None
+        return project_usage(rootfs)
+    except (OSError, PycorError):
+        return None
+
+
+# -- ext4 / XFS project quotas ------------------------------------------------------
+def project_id(rootfs: str) -> int:
+    """One project id per container layer, stable for its path."""
+    return PROJECT_BASE + (zlib.crc32(os.path.realpath(rootfs).encode()) & 0x0FFFFFFF)
+
+
+def get_project(fd: int) -> tuple[int, int]:
+    """(fsx_xflags, fsx_projid) of an open file."""
+    buf = bytearray(_FSXATTR.size)
+    fcntl.ioctl(fd, FS_IOC_FSGETXATTR, buf)
+    flags, _, _, projid, _, _ = _FSXATTR.unpack(buf)
+    return flags, projid
+
+
+def set_project(fd: int, projid: int, inherit: bool) -> None:
+    buf = bytearray(_FSXATTR.size)
+    fcntl.ioctl(fd, FS_IOC_FSGETXATTR, buf)
+    flags, extsize, nextents, _, cow, pad = _FSXATTR.unpack(buf)
+    if inherit:
+        flags |= FS_XFLAG_PROJINHERIT
+    fcntl.ioctl(fd, FS_IOC_FSSETXATTR, _FSXATTR.pack(flags, extsize, nextents, projid, cow, pad))
+
+
+def tag_layer(rootfs: str, projid: int) -> None:
+    """Give .pycor and everything in it (upper, work, volumes) the project id; PROJINHERIT on directories.
+
+    Walks by fds (os.fwalk never follows a symlink); symlinks themselves cannot
+    be opened for the ioctl and stay in their old project (a few bytes each).
+    """
+    fd = layer.open_rootfs(rootfs)
+    try:
+        from . import linux
+
+        top = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        os.close(fd)
+    try:
+        for _, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            set_project(dfd, projid, True)
+            for name in files:
+                try:
+                    f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+                except OSError:
+                    continue  # a symlink, socket or device: not taggable
+                try:
+                    set_project(f, projid, False)
+                finally:
+                    os.close(f)
+    finally:
+        os.close(top)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def quotactl(cmd: int, device: str, qid: int, dq: _IfDqblk) -> None:
+    if _libc.quotactl(ctypes.c_int((cmd << 8) | PRJQUOTA), device.encode(), ctypes.c_int(qid), ctypes.byref(dq)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), device)
+
+
+def set_project_limit(rootfs: str, size: int | None) -> None:
+    projid = project_id(rootfs)
+    tag_layer(rootfs, projid)
+    dq = _IfDqblk()
+    dq.dqb_bhardlimit = dq.dqb_bsoftlimit = ((size or 0) + QIF_DQBLKSIZE - 1) // QIF_DQBLKSIZE
+    dq.dqb_valid = QIF_BLIMITS
+    try:
+        quotactl(Q_SETQUOTA, block_device(rootfs), projid, dq)
+    except OSError as e:
+        raise PycorError(f"cannot set the project quota of {rootfs}: {e.strerror}",
+                         "mount the filesystem with prjquota (ext4 needs '-O quota,project')") from None
+
+
+def project_usage(rootfs: str) -> tuple[int, int | None] | None:
+    fd = os.open(os.path.join(rootfs, layer.PYCOR_DIR), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        projid = get_project(fd)[1]
+    finally:
+        os.close(fd)
+    if projid != project_id(rootfs):
+        return None
+    dq = _IfDqblk()
+    quotactl(Q_GETQUOTA, block_device(rootfs), projid, dq)
+    return int(dq.dqb_curspace), (int(dq.dqb_bhardlimit) * QIF_DQBLKSIZE or None)
