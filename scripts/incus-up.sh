@@ -15,7 +15,9 @@ if ! incus info >/dev/null 2>&1; then
         # INCUS_IDMAPPED_MOUNTS_DISABLE: Incus then shifts a new container's files on disk (as LXD 5.0
         # does) instead of mounting its rootfs idmapped (lxc.rootfs.options = idmap=container), which
         # would hide pycor's overlay; pycor's hooks refuse such a container with this hint.
-        (cd / && INCUS_IDMAPPED_MOUNTS_DISABLE=1 nohup "$INCUSD" --group root --logfile /var/log/incus-daemon.log >/dev/null 2>&1 &)
+        # Every fd of the daemon away from ours: a caller that reads our output (CI, a test) must see its end.
+        (cd / && INCUS_IDMAPPED_MOUNTS_DISABLE=1 exec setsid nohup "$INCUSD" --group root --logfile /var/log/incus-daemon.log) \
+            </dev/null >/dev/null 2>&1 &
     fi
     timeout 120 incus admin waitready
 fi

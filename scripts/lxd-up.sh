@@ -6,7 +6,8 @@ if ! lxc info >/dev/null 2>&1; then
     if ! pgrep -x lxd >/dev/null; then
         mkdir -p /var/log
         # from /: the daemon outlives this checkout, and its helpers (rsync) need a cwd that exists
-        (cd / && nohup lxd --group root --logfile /var/log/lxd-daemon.log >/dev/null 2>&1 &)
+        # Every fd of the daemon away from ours: a caller that reads our output (CI, a test) must see its end.
+        (cd / && exec setsid nohup lxd --group root --logfile /var/log/lxd-daemon.log) </dev/null >/dev/null 2>&1 &
     fi
     timeout 120 lxd waitready
 fi
