@@ -138,6 +138,10 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         v = imports.import_from_tar(store, args.name, args.from_tar, progress)
     elif args.busybox:
         v = imports.import_busybox(store, args.name, progress)
+    elif args.from_export:
+        from .cli_hosts import import_from_export
+
+        v = import_from_export(store, args.name, args.from_export)
     else:
         include = [p for item in args.include for p in item.split(",") if p]
         v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress)
@@ -310,7 +314,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
         driver.store.version(meta.base, version)
     else:  # where it runs now, else where it would start
         version = driver.volume_version(c.name, c.rootfs, meta, c.state == "RUNNING")
-    write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on))
+    write_meta(c.rootfs, LayerMeta(meta.base, version, meta.based_on, meta.digest))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
 
@@ -319,7 +323,7 @@ def cmd_unpin(args: argparse.Namespace, driver: Driver) -> None:
 
     c = find_container(driver, args, args.name)
     meta = driver.volume_meta(c.rootfs)
-    write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on))
+    write_meta(c.rootfs, LayerMeta(meta.base, None, meta.based_on, meta.digest))
     print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
 
 
@@ -461,6 +465,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--from-dir", metavar="DIR", help="copy a root filesystem directory")
     src.add_argument("--from-tar", metavar="FILE", help="a .tar, .tar.gz, .tar.xz or .tar.zst of a root filesystem")
     src.add_argument("--busybox", action="store_true", help="a minimal base from busybox-static")
+    src.add_argument("--from-export", metavar="FILE", help="versions exported by 'pycor base export' on another host ('-': stdin)")
     src.add_argument("--debootstrap", metavar="SUITE", help="a Debian suite, from the mirror apt uses here")
     imp.add_argument("--variant", default="minbase", help="debootstrap --variant (default: minbase)")
     imp.add_argument("--include", action="append", default=[], metavar="PKGS", help="debootstrap --include (comma-separated)")
@@ -539,6 +544,7 @@ def parser() -> argparse.ArgumentParser:
     from .cli_moves import add_commands
 
     add_commands(sub, base, fmt, where)
+    from . import cli_hosts; cli_hosts.add_commands(sub, base, fmt, where)  # noqa: E702 (one line to merge)
 
     ins = sub.add_parser("install", help="install the LXC hooks and template")
     ins.add_argument("--hooks-dir", default=hooks_dir(), help="default: $PYCOR_HOOKS_DIR, 'hooks_dir =' in /etc/pycor/pycor.conf, /usr/share/lxc/hooks")

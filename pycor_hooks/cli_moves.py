@@ -35,7 +35,7 @@ def cmd_rebase(args: argparse.Namespace, driver: Driver) -> None:
     if not args.dry_run and to is not None and to != driver.store.current(meta.base) and meta.pin != to:
         from .layer import LayerMeta, write_meta
 
-        write_meta(c.rootfs, LayerMeta(meta.base, to, to))  # a move off current stays there: pin it
+        write_meta(c.rootfs, LayerMeta(meta.base, to, to, driver.volume_meta(c.rootfs).digest))  # a move off current stays there: pin it
         print(f"container {c.name} pinned to {meta.base} version {to} ('pycor unpin {c.name}' to follow current again)")
     rows = [f.to_json() for f in plan.findings] if plan else []
     if args.format == "json":

@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import layer, linux, overlay
+from . import digest, layer, linux, overlay
 from .errors import Conflict, NotFound, PycorError
 from .layer import LayerMeta
 from .locks import layer_lock
@@ -119,7 +119,10 @@ class Driver:
         self.store.require(base)
         if pin:
             self.store.version(base, pin)
-        layer.create_layer(rootfs, LayerMeta(base, pin, pin or self.store.current(base)), uid, gid)
+        from .digest import version_digest
+
+        on = pin or self.store.current(base)
+        layer.create_layer(rootfs, LayerMeta(base, pin, on, version_digest(self.store, base, on)), uid, gid)
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
     def adopt_volume(self, name: str, rootfs: str, base: str, uid: int | None = 0, gid: int | None = 0,
@@ -212,8 +215,10 @@ class Driver:
             if not self.store.exists(meta.base):
                 raise PycorError(
                     f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}",
-                    f"import the base again ('pycor base import {meta.base} ...'); the container's changes in {rootfs}/{layer.UPPER} are intact",
+                    f"import the base again ('pycor base import {meta.base} --from-export FILE' with an export from the host "
+                    f"it came from); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
+            digest.check_layer(self.store, name, meta)  # its changes must land on the tree they were made on
             version = meta.pin or self.store.current(meta.base)
             held = None
             if meta.based_on != version:
@@ -372,7 +377,7 @@ class Driver:
                 result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
                                              self.store.lower_stack(meta.base, target), force, dry_run)
         if not dry_run:
-            lay.meta = LayerMeta(meta.base, meta.pin, target)
+            lay.meta = LayerMeta(meta.base, meta.pin, target, digest.recorded(self.store, meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
         return result
 
@@ -384,7 +389,7 @@ class Driver:
             return
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target)
+            lay.meta = LayerMeta(lay.meta.base, lay.meta.pin, target, digest.recorded(self.store, lay.meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]

@@ -32,15 +32,18 @@ META_LIMIT = 4096
 
 class LayerMeta(Record):
     """What a layer's changes run on: its base, a pinned version (or None: follow current), and the
-    version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1)."""
+    version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1),
+    and that version's content digest (None: not known), so another host can tell whether its version of that
+    number is the same tree."""
 
-    __slots__ = ("base", "pin", "based_on")
+    __slots__ = ("base", "pin", "based_on", "digest")
     base: str
     pin: str | None
     based_on: str | None
+    digest: str | None
 
-    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None) -> None:
-        super().__init__(base, pin, based_on)
+    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None, digest: str | None = None) -> None:
+        super().__init__(base, pin, based_on, digest)
 
 
 def rootfs_dir(path: str) -> str:
@@ -75,8 +78,11 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
     try:
         raw = json.loads(data)
         base = check_name(str(raw["base"]), "base name")
-        pin, based_on = raw.get("pin"), raw.get("based_on")
-        return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None)
+        pin, based_on, digest = raw.get("pin"), raw.get("based_on"), raw.get("digest")
+        if digest and not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"digest {digest!r} is not a sha256")
+        return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None,
+                         digest or None)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 
