@@ -110,7 +110,7 @@ class _Reader:
         while left:
             data = self.src.read(min(left, CHUNK))
             if not data:
-                raise Damaged("the export stream ends early", "it was cut short in transfer: export again")
+                raise Damaged("the export stream ends early", "it was cut short in transfer: export it again")
             parts.append(data)
             left -= len(data)
         return b"".join(parts)

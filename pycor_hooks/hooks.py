@@ -55,7 +55,7 @@ def container_from_env() -> tuple[str, str, str | None]:
 
 def runtime_of(config_file: str | None) -> tuple[str, str | None]:
     """('lxd', None) for LXD's generated config, else ('lxc', LXCPATH)."""
-    if config_file and config_file.startswith("/var/log/lxd/"):
+    if config_file and (config_file.startswith("/var/log/lxd/") or config_file.endswith("/lxc.conf")):  # also $LXD_DIR/logs/NAME/
         return "lxd", None
     if config_file:
         return "lxc", os.path.dirname(os.path.dirname(config_file))
