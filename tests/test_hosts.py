@@ -1,10 +1,7 @@
 """Beyond one host: base digests, export and import, containers that move between LXD daemons as their diff.
 
-The second host is a second LXD daemon on this machine (its own LXD_DIR, its
-own pycor store, listening on a loopback port, added as a remote with a
-trust token into a private client config), as LXD's own test suite spawns
-extra daemons (test/includes/lxd.sh, spawn_lxd). It is always shut down and
-its directory removed.
+The second host is a second LXD daemon on this machine with its own pycor
+store (see second_lxd.py); it is always shut down and its directory removed.
 """
 
 from __future__ import annotations
@@ -12,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -21,6 +16,7 @@ from typing import Iterator
 
 import pytest
 from helpers import PYCOR, layer_of, run, view_suffix
+from second_lxd import SecondLxd, mounts_under
 
 
 def version_json(store: str, base: str, version: str = "1") -> dict:
@@ -40,9 +36,6 @@ def pycor(env: dict[str, str], store: str, *args: str, check: bool = True, stdin
 def publish_tricky_version(store: str, base: str) -> str:
     """Publish a version holding what a plain copy loses: a whiteout, an opaque dir, xattrs, an ACL,
     setuid, a FIFO, a device node, a hard link, an odd file name, a foreign owner."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from pycor_hooks.store import Store
 
     s = Store(store)
@@ -82,6 +75,45 @@ def stores(installed: None, env: dict[str, str], session_dir: str) -> Iterator[t
 
 def export_to(env: dict[str, str], store: str, path: str, *args: str) -> None:
     pycor(env, store, "base", "export", "bb", "-o", path, *args)
+
+
+# -- pure logic ------------------------------------------------------------------------------
+
+
+def test_first_difference_names_the_path_and_what_differs():
+    from pycor_hooks.digest import first_difference
+
+    old = b"/ d 755 0:0\n/etc/a f 644 0:0 3:aaa\n/etc/b l 777 0:0 ->x\n"
+    assert first_difference(old, old) is None
+    assert first_difference(old, old.replace(b"3:aaa", b"3:bbb")) == "/etc/a: content differs (recorded 3:aaa, now 3:bbb)"
+    assert first_difference(old, old.replace(b"644 0:0 3", b"600 0:0 3")).startswith("/etc/a: mode differs")
+    assert first_difference(old, old + b"/etc/c p 644 0:0\n") == "/etc/c: not in the recorded manifest (added)"
+    assert first_difference(old, old.replace(b"/etc/b l 777 0:0 ->x\n", b"")).startswith("/etc/b: in the recorded")
+
+
+def test_layer_metadata_keeps_a_digest_and_refuses_one_that_is_not_sha256():
+    from pycor_hooks.errors import PycorError
+    from pycor_hooks.layer import LayerMeta, parse_meta
+
+    d = "ab" * 32
+    assert parse_meta(json.dumps({"base": "b", "pin": None, "based_on": "2", "digest": d}).encode(), "x") == LayerMeta("b", None, "2", d)
+    assert parse_meta(b'{"base": "b"}', "x").digest is None
+    with pytest.raises(PycorError):
+        parse_meta(json.dumps({"base": "b", "based_on": "2", "digest": "../etc"}).encode(), "x")
+
+
+def test_export_reader_refuses_a_stream_that_is_not_an_export_or_is_cut():
+    import io
+
+    from pycor_hooks.errors import Damaged
+    from pycor_hooks.export import MAGIC, _Reader, read_header
+
+    with pytest.raises(Damaged, match="not a pycor export"):
+        read_header(_Reader(io.BytesIO(b"GARBAGE-AT-THE-START\n")))
+    with pytest.raises(Damaged, match="ends early"):
+        read_header(_Reader(io.BytesIO(MAGIC + b"H\x00\x00")))
+    with pytest.raises(Damaged, match="frame"):
+        read_header(_Reader(io.BytesIO(MAGIC + b"Q" + bytes(8))))
 
 
 # -- digests, export and import (stores only) --------------------------------------------------
@@ -225,85 +257,37 @@ def test_lxc_start_on_a_store_whose_version_is_another_tree_is_refused(stores, e
 
 @dataclass
 class Host2:
-    """The second LXD daemon: its dir, client config (remote 'h2'), pycor store and environment."""
+    """The second LXD daemon (remote 'h2' in its client config) and its pycor store."""
 
-    lxd_dir: str
-    client_conf: str
+    daemon: SecondLxd
     store: str
     env: dict[str, str]  # pycor aimed at daemon 2 and store 2
-    client_env: dict[str, str]  # lxc with the private client config knowing remote h2
 
     def lxc(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return run(["lxc", *args], env=self.client_env, check=check, timeout=timeout)
+        return run(["lxc", *args], env=self.daemon.client_env, check=check, timeout=timeout)
 
     def rootfs(self, name: str) -> str:
-        return os.path.join(self.lxd_dir, "storage-pools", "default", "containers", name, "rootfs")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mounts_under(path: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return sorted((p for p in points if p == path or p.startswith(path + "/")), key=len, reverse=True)
-
-
-def stop_daemon(lxd_dir: str, proc: subprocess.Popen) -> None:
-    denv = dict(os.environ, LXD_DIR=lxd_dir)
-    subprocess.run(["lxd", "shutdown", "--timeout", "60"], env=denv, capture_output=True, timeout=120)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    for point in mounts_under(lxd_dir):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-    shutil.rmtree(lxd_dir, ignore_errors=True)
+        return self.daemon.rootfs(name)
 
 
 @pytest.fixture(scope="module")
 def host2(lxd_env: dict[str, str], busybox_base: str, session_dir: str) -> Iterator[Host2]:
-    lxd_dir = f"/var/lib/pycor-test-lxd2-{uuid.uuid4().hex[:6]}"
-    os.mkdir(lxd_dir, 0o755)
-    port = free_port()
-    denv = dict(os.environ, LXD_DIR=lxd_dir)
-    denv.pop("LXD_SOCKET", None)
+    daemon = SecondLxd()
     store2 = os.path.join(session_dir, f"store2-{uuid.uuid4().hex[:6]}")
-    proc = subprocess.Popen(["lxd", "--group", "root", "--logfile", os.path.join(lxd_dir, "lxd.log")], cwd="/",
-                            env=denv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     try:
-        run(["lxd", "waitready", "--timeout", "120"], env=denv, timeout=150)
-        preseed = (f"config:\n  core.https_address: 127.0.0.1:{port}\nstorage_pools:\n- name: default\n  driver: dir\n"
-                   "profiles:\n- name: default\n  devices:\n    root:\n      path: /\n      pool: default\n      type: disk\n")
-        run(["lxd", "init", "--preseed"], env=denv, stdin_text=preseed)
-        token = run(["lxc", "config", "trust", "add", "--name", "pycor-test", "-q"], env=denv).stdout.strip().splitlines()[-1]
-        client_conf = os.path.join(lxd_dir, "client")
-        os.mkdir(client_conf, 0o700)
-        client_env = dict(os.environ, LXD_CONF=client_conf)
-        for key in ("LXD_DIR", "LXD_SOCKET"):
-            client_env.pop(key, None)
-        # LXD 5.0 takes the token where a newer client takes --token (the token carries the address)
-        run(["lxc", "remote", "add", "h2", token, "--accept-certificate"], env=client_env, timeout=120)
-        # the pycor client of either generation finds daemon 2: LXD_SOCKET (today's), LXD_DIR (the LXD+Incus client's)
-        env2 = dict(lxd_env, PYCOR_STORE=store2, LXD_DIR=lxd_dir, LXD_SOCKET=os.path.join(lxd_dir, "unix.socket"))
-        env2.pop("PYCOR_LXD_PROJECT", None)
+        daemon.start()
+        env2 = daemon.pycor_env(lxd_env, store2)
         exp = subprocess.run(PYCOR + ["base", "export", busybox_base, "-o", "-"], env=lxd_env, capture_output=True, check=True)
         imp = subprocess.run(PYCOR + ["base", "import", busybox_base, "--from-export", "-"], env=env2, input=exp.stdout,
                              capture_output=True)
         assert imp.returncode == 0, imp.stderr
         run(PYCOR + ["lxd", "init"], env=env2)
-        profile = run(["lxc", "profile", "show", "overlay"], env=denv).stdout
-        assert f"--store {store2}" in profile
-        yield Host2(lxd_dir, client_conf, store2, env2, client_env)
+        assert f"--store {store2}" in run(["lxc", "profile", "show", "overlay"], env=daemon.daemon_env).stdout
+        yield Host2(daemon, store2, env2)
     finally:
-        stop_daemon(lxd_dir, proc)
+        daemon.stop()
         shutil.rmtree(store2, ignore_errors=True)
-    assert not os.path.exists(lxd_dir)
+    assert not os.path.exists(daemon.lxd_dir)
 
 
 def du_bytes(path: str) -> int:
