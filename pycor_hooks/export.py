@@ -30,6 +30,7 @@ import sys
 from typing import IO, Iterator
 
 from . import digest as dg
+from . import faults
 from .errors import Conflict, Damaged, NotFound, PycorError
 from .fsutil import human_size, remove_tree
 from .names import check_name, check_version
@@ -255,6 +256,7 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
             done.append((number, "imported"))
             _say(f"{label}: {human_size(got)} received, digest {computed[:16]} checked")
         r.expect(b"Z", 0)
+        faults.point("import-staged")
         _publish(store, name, header, stagings)
         stagings.clear()
     finally:

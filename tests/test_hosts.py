@@ -200,6 +200,20 @@ def test_damaged_export_fails_and_leaves_nothing(stores, env, session_dir, damag
     assert os.listdir(os.path.join(b, "staging")) == []
 
 
+def test_import_killed_before_publishing_leaves_no_base_and_runs_again(stores, env, session_dir):
+    a, b = stores
+    full = os.path.join(session_dir, "killed.export")
+    export_to(env, a, full)
+    killed = run(PYCOR + ["--store", b, "base", "import", "bb", "--from-export", full], env=dict(env, PYCOR_FAULT="import-staged"),
+                 check=False)
+    assert killed.returncode == -9
+    assert not os.path.exists(os.path.join(b, "bases", "bb"))
+    pycor(env, b, "base", "import", "bb", "--from-export", full)
+    assert digest_of(b, "bb") == digest_of(a, "bb")
+    pycor(env, b, "base", "gc")  # the killed import's staging goes with any other stale one
+    assert os.listdir(os.path.join(b, "staging")) == []
+
+
 def test_verify_names_a_file_changed_in_place(stores, env):
     a, _ = stores
     target = os.path.join(layer_of(a, "bb"), "bin", "busybox")
