@@ -177,6 +177,7 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
+    from .digest import recorded
     from .versions import SQUASH_ADVISED_DEPTH
 
     store = driver.store
@@ -187,13 +188,15 @@ def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
         "version": v.version, "current": v.version == current, "parent": v.parent, "depth": store.depth(name, v.version),
         "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
         "in_use": v.version in used or v.version == current, "source": v.source,
+        "digest": recorded(store, name, v.version) or "",  # empty: published before digests ('pycor base verify' records it)
     } for v in store.versions(name)]
     if args.format != "json":
         for r in rows:
             r["size"] = human_size(r["size"])
             r["version"] = f"{r['version']}{' *' if r['current'] else ''}"
+            r["digest"] = r["digest"][:12] or "-"
     emit(args, rows, [("version", "VERSION"), ("parent", "PARENT"), ("depth", "LAYERS"), ("size", "SIZE"),
-                      ("created", "CREATED"), ("source", "SOURCE")])
+                      ("created", "CREATED"), ("digest", "DIGEST"), ("source", "SOURCE")])
     depth = store.depth(name, current)
     if args.format != "json" and depth >= SQUASH_ADVISED_DEPTH:
         print(f"version {current} stacks {depth} layers: 'pycor base squash {name}' folds them into one", file=sys.stderr)

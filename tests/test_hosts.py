@@ -144,6 +144,8 @@ def test_export_import_reproduces_numbers_digests_and_every_attribute(stores, en
     assert "user:1234:r--" in run(["getfacl", "-p", os.path.join(layer, "etc", "data")]).stdout
     for s in (a, b):
         assert "intact" in pycor(env, s, "base", "verify", "bb").stdout
+    listed = json.loads(pycor(env, b, "base", "versions", "bb", "--format", "json").stdout)
+    assert [r["digest"] for r in listed] == [digest_of(a, "bb", "1"), digest_of(a, "bb", two)]
     # the same export again: every version is already here with its digest
     again = pycor(env, b, "base", "import", "bb", "--from-export", full)
     assert "already here" in again.stderr
