@@ -390,3 +390,22 @@ def test_start_on_a_daemon_whose_base_is_another_tree_is_refused(host2, launch, 
         assert not mounts_under(host2.rootfs(target))
     finally:
         host2.lxc("delete", "-f", f"h2:{target}")
+
+
+def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, launch, lxd_env, lxd_project):
+    name = f"nb{uuid.uuid4().hex[:4]}"
+    run(PYCOR + ["base", "import", name, "--busybox"], env=lxd_env)
+    run(PYCOR + ["lxd", "init"], env=lxd_env)
+    src = launch(base=name)
+    src.lxc("stop", src.name)
+    target = f"n{uuid.uuid4().hex[:6]}"
+    host2.lxc("copy", f"local:{src.name}", f"h2:{target}", "--project", lxd_project, "--target-project", "default",
+              "--mode", "relay")
+    try:
+        assert host2.lxc("start", f"h2:{target}", check=False).returncode != 0
+        log = host2.lxc("info", f"h2:{target}", "--show-log").stdout
+        assert f"runs on base '{name}' version 1, which is not in store {host2.store}" in log, log
+        assert f"pycor base import {name} --from-export" in log
+        assert not mounts_under(host2.rootfs(target))
+    finally:
+        host2.lxc("delete", "-f", f"h2:{target}")
