@@ -213,9 +213,9 @@ class Driver:
             self.recover_volume(lay)
             meta = lay.meta
             if not self.store.exists(meta.base):
-                on = f" version {meta.based_on}" if meta.based_on else ""
+                on = f" (its changes were made on version {meta.based_on})" if meta.based_on else ""
                 raise PycorError(
-                    f"container {name} runs on base {meta.base!r}{on}, which is not in store {self.store.root}",
+                    f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}{on}",
                     f"import the base again ('pycor base import {meta.base} --from-export FILE' with an export from the host "
                     f"it came from); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )

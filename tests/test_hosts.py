@@ -404,7 +404,7 @@ def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, la
     try:
         assert host2.lxc("start", f"h2:{target}", check=False).returncode != 0
         log = host2.lxc("info", f"h2:{target}", "--show-log").stdout
-        assert f"runs on base '{name}' version 1, which is not in store {host2.store}" in log, log
+        assert f"runs on base '{name}', which is not in store {host2.store} (its changes were made on version 1)" in log, log
         assert f"pycor base import {name} --from-export" in log
         assert not mounts_under(host2.rootfs(target))
     finally:
