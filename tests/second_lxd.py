@@ -5,7 +5,8 @@ Its own LXD_DIR (/var/lib/pycor-test-lxd2-XXXXXX), a dir pool, listening on
 client config (LXD_CONF), so root's own `lxc` remotes are never touched. This
 is how LXD's own test suite spawns extra daemons (test/includes/lxd.sh,
 spawn_lxd). stop() shuts it down and removes its directory, whatever
-happened.
+happened. LxdCluster: two such daemons joined as one LXD cluster, each
+member on its own loopback port.
 """
 
 from __future__ import annotations
@@ -92,3 +93,38 @@ class SecondLxd:
     def lxc(self, *args: str, timeout: float = 300) -> str:
         """The lxc client with remote h2 (and 'local:' the host's own daemon)."""
         return _run(["lxc", *args], self.client_env, timeout=timeout)
+
+
+class LxdCluster:
+    """A two-member LXD cluster on this machine: m1 and m2, each its own LXD_DIR and 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        self.members = [SecondLxd(), SecondLxd()]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """lxc and pycor talking to the cluster through m1 (either member would do)."""
+        return dict(self.members[0].daemon_env, LXD_SOCKET=self.members[0].socket)
+
+    def start(self) -> None:
+        for m in self.members:
+            os.mkdir(m.lxd_dir, 0o755)
+            m.proc = subprocess.Popen(["lxd", "--group", "root", "--logfile", os.path.join(m.lxd_dir, "lxd.log")],
+                                      cwd="/", env=m.daemon_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        for m in self.members:
+            _run(["lxd", "waitready", "--timeout", "120"], m.daemon_env)
+        first, second = self.members
+        p1, p2 = free_port(), free_port()
+        _run(["lxd", "init", "--preseed"], first.daemon_env,
+             f"config:\n  core.https_address: 127.0.0.1:{p1}\n  cluster.https_address: 127.0.0.1:{p1}\n"
+             "cluster:\n  server_name: m1\n  enabled: true\nstorage_pools:\n- name: default\n  driver: dir\n"
+             "profiles:\n- name: default\n  devices:\n    root: {path: /, pool: default, type: disk}\n")
+        token = _run(["lxc", "cluster", "add", "m2", "-q"], first.daemon_env).strip().splitlines()[-1]
+        _run(["lxd", "init", "--preseed"], second.daemon_env,
+             f"cluster:\n  enabled: true\n  server_name: m2\n  server_address: 127.0.0.1:{p2}\n  cluster_token: {token}\n"
+             "  member_config:\n  - entity: storage-pool\n    name: default\n    key: source\n    value: \"\"\n", timeout=300)
+
+    def stop(self) -> None:
+        for m in reversed(self.members):
+            m.stop()

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 from helpers import PYCOR, layer_of, run, view_suffix
-from second_lxd import SecondLxd, mounts_under
+from second_lxd import LxdCluster, SecondLxd, mounts_under
 
 
 def version_json(store: str, base: str, version: str = "1") -> dict:
@@ -409,3 +409,26 @@ def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, la
         assert not mounts_under(host2.rootfs(target))
     finally:
         host2.lxc("delete", "-f", f"h2:{target}")
+
+
+def test_cluster_members_run_a_pycor_container_placed_with_target_and_moved_between_them(lxd_env, busybox_base):
+    """A two-member LXD cluster (one machine, so both members share the store): profile and image cluster-wide."""
+    cluster = LxdCluster()
+    try:
+        cluster.start()
+        env = dict(lxd_env, **cluster.env)
+        env.pop("PYCOR_LXD_PROJECT", None)
+        run(PYCOR + ["lxd", "init"], env=env)
+        run(["lxc", "launch", f"pycor/{busybox_base}", "k1", "--target", "m2", "--profile", "default", "--profile", "overlay"],
+            env=env, timeout=180)
+        assert run(["lxc", "list", "k1", "-c", "L", "--format", "csv"], env=env).stdout.strip() == "m2"
+        run(["lxc", "exec", "k1", "--", "/bin/sh", "-c", "echo placed-on-m2 > /root/mine"], env=env)
+        run(["lxc", "stop", "k1"], env=env)
+        run(["lxc", "move", "k1", "--target", "m1"], env=env, timeout=180)
+        run(["lxc", "start", "k1"], env=env)
+        assert run(["lxc", "list", "k1", "-c", "L", "--format", "csv"], env=env).stdout.strip() == "m1"
+        assert "placed-on-m2" in run(["lxc", "exec", "k1", "--", "cat", "/root/mine"], env=env).stdout
+        run(["lxc", "delete", "-f", "k1"], env=env)
+    finally:
+        cluster.stop()
+    assert not any(os.path.exists(m.lxd_dir) for m in cluster.members)
