@@ -104,6 +104,10 @@ def cmd_base_import(args: argparse.Namespace, driver: Driver) -> None:
         v = imports.import_from_tar(store, args.name, args.from_tar, progress)
     elif args.busybox:
         v = imports.import_busybox(store, args.name, progress)
+    elif args.from_export:
+        from .cli_hosts import import_from_export
+
+        v = import_from_export(store, args.name, args.from_export)
     else:
         include = [p for item in args.include for p in item.split(",") if p]
         v = imports.import_debootstrap(store, args.name, args.debootstrap, args.variant, include, progress,
@@ -153,6 +157,8 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
     """Every version that reads, plus one line per damaged one (marked, never a failure of the listing)."""
+    from .digest import recorded
+
     from .versions import SQUASH_ADVISED_DEPTH
 
     store = driver.store
@@ -177,19 +183,20 @@ def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
         "version": v.version, "current": v.version == current, "parent": v.parent, "depth": depth(v.version),
         "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
         "in_use": v.version in used or v.version == current, "held": v.version in held, "damaged": None,
-        "source": v.source,
+        "source": v.source, "digest": recorded(store, name, v.version) or "",
     } for v in found]
     rows += [{"version": number, "current": number == current, "parent": None, "depth": 0, "size": 0, "created": "-",
               "in_use": number in used or number == current, "held": number in held, "damaged": why,
-              "source": f"DAMAGED: {why}"} for number, why in damaged.items()]
+              "source": f"DAMAGED: {why}", "digest": ""} for number, why in damaged.items()]
     rows.sort(key=lambda r: int(r["version"]) if str(r["version"]).isdigit() else 0)
     if args.format != "json":
         for r in rows:
             r["size"] = human_size(r["size"])
             r["version"] = f"{r['version']}{' *' if r['current'] else ''}"
             r["held"] = "held" if r["held"] else ""
+            r["digest"] = r["digest"][:12] or "-"
     emit(args, rows, [("version", "VERSION"), ("parent", "PARENT"), ("depth", "LAYERS"), ("size", "SIZE"),
-                      ("created", "CREATED"), ("held", "HELD"), ("source", "SOURCE")])
+                      ("created", "CREATED"), ("held", "HELD"), ("digest", "DIGEST"), ("source", "SOURCE")])
     if args.format != "json":
         if current is None or current not in by_number:
             print(f"base {name}: its current version is missing or damaged; 'pycor base gc' reports what is wrong", file=sys.stderr)
@@ -503,6 +510,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--from-dir", metavar="DIR", help="copy a root filesystem directory")
     src.add_argument("--from-tar", metavar="FILE", help="a .tar, .tar.gz, .tar.xz or .tar.zst of a root filesystem")
     src.add_argument("--busybox", action="store_true", help="a minimal base from busybox-static")
+    src.add_argument("--from-export", metavar="FILE", help="versions exported by 'pycor base export' on another host ('-': stdin)")
     src.add_argument("--debootstrap", metavar="SUITE", help="a Debian suite, from the mirror apt uses here")
     imp.add_argument("--variant", default="minbase", help="debootstrap --variant (default: minbase)")
     imp.add_argument("--include", action="append", default=[], metavar="PKGS", help="debootstrap --include (comma-separated)")
@@ -596,6 +604,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_commands(sub, base, fmt, where)
     from . import cli_hosting
+    from . import cli_hosts
+
+    cli_hosts.add_commands(sub, base, fmt, where)
 
     cli_hosting.add_commands(sub, fmt, where)  # create --size, --volume, --ephemeral; set; doctor -P
 

@@ -37,7 +37,7 @@ def cmd_rebase(args: argparse.Namespace, driver: Driver) -> None:
     if not args.dry_run and to is not None and to != driver.store.current(meta.base) and meta.pin != to:
         from .layer import write_meta
 
-        write_meta(c.rootfs, meta.but(pin=to, based_on=to))  # a move off current stays there: pin it
+        write_meta(c.rootfs, driver.volume_meta(c.rootfs).but(pin=to))  # a move off current stays there: pin it
         print(f"container {c.name} pinned to {meta.base} version {to} ('pycor unpin {c.name}' to follow current again)")
     rows = [f.to_json() for f in plan.findings] if plan else []
     if args.format == "json":

@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import faults, layer, linux, locks, overlay, volumes
+from . import digest, faults, layer, linux, locks, overlay, volumes
 from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -207,7 +207,10 @@ class Driver:
         self.store.require(base)
         if pin:
             self.store.version(base, pin)
-        layer.create_layer(rootfs, LayerMeta(base, pin, pin or self.store.current(base)), uid, gid)
+        from .digest import version_digest
+
+        on = pin or self.store.current(base)
+        layer.create_layer(rootfs, LayerMeta(base, pin, on, version_digest(self.store, base, on)), uid, gid)
         faults.point("create.layer")
         self.register(Registration(name, rootfs, runtime, lxcpath))
 
@@ -323,10 +326,13 @@ class Driver:
             self.recover_volume(lay)
             meta = lay.meta
             if not self.store.exists(meta.base):
+                on = f" (its changes were made on version {meta.based_on})" if meta.based_on else ""
                 raise PycorError(
-                    f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}",
-                    f"import the base again ('pycor base import {meta.base} ...'); the container's changes in {rootfs}/{layer.UPPER} are intact",
+                    f"container {name} runs on base {meta.base!r}, which is not in store {self.store.root}{on}",
+                    f"import the base again ('pycor base import {meta.base} --from-export FILE' with an export from the host "
+                    f"it came from); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
+            digest.check_layer(self.store, name, meta)  # its changes must land on the tree they were made on
             version = meta.pin or self.store.current(meta.base)
             held = None
             if meta.based_on != version:
@@ -591,7 +597,7 @@ class Driver:
                 result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
                                              self.store.lower_stack(meta.base, target), force, dry_run)
         if not dry_run:
-            lay.meta = meta.but(based_on=target)
+            lay.meta = meta.but(based_on=target, digest=digest.recorded(self.store, meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
         return result
 
@@ -605,7 +611,7 @@ class Driver:
 
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = lay.meta.but(based_on=target)
+            lay.meta = lay.meta.but(based_on=target, digest=digest.recorded(self.store, lay.meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,

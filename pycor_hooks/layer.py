@@ -32,19 +32,22 @@ META_LIMIT = 4096
 
 class LayerMeta(Record):
     """What a layer's changes run on: its base, a pinned version (or None: follow current), and the
-    version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1)."""
+    version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1),
+    and that version's content digest (None: not known), so another host can tell whether its version of that
+    number is the same tree."""
 
-    __slots__ = ("base", "pin", "based_on", "volumes", "ephemeral", "size")
+    __slots__ = ("base", "pin", "based_on", "digest", "volumes", "ephemeral", "size")
     base: str
     pin: str | None
     based_on: str | None
+    digest: str | None  # of the based_on version, as its store recorded it when the layer moved there
     volumes: list[str]  # container paths of volumes; volume i lives in .pycor/volumes/i (see volumes.py)
     ephemeral: bool  # upper and work in memory (a tmpfs), the container destroyed at stop
     size: int | None  # bytes: the tmpfs limit of an ephemeral layer (on disk the qgroup/project quota is the limit)
 
-    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None,
+    def __init__(self, base: str, pin: str | None = None, based_on: str | None = None, digest: str | None = None,
                  volumes: list[str] | None = None, ephemeral: bool = False, size: int | None = None) -> None:
-        super().__init__(base, pin, based_on, list(volumes or []), ephemeral, size)
+        super().__init__(base, pin, based_on, digest, list(volumes or []), ephemeral, size)
 
     def but(self, **changes: object) -> "LayerMeta":
         """A copy with some fields changed: every other field (volumes, ...) kept."""
@@ -108,13 +111,15 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
     try:
         raw = flatjson.load(data)
         base = check_name(str(raw["base"]), "base name")
-        pin, based_on = raw.get("pin"), raw.get("based_on")
+        pin, based_on, digest = raw.get("pin"), raw.get("based_on"), raw.get("digest")
+        if digest and not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"digest {digest!r} is not a sha256")
         volumes = [str(v) for v in raw.get("volumes", [])]
         if any(not v.startswith("/") or "/." in v for v in volumes):  # checked in full at create (volumes.check_paths)
             raise ValueError(f"bad volume path in {volumes}")
         size = raw.get("size")
         return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None,
-                         volumes, bool(raw.get("ephemeral", False)), int(size) if size is not None else None)
+                         digest or None, volumes, bool(raw.get("ephemeral", False)), int(size) if size is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 

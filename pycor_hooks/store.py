@@ -7,7 +7,8 @@ Layout (root defaults to /var/lib/pycor)::
 
     bases/NAME/base.json                  name, created, LXC config hints
     bases/NAME/current -> versions/N      switched by one atomic rename
-    bases/NAME/versions/N/version.json    parent, created, size, source
+    bases/NAME/versions/N/version.json    parent, created, size, source, digest (see digest.py)
+    bases/NAME/versions/N/manifest        the layer's manifest, whose sha256 the digest chains
     bases/NAME/versions/N/rootfs/         the layer: read-only once published
     bases/NAME/holds/N                    version N kept by gc (pycor base hold)
     staging/LABEL.PID.NS/                 work in progress, same filesystem
@@ -551,6 +552,9 @@ class Store:
     def publish_base(self, name: str, staging: str, source: str, size: int, lxc: list[str]) -> Version:
         """Make the layer at staging/rootfs version 1 of a new base, in one rename."""
         check_name(name, "base name")
+        from .digest import stamp
+
+        digest = stamp(staging, None)  # the tree's identity, before it can be seen
         with self.lock():
             if self.exists(name):
                 raise PycorError(f"base {name!r} already exists", f"remove it first with 'pycor base rm {name}', or pick another name")
@@ -562,7 +566,8 @@ class Store:
                 vdir = os.path.join(tmp, "versions", "1")
                 os.rename(staging, vdir)
                 os.chmod(vdir, 0o755)
-                write_json(os.path.join(vdir, "version.json"), {"version": 1, "parent": None, "created": now, "size": size, "source": source})
+                write_json(os.path.join(vdir, "version.json"), {"version": 1, "parent": None, "created": now, "size": size, "source": source,
+                                                                     "digest": digest})
                 write_json(os.path.join(tmp, "base.json"), {"name": name, "created": now, "lxc": lxc})
                 os.symlink("versions/1", os.path.join(tmp, "current"))
                 faults.point("publish.base-assembled")
@@ -581,6 +586,9 @@ class Store:
         expected_current: refuse if 'current' moved meanwhile (another update
         published), rather than silently dropping that version's changes.
         """
+        from .digest import stamp, version_digest
+
+        digest = stamp(staging, version_digest(self, name, parent) if parent else None)
         with self.lock():
             self.require(name)
             if expected_current is not None and self.current(name) != expected_current:
@@ -593,7 +601,7 @@ class Store:
                               if v.lstrip(".").split(".")[0].isdigit()), default=0) + 1)
             write_json(os.path.join(staging, "version.json"),
                        {"version": int(number), "parent": int(parent) if parent else None, "created": time.time(),
-                        "size": size, "source": source})
+                        "size": size, "source": source, "digest": digest})
             target = os.path.join(vdir, number)
             os.rename(staging, target)  # the version appears whole, or not at all
             os.chmod(target, 0o755)

@@ -72,12 +72,13 @@ def test_layer_meta_keeps_volumes_through_pin_and_moves():
 
 def test_hook_arguments_for_hook_versions_0_and_1(monkeypatch):
     monkeypatch.delenv("LXC_HOOK_TYPE", raising=False)
-    assert hooks.parse_args("pre-mount", ["web1", "lxc", "pre-mount"]) is None
-    assert hooks.parse_args("pre-mount", ["--store", "/s p", "web1", "lxc", "pre-mount"]) == "/s p"
+    assert hooks.parse_args("pre-mount", ["web1", "lxc", "pre-mount"]) == (None, False)
+    assert hooks.parse_args("pre-mount", ["--store", "/s p", "web1", "lxc", "pre-mount"]) == ("/s p", False)
+    assert hooks.parse_args("pre-mount", ["--prepare", "--store", "/s", "web1", "lxc", "pre-mount"]) == ("/s", True)
     with pytest.raises(PycorError, match="runs it as post-stop"):
         hooks.parse_args("pre-mount", ["web1", "lxc", "post-stop"])
     monkeypatch.setenv("LXC_HOOK_TYPE", "pre-start")
-    assert hooks.parse_args("pre-start", []) is None
+    assert hooks.parse_args("pre-start", []) == (None, False)
     with pytest.raises(PycorError):
         hooks.parse_args("pre-mount", [])
     with pytest.raises(PycorError, match="unknown option"):

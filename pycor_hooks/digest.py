@@ -1,0 +1,247 @@
+"""A base version's identity: a manifest per layer and a content digest per version.
+
+The manifest of a layer has one line per entry, sorted by path: the path,
+its type, mode, owner, and what makes its content: a regular file's sha256
+and size, a symlink's target, a device's major and minor, and every xattr
+(overlayfs' opaque and redirect marks, capabilities, ACLs). mtimes are left
+out: they say when, not what. A whiteout is a 0/0 character device, so it is
+an entry like any other.
+
+    layer digest   = sha256(manifest)
+    version digest = sha256(layer digest + parent version's digest)
+
+so two versions with the same digest have the same whole stack. The digest
+is written into version.json and the manifest beside it
+(bases/NAME/versions/N/manifest) when a version is published; versions
+published before get them the first time they are needed.
+
+The pre-start hook imports this module for check_layer(), which compares
+two recorded strings: hashlib and urllib are imported only where hashing is.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import Damaged, NotFound, PycorError
+from .store import Store, read_json, write_json
+
+MANIFEST = "manifest"
+VERSION_JSON = "version.json"
+_CHUNK = 1 << 20
+
+
+def _quote(raw: bytes) -> str:
+    """A path or link target as one token: bytes outside printable ASCII, spaces and '%' escaped."""
+    import urllib.parse
+
+    return urllib.parse.quote_from_bytes(raw, safe="/!$&'()*+,-.:;<=>?@[]^_`{|}~")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
+                       (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"), (stat.S_ISSOCK, "s")):
+        if test(mode):
+            return name
+    return "?"
+
+
+def _file_sha256(parent: int, name: str) -> str:
+    import hashlib
+
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        out.append(f"x:{_quote(name.encode())}={value.hex()}")
+    return out
+
+
+def entry_line(rel: str, st: os.stat_result, parent: int, name: str) -> str:
+    """The manifest line of one entry (parent: an fd of its directory, name: its name there)."""
+    kind = _kind(st.st_mode)
+    fields = ["/" + _quote(os.fsencode(rel)) if rel else "/", kind, f"{stat.S_IMODE(st.st_mode):o}", f"{st.st_uid}:{st.st_gid}"]
+    if kind == "f":
+        fields.append(f"{st.st_size}:{_file_sha256(parent, name)}")
+    elif kind == "l":
+        fields.append("->" + _quote(os.fsencode(os.readlink(name, dir_fd=parent))))
+    elif kind in ("c", "b"):
+        fields.append(f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}")
+    fields.extend(_xattrs(f"/proc/self/fd/{parent}/{name}"))
+    return " ".join(fields)
+
+
+def layer_manifest(layer: str) -> bytes:
+    """The sorted manifest of one layer directory (its root included as '/')."""
+    from .fsutil import walk
+
+    top = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        lines = [entry_line("", os.fstat(top), top, ".")]
+        for rel, st, parent, name in walk(top):
+            lines.append(entry_line(rel, st, parent, name))
+    finally:
+        os.close(top)
+    lines.sort(key=lambda line: line.split(" ", 1)[0])
+    return ("\n".join(lines) + "\n").encode()
+
+
+def layer_digest(manifest: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(manifest).hexdigest()
+
+
+def chain(layer: str, parent_digest: str | None) -> str:
+    """A version's digest from its layer's digest and its parent version's digest."""
+    import hashlib
+
+    return hashlib.sha256((layer + (parent_digest or "")).encode()).hexdigest()
+
+
+def stamp(version_dir: str, parent_digest: str | None) -> str:
+    """Write the manifest of version_dir/rootfs beside it and return the version digest (publishing calls this in staging)."""
+    manifest = layer_manifest(os.path.join(version_dir, "rootfs"))
+    _write(os.path.join(version_dir, MANIFEST), manifest)
+    return chain(layer_digest(manifest), parent_digest)
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def recorded(store: Store, name: str, version: str) -> str | None:
+    """The digest version.json records, or None (a version published before digests). One small read: cheap enough for a start."""
+    try:
+        value = read_json(os.path.join(store.version_dir(name, version), VERSION_JSON)).get("digest")
+    except FileNotFoundError:
+        raise NotFound(f"base {name!r} has no version {version}", "'pycor base versions' lists them") from None
+    return str(value) if value else None
+
+
+def version_digest(store: Store, name: str, version: str) -> str:
+    """The digest of a version, computed (with its parents') and recorded if it has none yet."""
+    found = recorded(store, name, version)
+    if found:
+        return found
+    v = store.version(name, version)
+    parent = version_digest(store, name, v.parent) if v.parent else None
+    vdir = os.path.dirname(v.rootfs)
+    digest = stamp(vdir, parent)
+    meta = read_json(os.path.join(vdir, VERSION_JSON))
+    meta["digest"] = digest
+    write_json(os.path.join(vdir, VERSION_JSON), meta)
+    return digest
+
+
+def first_difference(recorded_manifest: bytes, actual: bytes) -> str | None:
+    """Name the first path whose line differs: 'PATH: what differs', or None when equal."""
+    if recorded_manifest == actual:
+        return None
+    old = {line.split(" ", 1)[0]: line for line in recorded_manifest.decode(errors="replace").splitlines()}
+    new = {line.split(" ", 1)[0]: line for line in actual.decode(errors="replace").splitlines()}
+    for path in sorted(set(old) | set(new)):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        if a is None:
+            return f"{path}: not in the recorded manifest (added)"
+        if b is None:
+            return f"{path}: in the recorded manifest, missing now (removed)"
+        fa, fb = a.split(" "), b.split(" ")
+        names = ["path", "type", "mode", "owner", "content"]
+        for i in range(max(len(fa), len(fb))):
+            x, y = (fa[i] if i < len(fa) else "-"), (fb[i] if i < len(fb) else "-")
+            if x != y:
+                what = names[i] if i < len(names) and not x.startswith("x:") and not y.startswith("x:") else "xattrs"
+                return f"{path}: {what} differs (recorded {x}, now {y})"
+    return "the manifest's text differs (same entries)"
+
+
+class Finding:
+    def __init__(self, version: str, problem: str) -> None:
+        self.version, self.problem = version, problem
+
+
+def verify(store: Store, name: str, version: str | None = None) -> tuple[str, str, list[Finding]]:
+    """Recompute every layer of a version's stack against its recorded manifest and the digest chain.
+
+    Returns (version, digest, findings); no findings means it is intact. A
+    layer with no recorded manifest (published before digests) gets one now.
+    """
+    store.require(name)
+    top = version or store.current(name)
+    stack = []
+    current: str | None = top
+    while current is not None:
+        v = store.version(name, current)
+        stack.append(v)
+        current = v.parent
+    findings: list[Finding] = []
+    parent_digest: str | None = None
+    for v in reversed(stack):  # lowest first: the chain needs parents' digests
+        vdir = os.path.dirname(v.rootfs)
+        if not os.path.isdir(v.rootfs):
+            raise Damaged(f"base {name!r}: layer {v.rootfs} is missing", "the store is damaged; import the base again")
+        actual = layer_manifest(v.rootfs)
+        try:
+            with open(os.path.join(vdir, MANIFEST), "rb") as f:
+                kept = f.read()
+        except FileNotFoundError:
+            kept = None
+        if kept is None:
+            version_digest(store, name, v.version)
+            kept = actual
+        diff = first_difference(kept, actual)
+        if diff:
+            findings.append(Finding(v.version, diff))
+        expect = chain(layer_digest(kept), parent_digest)
+        rec = recorded(store, name, v.version)
+        if rec and rec != expect:
+            findings.append(Finding(v.version, f"recorded digest {rec[:16]} does not match its manifest's {expect[:16]}"))
+        parent_digest = rec or expect
+    return top, parent_digest or "", findings
+
+
+def check_layer(store: Store, name: str, meta) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to run a layer's changes on a version that is not the one they were made on (cheap: one read).
+
+    meta: the layer's LayerMeta. A layer without a recorded digest (older
+    pycor), or a version without one (published before digests), passes.
+    """
+    if not meta.digest or not meta.based_on:
+        return
+    fix = (f"import that version from the host the container came from: there, 'pycor base export {meta.base} "
+           f"--version {meta.based_on} -o FILE', here 'pycor base import {meta.base} --from-export FILE'")
+    try:
+        ours = recorded(store, meta.base, meta.based_on)
+    except NotFound:
+        numbers = [int(e) for e in os.listdir(os.path.join(store.base_dir(meta.base), "versions")) if e.isdigit()]
+        if numbers and int(meta.based_on) < max(numbers):
+            return  # removed here by gc: the move to a newer version goes on without a common ancestor
+        raise NotFound(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
+                       f"(digest {meta.digest[:16]}), which this host does not have", fix) from None
+    if ours and ours != meta.digest:
+        raise PycorError(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
+                         f"with digest {meta.digest[:16]}, but that version here has digest {ours[:16]}: "
+                         "another tree under the same number", fix)
