@@ -426,7 +426,7 @@ def cmd_commit(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def cmd_reset(args: argparse.Namespace, driver: Driver) -> None:
-    from .versions import reset  # needs no free space: works at a quota's limit and on a full disk
+    from .cli_hosting import reset  # versions.reset, emptying the layer first when even a rename hits the quota
 
     c = find_container(driver, args, args.name)
     with stopped(driver, c, "reset"):

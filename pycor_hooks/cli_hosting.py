@@ -202,6 +202,40 @@ def note_volumes(rootfs: str, what: str) -> None:
         print(f"pycor {what}: volumes left out (they bypass the overlay): {', '.join(paths)}", file=sys.stderr)
 
 
+def reset(rootfs: str) -> None:
+    """versions.reset, also for a layer at its quota.
+
+    reset makes fresh upper and work before dropping the old ones (a crash
+    leaves either the old layer or the new); at the limit that mkdir fails
+    with EDQUOT. Then the old upper's contents are removed first (by fd,
+    never following a symlink) and reset runs again: a crash in between
+    leaves some changes discarded, and running reset again finishes.
+    """
+    import errno
+    import shutil
+
+    from . import linux
+    from .versions import reset as reset_layer
+
+    try:
+        reset_layer(rootfs)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EDQUOT, errno.ENOSPC):
+            raise
+    with layer.OpenLayer(rootfs) as lay:
+        for fd in (lay.upper_fd, lay.work_fd):
+            dfd = os.open(linux.fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in os.listdir(dfd):
+                    if stat.S_ISDIR(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(entry, dir_fd=dfd)
+                    else:
+                        os.unlink(entry, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+
+
 def add_commands(sub, fmt: argparse.ArgumentParser, where: argparse.ArgumentParser) -> None:  # type: ignore[no-untyped-def]
     add_create_options(sub.choices["create"])
     sub.choices["doctor"].add_argument("-P", "--lxcpath", help="where the LXC containers live (quota check); default: lxc.lxcpath")

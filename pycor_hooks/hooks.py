@@ -153,9 +153,9 @@ def run(hook: str, argv: list[str]) -> None:
         driver.prepare_start(name, rootfs, runtime, lxcpath, config_file)
     elif hook == "pre-mount":
         if prepare:
-            from .driver import in_user_namespace
+            from .driver import in_user_namespace, read_idmap
 
-            if in_user_namespace():
+            if read_idmap(config_file) is not None or in_user_namespace():  # an idmap that maps root to root: refused there
                 raise PycorError(
                     "this container is unprivileged, but its config runs pycor without a pre-start hook "
                     "(pre-mount --prepare is for privileged containers)",

@@ -577,6 +577,7 @@ class Store:
 
                 remove_tree(tmp)
                 raise
+        self.end_staging(staging)  # published: only its lock file is left
         return self.version(name, "1")
 
     def publish_version(self, name: str, staging: str, parent: str | None, source: str, size: int,
@@ -607,6 +608,7 @@ class Store:
             os.chmod(target, 0o755)
             faults.point("publish.version-renamed")
             self.set_current(name, number)
+        self.end_staging(staging)  # published: only its lock file is left
         return self.version(name, number)
 
     def depth(self, name: str, version: str) -> int:

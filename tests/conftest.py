@@ -122,6 +122,8 @@ class Container:
 def destroy(name: str, lxcpath: str) -> None:
     subprocess.run(["lxc-stop", "-n", name, "-P", lxcpath, "-k"], capture_output=True)
     subprocess.run(["lxc-destroy", "-n", name, "-P", lxcpath], capture_output=True)
+    # a test that took the container's config away (a lost config, an adopt) leaves a directory lxc-destroy ignores
+    shutil.rmtree(os.path.join(lxcpath, name), ignore_errors=True)
 
 
 @pytest.fixture
@@ -265,12 +267,15 @@ class LxdContainer:
         return LxdContainer(name, self.project, self.cli)
 
 
-def launcher(cli: str, project: str, base: str) -> Iterator[Callable[..., LxdContainer]]:
+def launcher(cli: str, project: str, base: str, denv: dict[str, str] | None = None) -> Iterator[Callable[..., LxdContainer]]:
     made: list[str] = []
+    default = base
 
     def do(base: str = base, name: str | None = None, extra: tuple[str, ...] = (), start: bool = True) -> LxdContainer:
         name = name or f"l{uuid.uuid4().hex[:8]}"
         made.append(name)
+        if base != default and denv is not None:  # a base a test made since the session's init: its image
+            run(PYCOR + ["lxd" if cli == "lxc" else "incus", "init"], env=denv)
         verb = "launch" if start else "init"
         run([cli, verb, f"pycor/{base}", name, "--profile", "default", "--profile", "overlay",
              "--project", project, *extra], timeout=180)
@@ -284,8 +289,8 @@ def launcher(cli: str, project: str, base: str) -> Iterator[Callable[..., LxdCon
 def launch(request: pytest.FixtureRequest, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
     """Launch pycor containers in LXD's test project, then (the same test again) in Incus's."""
     cli = "lxc" if request.param == "lxd" else "incus"
-    request.getfixturevalue(f"{request.param}_env")
-    yield from launcher(cli, request.getfixturevalue(f"{request.param}_project"), busybox_base)
+    denv = request.getfixturevalue(f"{request.param}_env")
+    yield from launcher(cli, request.getfixturevalue(f"{request.param}_project"), busybox_base, denv)
 
 
 # -- Incus -------------------------------------------------------------------------

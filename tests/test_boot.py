@@ -27,21 +27,6 @@ def lxc_bridge() -> None:
     run(["bash", os.path.join(REPO, "scripts", "lxc-net-up.sh")])
 
 
-@pytest.fixture(scope="module")
-def lxd_nic(lxd_project: str, lxd_env: dict[str, str]) -> Iterator[str]:
-    """A profile in the test project giving instances eth0 on LXD's managed bridge lxdbr0."""
-    run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], timeout=300)
-    run(["lxc", "profile", "create", "boot-nic", "--project", lxd_project])
-    try:
-        run(["lxc", "profile", "device", "add", "boot-nic", "eth0", "nic", "name=eth0", "network=lxdbr0", "--project", lxd_project])
-        yield "boot-nic"
-    finally:
-        for name in subprocess.run(["lxc", "list", "--project", lxd_project, "-c", "n", "--format", "csv"],
-                                   capture_output=True, text=True).stdout.split():
-            subprocess.run(["lxc", "delete", "-f", name, "--project", lxd_project], capture_output=True)
-        subprocess.run(["lxc", "profile", "delete", "boot-nic", "--project", lxd_project], capture_output=True)
-
-
 def mirror_host() -> str:
     host = urllib.parse.urlsplit(apt_mirror()).hostname
     assert host, f"apt's mirror {apt_mirror()} has no host name to resolve"
@@ -96,9 +81,13 @@ def test_lxc_containers_from_one_base_get_their_own_addresses(make_container, bo
     assert a.sh("hostname").stdout.strip() == a.name  # not 'localhost': the name LXC gave it stays
 
 
-def test_lxd_container_from_bootable_base_boots_gets_an_address_and_resolves(launch, bootable_base, lxd_nic, lxd_env):
-    run(PYCOR + ["lxd", "init"], env=lxd_env)  # the image pycor/BASE for a base made after LXD's setup
-    c = launch(base=bootable_base, extra=("--profile", lxd_nic))
+def test_lxd_container_from_bootable_base_boots_gets_an_address_and_resolves(request, launch, bootable_base):
+    daemon = request.node.callspec.params["launch"]  # lxd or incus
+    if daemon == "lxd":
+        run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], timeout=300)  # lxdbr0
+    denv = request.getfixturevalue(f"{daemon}_env")
+    run(PYCOR + [daemon, "init"], env=denv)  # the image pycor/BASE for a base made after the daemon's setup
+    c = launch(base=bootable_base, extra=("--network", "lxdbr0" if daemon == "lxd" else "incusbr0"))
     boots_to_running(c.sh)
     address = ipv4_of_eth0(c.sh)
     assert_resolves(c.sh, mirror_host())

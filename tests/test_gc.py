@@ -164,6 +164,7 @@ def test_gc_reports_a_damaged_base_and_collects_the_others(env, store, installed
     finally:
         for name in (broken, unreadable, good):
             subprocess.run(PYCOR + ["base", "rm", name], env=env, capture_output=True)
+            shutil.rmtree(os.path.join(store, "bases", name), ignore_errors=True)  # damaged: rm may refuse; later tests' gc must not see it
 
 
 # -- recovery of leftovers ------------------------------------------------------------------------

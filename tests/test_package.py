@@ -332,8 +332,13 @@ def test_lxc_starts_privileged_and_unprivileged_on_the_packaged_hooks(fleet, pkg
         fleet.lxc("lxc-create", name, "-t", "pycor", "-f", conf, "--", "--base", "busybox", *extra)
         with open(os.path.join(fleet.lxcpath, name, "config"), encoding="utf-8") as f:
             config = f.read()
-        for hook in ("pre-start", "pre-mount", "post-stop"):
-            assert f"lxc.hook.{hook} = {LXC_HOOKS}/pycor-{hook} --store {pkg_env['PYCOR_STORE']}" in config
+        store = pkg_env["PYCOR_STORE"]
+        if extra:  # unprivileged: pre-start makes its idmapped views as host root
+            hooks = [f"pre-start = {LXC_HOOKS}/pycor-pre-start --store {store}", f"pre-mount = {LXC_HOOKS}/pycor-pre-mount --store {store}"]
+        else:  # privileged: one hook process at start
+            hooks = [f"pre-mount = {LXC_HOOKS}/pycor-pre-mount --prepare --store {store}"]
+        for line in hooks + [f"post-stop = {LXC_HOOKS}/pycor-post-stop --store {store}"]:
+            assert f"lxc.hook.{line}" in config, config
         assert ("lxc.idmap" in config) == bool(extra)
     for name in fleet.lxc_names:
         fleet.lxc("lxc-start", name, "-l", "DEBUG", "-o", os.path.join(fleet.lxcpath, f"{name}.log"))
