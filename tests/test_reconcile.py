@@ -249,13 +249,13 @@ def test_base_edit_keeps_a_builder_for_lxc_tools_then_publish_or_discard(rbase, 
     assert not os.listdir(os.path.join(store, "staging")) or all(not n.startswith(rbase) for n in os.listdir(os.path.join(store, "staging")))
 
 
-def test_lxd_container_gets_the_bases_new_user_and_keeps_its_own(launch, lxd_env, rbase, env):
-    run(PYCOR + ["lxd", "init"], env=lxd_env)  # the image of this module's base
+def test_lxd_container_gets_the_bases_new_user_and_keeps_its_own(request, launch, rbase, env):
+    denv = request.getfixturevalue(f"{request.node.callspec.params['launch']}_env")  # LXD's or Incus's project
     c = launch(base=rbase)
     c.sh("useradd -m erin")
     c.lxc("stop", c.name)
     update(env, rbase, "useradd -r lxdsys")
     c.lxc("start", c.name)
     assert c.sh("getent passwd lxdsys && id erin").returncode == 0
-    out = run(PYCOR + ["conflicts", c.name, "--format", "json"], env=lxd_env).stdout
+    out = run(PYCOR + ["conflicts", c.name, "--format", "json"], env=denv).stdout
     assert "/etc/passwd" in {f["path"] for f in json.loads(out)[0]["findings"] if f["kind"] == "merged"}
