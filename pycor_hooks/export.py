@@ -261,7 +261,7 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
         stagings.clear()
     finally:
         for staging in stagings.values():
-            remove_tree(staging)
+            store.end_staging(staging)  # the directory and its lock file
     return done
 
 

@@ -155,7 +155,8 @@ def run(hook: str, argv: list[str]) -> None:
         if prepare:
             from .driver import in_user_namespace, read_idmap
 
-            if read_idmap(config_file) is not None or in_user_namespace():  # an idmap that maps root to root: refused there
+            # in a user namespace, or an idmap in the config (one mapping root to host root is refused by read_idmap)
+            if in_user_namespace() or read_idmap(config_file) is not None:
                 raise PycorError(
                     "this container is unprivileged, but its config runs pycor without a pre-start hook "
                     "(pre-mount --prepare is for privileged containers)",

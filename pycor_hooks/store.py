@@ -537,11 +537,17 @@ class Store:
         return path
 
     def end_staging(self, path: str) -> None:
-        """Remove a staging directory (if still there: it was not published) and its lock file."""
+        """Remove a staging directory (if still there: it was not published) and its lock file.
+
+        The lock is this process's, or (an edit session's staging, ended by a
+        later command) free to take: never one another live command holds.
+        """
         try:
             _discard(path)
         finally:
             fd = _staging_locks.pop(path, None)
+            if fd is None:
+                fd = _try_flock(f"{path}.lock") if os.path.lexists(f"{path}.lock") else None
             if fd is not None:
                 try:
                     os.unlink(f"{path}.lock")

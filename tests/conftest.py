@@ -293,6 +293,12 @@ def launch(request: pytest.FixtureRequest, busybox_base: str) -> Iterator[Callab
     yield from launcher(cli, request.getfixturevalue(f"{request.param}_project"), busybox_base, denv)
 
 
+@pytest.fixture
+def lxd_launch(lxd_env: dict[str, str], lxd_project: str, busybox_base: str) -> Iterator[Callable[..., LxdContainer]]:
+    """launch, for what is LXD's alone (its second daemon, its btrfs pool): no Incus variant."""
+    yield from launcher("lxc", lxd_project, busybox_base, lxd_env)
+
+
 # -- Incus -------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

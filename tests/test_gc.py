@@ -76,7 +76,8 @@ def test_gc_keeps_a_version_pinned_by_a_copy_in_an_lxcpath_seen_before(base, mak
         subprocess.run(["lxc-destroy", "-n", copy, "-P", other], capture_output=True)
 
 
-def test_gc_keeps_a_version_pinned_by_an_lxd_snapshot(launch, lxd_env, lxd_project):
+def test_gc_keeps_a_version_pinned_by_an_lxd_snapshot(lxd_launch, lxd_env, lxd_project):
+    launch = lxd_launch  # LXD's alone
     name = f"g{uuid.uuid4().hex[:6]}"
     pycor(lxd_env, "base", "import", name, "--busybox")  # 'pycor lxd init' ran: this adds image pycor/NAME
     try:

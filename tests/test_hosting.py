@@ -419,13 +419,6 @@ def lxd_btrfs_pool(lxd_env) -> Iterator[str]:
         subprocess.run(["lxc", "storage", "delete", pool], capture_output=True)
 
 
-@pytest.fixture
-def lxd_launch(lxd_env, lxd_project, busybox_base):  # this pool is LXD's: no Incus variant
-    from conftest import launcher
-
-    yield from launcher("lxc", lxd_project, busybox_base, lxd_env)
-
-
 def test_lxd_btrfs_pool_honours_root_size_for_the_pycor_layer(lxd_launch, lxd_btrfs_pool, lxd_project):
     launch = lxd_launch
     limited = launch(extra=("--storage", lxd_btrfs_pool, "--device", "root,size=20MiB"))

@@ -310,7 +310,8 @@ def du_bytes(path: str) -> int:
     return int(run(["du", "-sb", path]).stdout.split()[0])
 
 
-def test_lxc_copy_move_and_refresh_carry_only_the_diff(host2, launch, lxd_project, env, busybox_base, store):
+def test_lxc_copy_move_and_refresh_carry_only_the_diff(host2, lxd_launch, lxd_project, env, busybox_base, store):
+    launch = lxd_launch  # LXD's alone
     src = launch()
     src.sh("echo moved-with-me > /root/mine && rm /etc/motd 2>/dev/null; true")
     src.lxc("stop", src.name)
@@ -363,7 +364,8 @@ def test_lxc_copy_move_and_refresh_carry_only_the_diff(host2, launch, lxd_projec
         host2.lxc("delete", f"h2:{moved}")
 
 
-def test_start_on_a_daemon_whose_base_is_another_tree_is_refused(host2, launch, lxd_env, lxd_project, session_dir, store):
+def test_start_on_a_daemon_whose_base_is_another_tree_is_refused(host2, lxd_launch, lxd_env, lxd_project, session_dir, store):
+    launch = lxd_launch  # LXD's alone
     # base 'tb' on host 1, and on host 2 a separately imported 'tb' with one file changed
     name = f"tb{uuid.uuid4().hex[:4]}"
     run(PYCOR + ["base", "import", name, "--busybox"], env=lxd_env)
@@ -392,7 +394,8 @@ def test_start_on_a_daemon_whose_base_is_another_tree_is_refused(host2, launch, 
         host2.lxc("delete", "-f", f"h2:{target}")
 
 
-def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, launch, lxd_env, lxd_project):
+def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, lxd_launch, lxd_env, lxd_project):
+    launch = lxd_launch  # LXD's alone
     name = f"nb{uuid.uuid4().hex[:4]}"
     run(PYCOR + ["base", "import", name, "--busybox"], env=lxd_env)
     run(PYCOR + ["lxd", "init"], env=lxd_env)

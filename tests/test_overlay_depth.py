@@ -8,6 +8,7 @@ about 90 layers.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -64,6 +65,7 @@ def deep_base(installed, env, store):
         yield name
     finally:
         subprocess.run(PYCOR + ["base", "rm", name], env=env, capture_output=True)
+        shutil.rmtree(os.path.join(store, "bases", name), ignore_errors=True)  # never left for later tests' gc
 
 
 def store_mounts(store: str) -> list[str]:

@@ -254,8 +254,9 @@ def test_lxd_container_gets_the_bases_new_user_and_keeps_its_own(request, launch
     c = launch(base=rbase)
     c.sh("useradd -m erin")
     c.lxc("stop", c.name)
-    update(env, rbase, "useradd -r lxdsys")
+    user = f"sys{c.cli[:3]}"  # one per daemon: both runs update this module's base
+    update(env, rbase, f"useradd -r {user}")
     c.lxc("start", c.name)
-    assert c.sh("getent passwd lxdsys && id erin").returncode == 0
+    assert c.sh(f"getent passwd {user} && id erin").returncode == 0
     out = run(PYCOR + ["conflicts", c.name, "--format", "json"], env=denv).stdout
     assert "/etc/passwd" in {f["path"] for f in json.loads(out)[0]["findings"] if f["kind"] == "merged"}
