@@ -7,7 +7,8 @@ to provision (lxc-attach, Ansible or Puppet over LXC's tools) until
 
 What a builder publishes is lean: what the command changed in the system,
 not its build caches (downloaded .deb files, apt's binary caches and package
-lists, dpkg's and debconf's -old backups), and no file it rewrote unchanged.
+lists, dpkg's and debconf's -old backups, the builder's logs), and no file it
+rewrote unchanged.
 Accounts it creates take ids from the base's range, containers' from theirs
 (merge.id_ranges), so a base update and a container never hand one id to two
 names.
@@ -45,6 +46,9 @@ BUILD_CACHES = (
     "var/cache/debconf/config.dat-old",
     "var/cache/debconf/templates.dat-old",
     "var/cache/debconf/passwords.dat-old",
+    # the builder's own logs: a container keeps its own; a version records its command (base versions)
+    "var/log/",
+    "var/log/apt/",
 )
 KEEP_IN_LISTS = ("lock", "partial", "auxfiles")
 
