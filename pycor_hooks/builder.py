@@ -26,7 +26,7 @@ import time
 from . import layer as layers
 from . import linux
 from .errors import InUse, NotFound, PycorError
-from .fsutil import walk
+from .fsutil import same_content, walk
 from .layer import LayerMeta
 from .store import Store, hooks_dir, read_json, write_json
 
@@ -204,12 +204,7 @@ def _same_as_lower(parent: int, name: str, st: os.stat_result, stack: list[str],
             return False
         mine = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
         try:
-            while True:
-                a, b = os.read(fd, 1 << 20), os.read(mine, 1 << 20)
-                if a != b:
-                    return False
-                if not a:
-                    return True
+            return same_content(fd, mine)
         finally:
             os.close(mine)
     finally:

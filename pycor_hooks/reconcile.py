@@ -38,10 +38,10 @@ import stat
 from collections.abc import Iterator
 
 from . import linux, merge
-from .diff import LowerStack, file_type
+from .diff import LowerStack, _is_opaque_at as _opaque_at, file_type
 from .errors import Conflict, Damaged
-from .fsutil import walk
-from .overlay import is_opaque, stat_is_whiteout
+from .fsutil import same_content, walk
+from .overlay import stat_is_whiteout
 
 RECONCILE_DIR = "reconcile"  # in .pycor/: staged files and the plan
 PLAN = "plan"
@@ -117,12 +117,7 @@ def _same_content(a_fd: int, b_fd: int, rel: str) -> bool:
     try:
         fb = linux.open_beneath(b_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            while True:
-                x, y = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
-                if x != y:
-                    return False
-                if not x:
-                    return True
+            return same_content(fa, fb)
         finally:
             os.close(fb)
     finally:
@@ -241,17 +236,6 @@ def plan(upper_fd: int, a_layers: list[str], b_layers: list[str]) -> Plan:
         versions.close()
     _check_ids(result, upper_fd, b_layers)
     return result
-
-
-def _opaque_at(parent: int, name: str) -> bool:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except OSError:
-        return False
-    try:
-        return is_opaque(fd)
-    finally:
-        os.close(fd)
 
 
 def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, parent: int, name: str) -> None:
