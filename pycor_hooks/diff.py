@@ -127,7 +127,7 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) 
             if kind != "dir":
                 changes.append(Change("/" + rel, "added" if lower is None else "changed", kind))
                 continue
-            opaque = _is_opaque_at(parent, name)
+            opaque = is_opaque_at(parent, name)
             if lower is None:
                 changes.append(Change("/" + rel, "added", kind))
                 hidden.append(rel)
@@ -141,7 +141,7 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) 
     return sorted(changes, key=lambda c: c.path)
 
 
-def _is_opaque_at(parent: int, name: str) -> bool:
+def is_opaque_at(parent: int, name: str) -> bool:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except OSError:

@@ -38,7 +38,7 @@ import stat
 from collections.abc import Iterator
 
 from . import linux, merge
-from .diff import LowerStack, _is_opaque_at as _opaque_at, file_type
+from .diff import LowerStack, file_type, is_opaque_at
 from .errors import Conflict, Damaged
 from .fsutil import same_content, walk
 from .overlay import stat_is_whiteout
@@ -224,7 +224,7 @@ def plan(upper_fd: int, a_layers: list[str], b_layers: list[str]) -> Plan:
             if any(rel.startswith(h + "/") for h in hidden):
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if _opaque_at(parent, name):
+                if is_opaque_at(parent, name):
                     hidden.append(rel)
                     if versions.subtree_changed(rel):
                         result.findings.append(Finding("/" + rel, "conflict", "replaced here (opaque directory); the base changed it"))
