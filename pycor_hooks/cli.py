@@ -318,7 +318,7 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
     for c in all_containers(driver, args):
         row = {"name": c.name, "runtime": c.runtime, "base": "?", "version": "-", "pinned": False, "state": c.state,
                "changes": disk_usage(os.path.join(c.rootfs, UPPER)), "lxcpath": c.lxcpath, "damaged": False, "detail": "",
-               "quota": ""}
+               "quota": "", "conflicts": 0, "held": None}
         try:
             meta = driver.volume_meta(c.rootfs)
         except PycorError as e:  # listed, not lost: its changes are still there
@@ -327,15 +327,21 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             continue
         known = driver.store.exists(meta.base)
         row.update(base=meta.base, pinned=meta.pin is not None, quota=quota_cell(c.rootfs, meta, args.format != "json"),
-                   version=driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-")
+                   version=driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
+                   conflicts=driver.unresolved_conflicts(c.rootfs))
+        state = driver.run_state(c.lxc_name, c.rootfs) if c.state == "RUNNING" else None
+        row["held"] = state.held if state is not None else None  # on an older version than it follows: why
         rows.append(row)
     if args.format != "json":
         for r in rows:
             r["changes"] = human_size(r["changes"])
             if r["damaged"]:
                 r["state"] = f"{r['state']} (DAMAGED)"
+            if r["held"]:
+                r["version"] = f"{r['version']} (held)"
+            r["conflicts"] = r["conflicts"] or ""
     emit(args, rows, [("name", "NAME"), ("runtime", "RUNTIME"), ("base", "BASE"), ("version", "VERSION"),
-                      ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT")])
+                      ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT"), ("conflicts", "CONFLICTS")])
     for r in rows:
         if r["damaged"] and args.format != "json":
             print(f"{r['name']}: {r['detail']}", file=sys.stderr)

@@ -637,6 +637,16 @@ class Driver:
         with layer.OpenLayer(rootfs) as lay:
             return reconcile.read_findings(lay.rootfs_fd)
 
+    def unresolved_conflicts(self, rootfs: str) -> int:
+        """How many reported conflicts of the layer's moves are still unresolved (0 if it cannot be read)."""
+        from . import reconcile
+
+        try:
+            with layer.OpenLayer(rootfs) as lay:
+                return len(reconcile.unresolved(lay.rootfs_fd))
+        except (PycorError, OSError):
+            return 0
+
     def resolve_conflict(self, rootfs: str, path: str, take_base: bool, locked: bool = False) -> None:
         """Settle one reported conflict: take the base's version (drop the container's copy) or keep the container's.
 

@@ -75,6 +75,8 @@ def test_conffile_both_changed_is_kept_reported_and_resolved_with_the_base(make_
     assert "base line" not in c.sh("cat /etc/issue").stdout
     found = conflicts(env, c)
     assert [f["path"] for f in found["findings"] if f["kind"] == "conflict"] == ["/etc/issue"]
+    listed = json.loads(run(PYCOR + ["ls", "-P", c.lxcpath, "--format", "json"], env=env).stdout)
+    assert [r["conflicts"] for r in listed if r["name"] == c.name] == [1]  # pycor ls shows it
     diff = run(PYCOR + ["conflicts", c.name, "-P", c.lxcpath, "--diff", "/etc/issue"], env=env).stdout
     assert "-base line" in diff and "+container line" in diff
     proc = run(PYCOR + ["resolve", c.name, "/etc/issue", "--base", "-P", c.lxcpath], env=env, check=False)
@@ -124,6 +126,8 @@ def test_ids_of_base_and_container_never_meet_and_a_forced_collision_is_held_bac
     update(env, rbase, "useradd -r -u 4242 bsys2")
     c.start()
     assert c.sh("getent passwd bsys2", check=False).returncode != 0  # held back on its old version
+    listed = json.loads(run(PYCOR + ["ls", "-P", c.lxcpath, "--format", "json"], env=env).stdout)
+    assert [bool(r["held"]) for r in listed if r["name"] == c.name] == [True]
     found = conflicts(env, c)
     assert any(f["kind"] == "collision" for f in found["findings"]), found
     c.stop()
