@@ -381,6 +381,11 @@ def cmd_rollout(args: argparse.Namespace, driver: Driver) -> None:
 
     base = check_name(args.base, "base name")
     driver.store.require(base)
+    if args.dry_run:
+        from .cli_moves import rollout_dry_run
+
+        rollout_dry_run(args, driver, base, all_containers(driver, args))
+        return
     outcomes = rollout(driver, base, all_containers(driver, args), args.batch, args.check,
                        report=(lambda line: print(line, file=sys.stderr)))
     emit(args, [o.to_json() for o in outcomes], [("name", "NAME"), ("runtime", "RUNTIME"), ("status", "STATUS"),
@@ -585,6 +590,8 @@ def parser() -> argparse.ArgumentParser:
     ro.add_argument("base")
     ro.add_argument("--batch", type=int, default=1, help="containers restarted at once (default 1)")
     ro.add_argument("--check", metavar="CMD", help="a shell command that must succeed inside each moved container")
+    ro.add_argument("--dry-run", action="store_true",
+                    help="for every container that follows BASE, what moving it would merge and what conflicts; change nothing")
     ro.set_defaults(func=cmd_rollout)
     df = sub.add_parser("diff", help="what a container changed against its base", parents=[fmt, where])
     df.add_argument("name")

@@ -51,6 +51,33 @@ def cmd_rebase(args: argparse.Namespace, driver: Driver) -> None:
     _print_findings(rows)
 
 
+def rollout_dry_run(args: argparse.Namespace, driver: Driver, base: str, containers: list) -> None:  # type: ignore[type-arg]
+    """What a rollout (and the next start of a stopped follower) would merge and leave in conflict, per container."""
+    from .cli import emit
+
+    target = driver.store.current(base)
+    out = []
+    for c in containers:
+        try:
+            meta = driver.volume_meta(c.rootfs)
+        except PycorError:
+            continue
+        if meta.base != base or meta.pin:
+            continue
+        _, plan = driver.rebase_volume(c.rootfs, target, dry_run=True)
+        out.append({"container": c.name, "state": c.state, "from": meta.based_on, "to": target,
+                    "findings": [f.to_json() for f in plan.findings] if plan else []})
+    if args.format == "json":
+        emit(args, out, [])
+        return
+    for row in out:
+        if row["from"] == target:
+            print(f"{row['container']}: on version {target} already")
+            continue
+        print(f"{row['container']} ({row['state'].lower()}): would move from version {row['from']} to {target}")
+        _print_findings(row["findings"])
+
+
 def _print_findings(rows: list[dict]) -> None:
     marks = {"merged": "M", "dropped": "D", "conflict": "C", "collision": "!"}
     for r in rows:

@@ -207,6 +207,8 @@ def test_rebase_dry_run_shows_what_would_merge_and_changes_nothing(make_containe
     before = open(os.path.join(c.upper, "etc/passwd")).read()
     out = run(PYCOR + ["rebase", c.name, "-P", c.lxcpath, "--dry-run"], env=env).stdout
     assert "would move" in out and "M /etc/passwd" in out
+    out = run(PYCOR + ["rollout", rbase, "-P", c.lxcpath, "--dry-run"], env=env).stdout
+    assert f"{c.name} (stopped): would move" in out and "M /etc/passwd" in out
     assert open(os.path.join(c.upper, "etc/passwd")).read() == before
 
 
