@@ -155,8 +155,11 @@ def run(hook: str, argv: list[str]) -> None:
         if prepare:
             from .driver import in_user_namespace, read_idmap
 
-            # in a user namespace, or an idmap in the config (one mapping root to host root is refused by read_idmap)
-            if in_user_namespace() or read_idmap(config_file) is not None:
+            try:  # an idmap in the config: one that maps root to host root is refused by read_idmap itself
+                idmapped = read_idmap(config_file) is not None
+            except OSError:
+                idmapped = True  # the config cannot be read from here: a user namespace's root
+            if idmapped or in_user_namespace():
                 raise PycorError(
                     "this container is unprivileged, but its config runs pycor without a pre-start hook "
                     "(pre-mount --prepare is for privileged containers)",
