@@ -113,8 +113,8 @@ def _hook_parent() -> tuple[int, int]:
 
 def is_live(state: RunState) -> bool:
     """Whether the container a run state records still runs (its monitor is the same process)."""
-    if not state.monitor:
-        return True  # an older record: nothing to tell by, so it counts
+    if not state.monitor:  # recorded by pycor 0.1: no monitor to tell by; it counts while its container exists
+        return layer.is_layer(state.rootfs)
     return proc_start_time(state.monitor) == state.monitor_start
 
 

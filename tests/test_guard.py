@@ -363,3 +363,14 @@ def test_a_second_rollout_of_one_base_refuses_while_the_first_runs(env, busybox_
         proc = pycor(env, "rollout", busybox_base, check=False)
     assert proc.returncode == 1 and f"rollout of base {busybox_base}" in proc.stderr, proc.stderr
     pycor(env, "rollout", busybox_base)  # and runs once the first is done
+
+
+def test_an_old_record_of_a_container_that_no_longer_exists_is_stale(tmp_path):
+    from pycor_hooks.driver import RunState, is_live
+
+    gone = RunState("old", str(tmp_path / "gone" / "rootfs"), "b", "1", [], 0.0, None, [], 0, 0, None)
+    assert not is_live(gone)  # pycor 0.1 wrote no monitor: its container's layer is what tells
+    here = tmp_path / "here" / "rootfs"
+    (here / ".pycor").mkdir(parents=True)
+    (here / ".pycor" / "layer.json").write_text('{"base": "b"}')
+    assert is_live(RunState("old", str(here), "b", "1", [], 0.0, None, [], 0, 0, None))
