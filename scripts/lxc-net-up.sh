@@ -9,9 +9,18 @@ LXC_NET=/usr/libexec/lxc/lxc-net
 mkdir -p /run/lock
 exec 9>/run/lock/pycor-lxc-net
 flock 9
-if [ ! -e /sys/class/net/lxcbr0 ]; then
-    # a stale marker (lxc-net killed halfway) would make 'start' refuse
-    [ ! -e /run/lxc/network_up ] || "$LXC_NET" stop force >/dev/null 2>&1 || true
+dnsmasq_alive() {
+    local pid
+    pid=$(cat /run/lxc/dnsmasq.pid 2>/dev/null) || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ]
+}
+# A bridge alone is not a network: after the host's processes were killed lxcbr0
+# stays but its dnsmasq is gone, and containers boot without an address.
+if [ ! -e /sys/class/net/lxcbr0 ] || ! dnsmasq_alive; then
+    # a stale marker or bridge (lxc-net killed halfway) would make 'start' refuse
+    [ ! -e /run/lxc/network_up ] && [ ! -e /sys/class/net/lxcbr0 ] \
+        || "$LXC_NET" stop force >/dev/null 2>&1 || true
     "$LXC_NET" start
+    dnsmasq_alive || { echo "pycor setup: lxc-net started but its dnsmasq is not running" >&2; exit 1; }
     echo "pycor setup: started lxc-net (lxcbr0, DHCP on 10.0.3.0/24, NAT)"
 fi

@@ -27,6 +27,32 @@ def lxc_bridge() -> None:
     run(["bash", os.path.join(REPO, "scripts", "lxc-net-up.sh")])
 
 
+def dnsmasq_serving_lxcbr0() -> bool:
+    """lxc-net's dnsmasq (named by its pid file) is alive."""
+    try:
+        with open("/run/lxc/dnsmasq.pid") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "dnsmasq"
+    except (OSError, ValueError):
+        return False
+
+
+def test_lxc_net_up_restarts_lxc_net_whose_dnsmasq_died() -> None:
+    """A host whose processes were killed keeps lxcbr0 but loses dnsmasq: containers
+    then boot without an address. Setup must bring DHCP back, not trust the bridge."""
+    run(["bash", os.path.join(REPO, "scripts", "lxc-net-up.sh")])
+    if dnsmasq_serving_lxcbr0():
+        with open("/run/lxc/dnsmasq.pid") as f:
+            os.kill(int(f.read().strip()), 9)
+    deadline = time.monotonic() + 5
+    while dnsmasq_serving_lxcbr0() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists("/sys/class/net/lxcbr0") and not dnsmasq_serving_lxcbr0()
+    run(["bash", os.path.join(REPO, "scripts", "lxc-net-up.sh")])
+    assert dnsmasq_serving_lxcbr0(), "lxc-net-up.sh left lxcbr0 without its dnsmasq"
+
+
 def mirror_host() -> str:
     host = urllib.parse.urlsplit(apt_mirror()).hostname
     assert host, f"apt's mirror {apt_mirror()} has no host name to resolve"
