@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from run import drop_caches, meminfo, mib  # noqa: E402
-from systems import ALL, PYCOR, Context, LxcSystem, System, sh  # noqa: E402
+from systems import ALL, PYCOR, Context, LxcSystem, System, make_project, sh  # noqa: E402
 
 from pycor_hooks.imports import Progress, copy_tree, wait_for_boot_script  # noqa: E402
 from pycor_hooks.versions import merged_view  # noqa: E402
@@ -130,7 +130,7 @@ def measure_point(system: System, n: int, log) -> dict:  # type: ignore[no-untyp
             "cgroup_shmem_bytes": sum(ch["shmem"] for ch in charges),
         }
         log(f"{system.name} N={n}: all running in {boot_s:.1f} s, page cache {mib(result['page_cache_bytes'])} MiB, "
-            f"Shmem {mib(result['shmem_bytes'])} MiB, MemAvailable -{mib(result['memavailable_drop_bytes'])} MiB; "
+            f"Shmem {mib(result['shmem_bytes'])} MiB, MemAvailable drop {mib(result['memavailable_drop_bytes'])} MiB; "
             f"charged to the containers: cache {mib(result['cgroup_cache_bytes'])} MiB, anon {mib(result['cgroup_anon_bytes'])} MiB")
         return result
     finally:
@@ -161,11 +161,10 @@ def measure_system(system: System, ns: list[int], log) -> dict:  # type: ignore[
 
 
 def prepare(work: str, env: dict[str, str], project: str, base: str | None, log) -> Context:  # type: ignore[no-untyped-def]
-    sh(["bash", os.path.join(os.path.dirname(HERE), "scripts", "lxc-net-up.sh")])
+    for script in ("sysctl-up.sh", "lxc-net-up.sh"):  # inotify limits: Debian's allow about 17 booted containers
+        sh(["bash", os.path.join(os.path.dirname(HERE), "scripts", script)])
     sh(["bash", os.path.join(os.path.dirname(HERE), "scripts", "lxd-up.sh")], timeout=300)
-    sh(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
-    sh(["lxc", "--project", project, "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"])
-    sh(["lxc", "--project", project, "profile", "device", "add", "default", "eth0", "nic", "name=eth0", "network=lxdbr0"])
+    make_project(project, nic="lxdbr0")
     if base is None:
         base = "density"
         suite = sh(["sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME"]).strip() or "bookworm"

@@ -28,11 +28,8 @@ import time
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYCOR = [sys.executable, "-m", "pycor_hooks.cli"]
-
-
-def sh(argv: list[str], env: dict | None = None) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+sys.path.insert(0, HERE)
+from systems import PYCOR, make_project, sh  # noqa: E402
 
 
 def plain_image(layer: str, path: str) -> None:
@@ -64,9 +61,8 @@ def main() -> None:
     os.chmod(work, 0o755)
     env = dict(os.environ, PYCOR_STORE=os.path.join(work, "store"), PYCOR_LXD_PROJECT=f"pycor-bench-{uuid.uuid4().hex[:6]}")
     project = env["PYCOR_LXD_PROJECT"]
-    sh(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
     try:
-        sh(["lxc", "--project", project, "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"])
+        make_project(project)
         sh(PYCOR + ["base", "import", "bench", "--busybox"], env)
         sh(PYCOR + ["lxd", "init"], env)
         layer = os.path.join(env["PYCOR_STORE"], "bases", "bench", "versions", "1", "rootfs")

@@ -34,7 +34,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from second_lxd import REMOTE, SecondLxd  # noqa: E402
-from systems import PYCOR, du, sh  # noqa: E402
+from systems import PYCOR, du, make_project, sh  # noqa: E402
 
 
 def host_suite() -> str:
@@ -109,8 +109,7 @@ def main() -> int:
         data["export_since"]["import_seconds"] = timed(PYCOR + ["base", "import", base, "--from-export", upd], env2)
 
         # the two daemons, each with the overlay profile and an image per base
-        sh(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
-        sh(["lxc", "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default", "--project", project])
+        make_project(project)
         sh(PYCOR + ["lxd", "init"], env=env1)
         daemon.start()
         sh(PYCOR + ["lxd", "init"], env=env2)

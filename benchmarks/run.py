@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from systems import ALL, PYCOR, Context, System, sh  # noqa: E402
+from systems import ALL, PYCOR, Context, System, make_project, sh  # noqa: E402
 
 from pycor_hooks.imports import Progress, copy_tree  # noqa: E402
 from pycor_hooks.overlay import merged_view  # noqa: E402
@@ -205,8 +205,7 @@ def measure_rollout(ctx: Context, pycor_lxc: System, copies: System, n: int, log
 
 
 def prepare(work: str, env: dict[str, str], project: str, base_source: str, big_mb: int, log) -> tuple[Context, str | None]:  # type: ignore[no-untyped-def]
-    sh(["lxc", "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
-    sh(["lxc", "--project", project, "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"])
+    make_project(project)
     base = "bench"
     if base_source == "busybox":
         sh(PYCOR + ["base", "import", base, "--busybox"], env=env)

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from hook_overhead import plain_image  # noqa: E402
-from systems import PYCOR, sh  # noqa: E402
+from systems import PYCOR, make_project, sh  # noqa: E402
 
 HOOK_IMPORTS = {"pre-start": "pycor_hooks.hooks, pycor_hooks.driver, pycor_hooks.idmap",
                 "pre-mount": "pycor_hooks.hooks, pycor_hooks.driver"}
@@ -135,9 +135,8 @@ def daemon_part(cli: str, work: str, env: dict[str, str], runs: int, log) -> dic
     project = f"pycor-bench-{uuid.uuid4().hex[:6]}"
     denv = dict(env, PYCOR_LXD_PROJECT=project, PYCOR_INCUS_PROJECT=project)
     p = [cli, "--project", project]
-    sh([cli, "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
     try:
-        sh(p + ["profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"])
+        make_project(project, cli)
         sh(PYCOR + [{"lxc": "lxd", "incus": "incus"}[cli], "init"], env=denv)
         tarball = os.path.join(work, f"plain-{cli}.tar.gz")
         plain_image(os.path.join(env["PYCOR_STORE"], "bases", "bench", "versions", "1", "rootfs"), tarball)

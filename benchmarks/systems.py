@@ -30,6 +30,15 @@ def sh(argv: list[str], env: dict | None = None, check: bool = True, stdin=None,
     return proc.stdout
 
 
+def make_project(project: str, cli: str = "lxc", nic: str | None = None) -> None:
+    """A daemon project of the run's own, with its own images and profiles, its default profile's root disk
+    on the default pool, and eth0 on the bridge nic if given. The caller deletes it."""
+    sh([cli, "project", "create", project, "-c", "features.images=true", "-c", "features.profiles=true"])
+    sh([cli, "--project", project, "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"])
+    if nic:
+        sh([cli, "--project", project, "profile", "device", "add", "default", "eth0", "nic", "name=eth0", f"network={nic}"])
+
+
 def du(path: str) -> int:
     """Bytes allocated under path, hard links once (du -s --block-size=1)."""
     return int(sh(["du", "-s", "--block-size=1", path]).split()[0])

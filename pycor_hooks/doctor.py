@@ -180,6 +180,28 @@ def stale_record_check(driver) -> Check:  # type: ignore[no-untyped-def]
                  "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
 
 
+# LXD's and Incus's production-setup values; below MIN, a few dozen booted system containers exhaust them
+CONTAINER_LIMITS = {"fs.inotify.max_user_instances": (1048576, 1024), "fs.inotify.max_user_watches": (1048576, 65536)}
+
+
+def limits_check(proc_sys: str = "/proc/sys") -> Check:
+    """Kernel limits that many system containers share: every privileged container's systemd and its
+    services take inotify instances from host root's one budget (Debian's default 128 boots about 17)."""
+    low = []
+    for key, (want, least) in CONTAINER_LIMITS.items():
+        try:
+            with open(os.path.join(proc_sys, *key.split(".")), encoding="ascii") as f:
+                have = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if have < least:
+            low.append((key, have, want))
+    detail = ", ".join(f"{k} = {have}" for k, have, _ in low) or "inotify limits fit many containers"
+    fix = "; ".join(f"sysctl -w {k}={want}" for k, _, want in low)
+    return Check("limits for many containers", not low, detail,
+                 f"{fix} (and the same in /etc/sysctl.d/, as scripts/sysctl-up.sh does)" if low else "", required=False)
+
+
 def run_checks(store: Store, driver=None, lxcpath: str | None = None) -> list[Check]:  # type: ignore[no-untyped-def]
     checks = [Check("kernel", True, platform.release(), required=False)]
     checks += capability_checks()
@@ -196,6 +218,7 @@ def run_checks(store: Store, driver=None, lxcpath: str | None = None) -> list[Ch
     checks.append(consistency_check(store))
     checks += tool_checks()
     checks.append(quota_check(lxcpath))
+    checks.append(limits_check())
     if driver is not None:
         checks.append(stale_record_check(driver))
     return checks

@@ -154,21 +154,17 @@ def volume_key(name: str, rootfs: str) -> str:
 
 
 def in_user_namespace() -> bool:
-    with open("/proc/self/uid_map", encoding="ascii") as f:
-        return f.read().split() != ["0", "0", "4294967295"]
+    with open("/proc/self/uid_map", "rb") as f:
+        return f.read().split() != [b"0", b"0", b"4294967295"]
 
 
-def read_idmap(config_file: str | None):  # type: ignore[no-untyped-def]
-    """The container's idmap, or None for a privileged container (no lxc.idmap lines)."""
-    if not config_file:
-        return None
-    with open(config_file, encoding="utf-8", errors="surrogateescape") as f:
-        text = f.read()
-    if "lxc.idmap" not in text and "lxc.id_map" not in text:
+def parse_idmap(config_text: str | None):  # type: ignore[no-untyped-def]
+    """The idmap of a container config's text, or None for a privileged container (no lxc.idmap lines)."""
+    if not config_text or ("lxc.idmap" not in config_text and "lxc.id_map" not in config_text):
         return None  # privileged: skip importing the idmap module
     from .idmap import IdMap
 
-    idmap = IdMap.parse_lxc_config(text)
+    idmap = IdMap.parse_lxc_config(config_text)
     return None if idmap.is_empty else idmap.check()
 
 
@@ -300,29 +296,45 @@ class Driver:
         return os.path.join(RUN_CONTAINERS, volume_key(name, rootfs) + ".json")
 
     def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None,
-                      config_file: str | None = None, in_pre_mount: bool = False) -> RunState:
+                      config_text: str | None = None) -> RunState:
         """pre-start: resolve the base version and its lower stack, record the start.
 
         For an unprivileged container (lxc.idmap lines in its config, a file
         the container cannot write) the lower stack is made of idmapped views
         of the base layers, shared by every container with the same map.
         """
+        idmap = parse_idmap(config_text)
         # The layer lock is held from reading the layer to writing the run
         # state: a reset, commit or diff either finishes first or sees the start.
-        with locks.layer_lock(rootfs):
-            return self._prepare_start(name, rootfs, runtime, lxcpath, config_file, in_pre_mount)
+        with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
+            return self._prepare_start(lay, name, runtime, lxcpath, idmap, hook_monitor())
 
-    def _prepare_start(self, name: str, rootfs: str, runtime: str, lxcpath: str | None, config_file: str | None,
-                       in_pre_mount: bool) -> RunState:
-        idmap = read_idmap(config_file)
-        with layer.OpenLayer(rootfs) as lay:
-            meta = lay.meta
-            layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
-            if idmap is not None:
-                for fd in (lay.upper_fd, lay.work_fd):
-                    check_layer_owner(os.fstat(fd), idmap, name, rootfs)
-        monitor, monitor_start = hook_monitor(in_pre_mount)
-        with layer.OpenLayer(rootfs) as lay, self.store.lock(exclusive=False):
+    def start_privileged(self, name: str, rootfs: str, lxcpath: str | None, config_text: str | None) -> None:
+        """pre-mount --prepare: a privileged LXC container's whole start in one hook process.
+
+        prepare_start's work and mount_volume's, on one open layer: a
+        privileged start needs nothing done outside the container's mount
+        namespace. config_text None: the config could not be read from here,
+        as in a user namespace.
+        """
+        if config_text is None or parse_idmap(config_text) is not None or in_user_namespace():
+            raise PycorError(
+                f"container {name} is unprivileged, but its config runs pycor without a pre-start hook "
+                "(pre-mount --prepare is for privileged containers)",
+                "add lxc.hook.pre-start = .../pycor-pre-start and drop --prepare, or create it again with lxc-create -t pycor",
+            )
+        with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
+            state = self._prepare_start(lay, name, "lxc", lxcpath, None, hook_monitor(in_pre_mount=True))
+            self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
+
+    def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap,  # type: ignore[no-untyped-def]
+                       monitor: tuple[int, int]) -> RunState:
+        rootfs = lay.rootfs
+        layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
+        if idmap is not None:
+            for fd in (lay.upper_fd, lay.work_fd):
+                check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+        with self.store.lock(exclusive=False):
             self.recover_volume(lay)
             meta = lay.meta
             if not self.store.exists(meta.base):
@@ -361,7 +373,7 @@ class Driver:
                 made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
                 lowers, views = [made[i] for i in ids], ids
             state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
-                             idmap.key if idmap is not None else None, views, monitor, monitor_start, held)
+                             idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
             os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
             own = self.run_state_path(name, rootfs)
             self.sweep_stale_records(skip=own)
@@ -379,35 +391,45 @@ class Driver:
             return None
 
     def mount_volume(self, name: str, rootfs: str) -> None:
-        """pre-mount: mount the overlay on rootfs in the current mount namespace.
-
-        Refused in the host's mount namespace: there the overlay would hide
-        the container's rootfs (and its .pycor) from the host for good.
-        """
+        """pre-mount: mount the overlay on rootfs in the current mount namespace, from the run state pre-start wrote."""
         state = self.run_state(name, rootfs)
         if state is None or state.rootfs != rootfs:
             raise PycorError(
                 f"no run state for container {name}: the pycor pre-start hook did not run",
                 "the container config needs lxc.hook.pre-start = .../pycor-pre-start (see 'pycor install')",
             )
-        if in_host_mount_namespace(state.monitor):
-            raise PycorError(
-                f"refusing to mount the overlay of container {name} on {rootfs} in the host's mount namespace",
-                "pycor-pre-mount runs only inside a container's start (LXC runs it in the container's mount namespace); "
-                f"start the container instead ('lxc-start -n {name}' or 'lxc start {name}')",
-            )
-        fds: list[int] = []
+        fds = [layer.open_rootfs(rootfs)]
         try:
-            fds.append(layer.open_rootfs(rootfs))
             fds.extend(layer.open_layer_dirs(fds[0], rootfs))
-            meta = volumes.before_overlay(fds, rootfs)  # hosting: an ephemeral layer's upper and work in memory
+            meta = layer.read_meta(fds[0], rootfs)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._mount(state, fds, meta, userxattr=in_user_namespace())
+
+    def _mount(self, state: RunState, fds: list[int], meta: LayerMeta, userxattr: bool) -> None:
+        """Mount the overlay of state's lower stack over fds [rootfs, upper, work], which this closes.
+
+        Refused in the host's mount namespace: there the overlay would hide
+        the container's rootfs (and its .pycor) from the host for good.
+        """
+        name, rootfs = state.name, state.rootfs
+        try:
+            if in_host_mount_namespace(state.monitor):
+                raise PycorError(
+                    f"refusing to mount the overlay of container {name} on {rootfs} in the host's mount namespace",
+                    "pycor-pre-mount runs only inside a container's start (LXC runs it in the container's mount namespace); "
+                    f"start the container instead ('lxc-start -n {name}' or 'lxc start {name}')",
+                )
+            volumes.before_overlay(fds, rootfs, meta)  # hosting: an ephemeral layer's upper and work in memory
             for lower in state.lowerdirs:
                 try:
                     fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
                 except OSError as e:
                     raise PycorError(f"cannot open base layer {lower}: {e.strerror}", "check the store with 'pycor base ls'") from None
             try:
-                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=in_user_namespace())
+                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=userxattr)
             except OSError as e:
                 raise PycorError(
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",

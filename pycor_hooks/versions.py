@@ -118,6 +118,19 @@ def _staging(store: Store, label: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def _builder_on_current(store: Store, base: str, label: str) -> Iterator[tuple[str, list[str], str, str]]:
+    """(current version, its lower stack, staging, builder lxcpath): a throwaway builder on the
+    current version, under the base's update lock, with no edit session open; removed on the way out."""
+    store.require(base)
+    with _base_update_lock(store, base):
+        builder.require_no_edit(store, base)
+        current = store.current(base)
+        stack = store.lower_stack(base, current)
+        with _staging(store, f"{base}.{label}") as staging:
+            yield current, stack, staging, builder.prepare(store, base, staging, current, stack)
+
+
+@contextlib.contextmanager
 def _base_update_lock(store: Store, base: str) -> Iterator[None]:
     """One update, squash or commit of a base at a time (container starts are not blocked)."""
     fd = os.open(os.path.join(store.base_dir(base), "update.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -140,29 +153,23 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
     """
     if not argv:
         raise PycorError("no command to run", f"e.g. pycor base update {base} -- apt-get -y upgrade")
-    store.require(base)
-    with _base_update_lock(store, base):
-        builder.require_no_edit(store, base)
-        current = store.current(base)
-        stack = store.lower_stack(base, current)
-        with _staging(store, f"{base}.update") as staging:
-            lxcpath = builder.prepare(store, base, staging, current, stack)
-            proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
-            try:
-                faults.point("update.builder")  # killed here, the builder goes on running the command
+    with _builder_on_current(store, base, "update") as (current, stack, staging, lxcpath):
+        proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
+        try:
+            faults.point("update.builder")  # killed here, the builder goes on running the command
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                stop_builders(staging)
                 proc.wait()
-            finally:
-                if proc.poll() is None:
-                    stop_builders(staging)
-                    proc.wait()
-            faults.point("update.built")
-            rc = proc.returncode
-            if rc != 0:
-                raise PycorError(
-                    f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
-                    "fix the command and run 'pycor base update' again",
-                )
-            return _publish_builder(store, base, staging, lxcpath, current, stack, f"update: {shlex.join(argv)}", keep_apt_lists)
+        faults.point("update.built")
+        rc = proc.returncode
+        if rc != 0:
+            raise PycorError(
+                f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
+                "fix the command and run 'pycor base update' again",
+            )
+        return _publish_builder(store, base, staging, lxcpath, current, stack, f"update: {shlex.join(argv)}", keep_apt_lists)
 
 
 def _publish_builder(store: Store, base: str, staging: str, lxcpath: str, version: str, stack: list[str],
@@ -184,19 +191,13 @@ SHELL = ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exe
 
 def shell_base(store: Store, base: str, discard: bool = False, keep_apt_lists: bool = False) -> Version | None:
     """An interactive shell in a builder on the current version: publish on exit status 0, discard otherwise."""
-    store.require(base)
-    with _base_update_lock(store, base):
-        builder.require_no_edit(store, base)
-        current = store.current(base)
-        stack = store.lower_stack(base, current)
-        with _staging(store, f"{base}.shell") as staging:
-            lxcpath = builder.prepare(store, base, staging, current, stack)
-            rc = builder.execute(lxcpath, SHELL, interactive=True)
-            if rc != 0 or discard:
-                why = "asked to discard" if discard else f"the shell exited with status {rc}"
-                raise PycorError(f"{why}: nothing published, base {base} stays at version {current}",
-                                 "exit the shell with status 0 to publish what you changed")
-            return _publish_builder(store, base, staging, lxcpath, current, stack, "shell", keep_apt_lists)
+    with _builder_on_current(store, base, "shell") as (current, stack, staging, lxcpath):
+        rc = builder.execute(lxcpath, SHELL, interactive=True)
+        if rc != 0 or discard:
+            why = "asked to discard" if discard else f"the shell exited with status {rc}"
+            raise PycorError(f"{why}: nothing published, base {base} stays at version {current}",
+                             "exit the shell with status 0 to publish what you changed")
+        return _publish_builder(store, base, staging, lxcpath, current, stack, "shell", keep_apt_lists)
 
 
 def edit_base(store: Store, base: str) -> str:

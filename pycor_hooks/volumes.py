@@ -184,8 +184,8 @@ def unpin() -> None:
         os.close(_pinned.pop())
 
 
-def before_overlay(fds: list[int], rootfs: str) -> layer.LayerMeta:
-    """pre-mount: read the layer's metadata; for an ephemeral layer swap upper and work (fds[1], fds[2]) for memory.
+def before_overlay(fds: list[int], rootfs: str, meta: layer.LayerMeta) -> None:
+    """pre-mount: for an ephemeral layer (meta) swap upper and work (fds[1], fds[2]) for memory.
 
     fds is [rootfs, upper, work]; the caller appends the base's lowerdirs
     after it, top first. For LXC's overlay clone of this container (lxc-copy
@@ -194,7 +194,6 @@ def before_overlay(fds: list[int], rootfs: str) -> layer.LayerMeta:
     in-memory upper, and LXC then mounts its own overlay, whose upperdir is
     the clone's delta (destroyed at stop), on top of this view.
     """
-    meta = layer.read_meta(fds[0], rootfs)
     clone = layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", ""))
     if meta.ephemeral or clone:
         upper, work = memory_layer(fds[1], meta.size)
@@ -204,4 +203,3 @@ def before_overlay(fds: list[int], rootfs: str) -> layer.LayerMeta:
             os.close(fds[1])
         os.close(fds[2])
         fds[1], fds[2] = upper, work
-    return meta

@@ -56,6 +56,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check '.[test]'
 .venv/bin/pycor install >/dev/null
+bash scripts/sysctl-up.sh
 bash scripts/lxc-net-up.sh
 bash scripts/lxd-up.sh
 bash scripts/incus-up.sh

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from helpers import PYCOR, run
@@ -59,6 +60,53 @@ def test_privileged_lxc_container_runs_one_hook_process_at_start(make_container,
     assert c.sh("cat /etc/passwd").returncode == 0
     log = open(c.log).read()
     assert "pycor-pre-mount" in log and "Executing script \"" in log and "pycor-pre-start" not in log
+
+
+def traced_hook(hook: str, log: str) -> str:
+    """A copy of an installed hook that logs every file it opens (audit events) and every
+    path it opens inside the container's layer (linux.open_beneath, which is openat2)."""
+    with open(hook) as f:
+        text = f.read()
+    shebang = text.splitlines()[0]
+    where = re.search(r"^sys\.path\.insert\(0, (.+?)\)", text, re.M)
+    assert where, f"{hook} puts no folder on sys.path"
+    return f"""{shebang}
+import sys
+sys.path.insert(0, {where.group(1)})
+from pycor_hooks import linux
+log = open({log!r}, "a")
+def audit(event, args):
+    if event == "open" and isinstance(args[0], str):
+        log.write(args[0] + "\\n"); log.flush()
+sys.addaudithook(audit)
+real = linux.open_beneath
+def traced(dirfd, path, *args, **kwargs):
+    log.write("beneath " + path + "\\n"); log.flush()
+    return real(dirfd, path, *args, **kwargs)
+linux.open_beneath = traced
+exec(compile({text!r}, {hook!r}, "exec"))
+"""
+
+
+def test_privileged_start_reads_its_config_and_its_layer_once(make_container, tmp_path):
+    c = make_container()
+    with open(c.config) as f:
+        config = f.read()
+    line = next(ln for ln in config.splitlines() if ln.startswith("lxc.hook.pre-mount"))
+    hook = line.partition("=")[2].split()[0]
+    log, wrapper = str(tmp_path / "opens"), str(tmp_path / "pycor-pre-mount")
+    with open(wrapper, "w") as f:
+        f.write(traced_hook(hook, log))
+    os.chmod(wrapper, 0o755)
+    with open(c.config, "w") as f:
+        f.write(config.replace(f"= {hook} ", f"= {wrapper} "))
+    c.start()
+    assert c.sh("cat /etc/passwd").returncode == 0
+    with open(log) as f:
+        opened = f.read().splitlines()
+    assert opened.count(c.config) == 1, opened
+    assert opened.count("beneath .pycor/layer.json") == 1, opened
+    assert opened.count("beneath .pycor/upper") == 1, opened
 
 
 def test_unprivileged_lxc_container_keeps_its_pre_start_hook(make_container):

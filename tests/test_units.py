@@ -160,3 +160,19 @@ def test_records_round_trip_any_value_and_keep_list_order():
         records.parse("no equals sign\n")
     with pytest.raises(ValueError):
         records.dump([("a=b", "x")])
+
+
+def test_doctor_names_the_inotify_limit_that_stops_many_booted_containers(tmp_path):
+    """Every privileged container's systemd takes inotify instances from host root's one budget:
+    Debian's 128 lets about 17 containers boot; the 18th's systemd dies."""
+    from pycor_hooks import doctor
+
+    (tmp_path / "fs" / "inotify").mkdir(parents=True)
+    limit = tmp_path / "fs" / "inotify" / "max_user_instances"
+    limit.write_text("128\n")
+    check = doctor.limits_check(str(tmp_path))
+    assert not check.ok and not check.required
+    assert "fs.inotify.max_user_instances" in check.detail and "128" in check.detail
+    assert "sysctl -w fs.inotify.max_user_instances=1048576" in check.fix
+    limit.write_text("1048576\n")
+    assert doctor.limits_check(str(tmp_path)).ok
