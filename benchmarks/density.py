@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -275,6 +276,7 @@ def main() -> int:
     if bool(args.store) != bool(args.base):
         ap.error("--store and --base go together")
     ns = sorted({int(n) for n in args.n.split(",")})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: clean up all the same (finally below)
     log = lambda msg: print(f"[density] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     work = tempfile.mkdtemp(prefix="pycor-bench-", dir="/var/tmp")
     os.chmod(work, 0o755)

@@ -39,6 +39,27 @@ def make_project(project: str, cli: str = "lxc", nic: str | None = None) -> None
         sh([cli, "--project", project, "profile", "device", "add", "default", "eth0", "nic", "name=eth0", f"network={nic}"])
 
 
+LXC_LEASES = "/var/lib/misc/dnsmasq.lxcbr0.leases"
+
+
+def release_lease(host: str, bridge: str = "lxcbr0") -> None:
+    """Hand a destroyed container's DHCP lease on lxc-net's bridge back to dnsmasq.
+
+    dnsmasq keeps a lease an hour after its container is gone, and lxcbr0's
+    10.0.3.0/24 holds 253: a run that boots a few hundred containers would
+    leave the last ones (and anything started in the next hour) without an address.
+    """
+    try:
+        with open(LXC_LEASES) as f:
+            lines = f.read().splitlines()  # read first: dnsmasq rewrites the file at each release
+    except FileNotFoundError:
+        return
+    for line in lines:
+        fields = line.split()  # EXPIRY MAC IP HOSTNAME CLIENT-ID
+        if len(fields) >= 5 and fields[3] == host:
+            sh(["dhcp_release", bridge, fields[2], fields[1]] + ([] if fields[4] == "*" else [fields[4]]), check=False)
+
+
 def du(path: str) -> int:
     """Bytes allocated under path, hard links once (du -s --block-size=1)."""
     return int(sh(["du", "-s", "--block-size=1", path]).split()[0])
@@ -82,6 +103,7 @@ class LxcSystem(System):
     def destroy(self, c: str) -> None:
         self.stop(c)
         sh(["lxc-destroy", "-n", c, "-P", self.ctx.lxcpath], check=False)
+        release_lease(c)
 
     def sh(self, c: str, script: str) -> str:
         return sh(["lxc-attach", "-n", c, "-P", self.ctx.lxcpath, "--clear-env", "--", "/bin/sh", "-c", script])

@@ -445,7 +445,8 @@ class Driver:
 
         The overlay lived in the container's mount namespace and is gone with it.
         The exclusive lock orders this against a pre-start that is making views.
-        Records of containers that died without a post-stop go too.
+        Records of containers whose monitor died go too, found by the monitor
+        index: what a stop reads does not grow with the containers that run.
         """
         with self.store.lock():
             own = self.run_state_path(name, rootfs)
@@ -453,7 +454,7 @@ class Driver:
             _unlink(own)
             if state is not None:
                 _unlink(os.path.join(RUN_MONITORS, monitor_entry(state, own)))
-            self.clear_stale_records()
+            self.sweep_stale_records(skip=own)
             self.release_views()
 
     def release_views(self) -> None:
@@ -538,7 +539,7 @@ class Driver:
     def sweep_stale_records(self, skip: str = "") -> None:
         """At a start: clear the records whose monitor process is gone, found by the monitor index
         (one listdir and one /proc read per running container; reading every record would cost a
-        start 13 ms at 200 containers). Records without an index entry go at the next stop, gc or doctor --fix."""
+        start 13 ms at 200 containers). Records without an index entry go at the next gc or doctor --fix."""
         try:
             entries = os.listdir(RUN_MONITORS)
         except FileNotFoundError:

@@ -116,17 +116,19 @@ def runtime_of(config_file: str | None) -> tuple[str, str | None]:
     return info[0], info[1]
 
 
-def runtime_info(config_file: str | None, text: str | None = None) -> tuple[str, str | None, str | None, str | None]:
-    """(runtime, daemon dir or LXCPATH, project, instance name); project and instance only under LXD and Incus.
-
-    text: the config's text, if the caller has read it already.
-    """
+def runtime_info(config_file: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(runtime, daemon dir or LXCPATH, project, instance name); project and instance only under LXD and Incus."""
     if not config_file:
         return "lxc", None, None, None
     try:
-        hook = scan_config(read_config(config_file) if text is None else text)[0]
+        hook = scan_config(read_config(config_file))[0]
     except OSError:
         hook = None
+    return runtime_from(hook, config_file)
+
+
+def runtime_from(hook: tuple[str, str, str, str] | None, config_file: str) -> tuple[str, str | None, str | None, str | None]:
+    """runtime_info from a config's callhook line (scan_config), or from where the config is."""
     if hook is None:
         return "lxc", os.path.dirname(os.path.dirname(config_file)), None, None
     exe, daemon_dir, project, instance = hook
@@ -147,8 +149,9 @@ def run(hook: str, argv: list[str]) -> None:
     driver = Driver(Store(store_path))
     if hook == "pre-start":
         text = read_config(config_file) if config_file else ""
-        runtime, where, _, _ = runtime_info(config_file, text)
-        if runtime != "lxc" and scan_config(text)[1]:
+        callhook, idmapped = scan_config(text)
+        runtime, where, _, _ = runtime_from(callhook, config_file) if config_file else ("lxc", None, None, None)
+        if runtime != "lxc" and idmapped:
             raise PycorError(
                 f"{runtime} mounts this container's rootfs idmapped (lxc.rootfs.options = idmap=...), "
                 "which hides pycor's overlay, and left its layer unshifted on disk",
@@ -158,10 +161,10 @@ def run(hook: str, argv: list[str]) -> None:
         driver.prepare_start(name, rootfs, runtime, where, text)
     elif hook == "pre-mount" and prepare:
         try:
-            text: str | None = read_config(config_file) if config_file else ""
+            config: str | None = read_config(config_file) if config_file else ""
         except OSError:
-            text = None  # a user namespace's root cannot read it: the driver refuses
-        driver.start_privileged(name, rootfs, lxcpath_of(config_file), text)
+            config = None  # a user namespace's root cannot read it: the driver refuses
+        driver.start_privileged(name, rootfs, lxcpath_of(config_file), config)
     elif hook == "pre-mount":
         driver.mount_volume(name, rootfs)
     elif hook == "post-stop":

@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(lxc lxd debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux btrfs-progs
+APT_PACKAGES=(lxc lxd dnsmasq-utils debootstrap busybox-static rsync tar xz-utils zstd acl attr util-linux btrfs-progs
               python3 python3-venv python3-dev gcc libcap-dev ca-certificates)
 APT_PACKAGES+=(dnsmasq-base nftables curl)  # lxc-net's DHCP and NAT; curl for the demo's web check
 missing=()

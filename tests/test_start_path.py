@@ -109,6 +109,32 @@ def test_privileged_start_reads_its_config_and_its_layer_once(make_container, tm
     assert opened.count("beneath .pycor/upper") == 1, opened
 
 
+def test_a_stop_reads_only_its_own_run_record(make_container, tmp_path):
+    """post-stop holds the store lock: what it reads must not grow with the containers that run."""
+    others = [make_container() for _ in range(3)]
+    for other in others:
+        other.start()
+    c = make_container()
+    with open(c.config) as f:
+        config = f.read()
+    line = next(ln for ln in config.splitlines() if ln.startswith("lxc.hook.post-stop"))
+    hook = line.partition("=")[2].split()[0]
+    log, wrapper = str(tmp_path / "opens"), str(tmp_path / "pycor-post-stop")
+    with open(wrapper, "w") as f:
+        f.write(traced_hook(hook, log))
+    os.chmod(wrapper, 0o755)
+    with open(c.config, "w") as f:
+        f.write(config.replace(f"= {hook} ", f"= {wrapper} "))
+    c.start()
+    c.stop()
+    with open(log) as f:
+        records = [p for p in f.read().splitlines() if p.startswith("/run/pycor/containers/")]
+    assert len(records) == 1 and os.path.basename(records[0]).startswith(c.name + "-"), records
+    for other in others:
+        assert other.state() == "RUNNING"
+        other.stop()
+
+
 def test_unprivileged_lxc_container_keeps_its_pre_start_hook(make_container):
     c = make_container(extra=("--unprivileged",))
     config = open(c.config).read()
