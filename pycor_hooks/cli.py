@@ -157,8 +157,6 @@ def cmd_base_ls(args: argparse.Namespace, driver: Driver) -> None:
 
 def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
     """Every version that reads, plus one line per damaged one (marked, never a failure of the listing)."""
-    from .digest import recorded
-
     from .versions import SQUASH_ADVISED_DEPTH
 
     store = driver.store
@@ -183,7 +181,7 @@ def cmd_base_versions(args: argparse.Namespace, driver: Driver) -> None:
         "version": v.version, "current": v.version == current, "parent": v.parent, "depth": depth(v.version),
         "size": v.size, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
         "in_use": v.version in used or v.version == current, "held": v.version in held, "damaged": None,
-        "source": v.source, "digest": recorded(store, name, v.version) or "",
+        "source": v.source, "digest": store.recorded_digest(name, v.version) or "",
     } for v in found]
     rows += [{"version": number, "current": number == current, "parent": None, "depth": 0, "size": 0, "created": "-",
               "in_use": number in used or number == current, "held": number in held, "damaged": why,

@@ -15,8 +15,8 @@ is written into version.json and the manifest beside it
 (bases/NAME/versions/N/manifest) when a version is published; versions
 published before get them the first time they are needed.
 
-The pre-start hook imports this module for check_layer(), which compares
-two recorded strings: hashlib and urllib are imported only where hashing is.
+A start compares two recorded strings (Driver, Store.recorded_digest) and
+never imports this module.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import Damaged, NotFound, PycorError
+from .errors import Damaged
 from .store import Store, read_json, write_json
 
 MANIFEST = "manifest"
@@ -130,18 +130,9 @@ def _write(path: str, data: bytes) -> None:
     os.rename(tmp, path)
 
 
-def recorded(store: Store, name: str, version: str) -> str | None:
-    """The digest version.json records, or None (a version published before digests). One small read: cheap enough for a start."""
-    try:
-        value = read_json(os.path.join(store.version_dir(name, version), VERSION_JSON)).get("digest")
-    except FileNotFoundError:
-        raise NotFound(f"base {name!r} has no version {version}", "'pycor base versions' lists them") from None
-    return str(value) if value else None
-
-
 def version_digest(store: Store, name: str, version: str) -> str:
     """The digest of a version, computed (with its parents') and recorded if it has none yet."""
-    found = recorded(store, name, version)
+    found = store.recorded_digest(name, version)
     if found:
         return found
     v = store.version(name, version)
@@ -216,32 +207,8 @@ def verify(store: Store, name: str, version: str | None = None) -> tuple[str, st
         if diff:
             findings.append(Finding(v.version, diff))
         expect = chain(layer_digest(kept), parent_digest)
-        rec = recorded(store, name, v.version)
+        rec = store.recorded_digest(name, v.version)
         if rec and rec != expect:
             findings.append(Finding(v.version, f"recorded digest {rec[:16]} does not match its manifest's {expect[:16]}"))
         parent_digest = rec or expect
     return top, parent_digest or "", findings
-
-
-def check_layer(store: Store, name: str, meta) -> None:  # type: ignore[no-untyped-def]
-    """Refuse to run a layer's changes on a version that is not the one they were made on (cheap: one read).
-
-    meta: the layer's LayerMeta. A layer without a recorded digest (older
-    pycor), or a version without one (published before digests), passes.
-    """
-    if not meta.digest or not meta.based_on:
-        return
-    fix = (f"import that version from the host the container came from: there, 'pycor base export {meta.base} "
-           f"--version {meta.based_on} -o FILE', here 'pycor base import {meta.base} --from-export FILE'")
-    try:
-        ours = recorded(store, meta.base, meta.based_on)
-    except NotFound:
-        numbers = [int(e) for e in os.listdir(os.path.join(store.base_dir(meta.base), "versions")) if e.isdigit()]
-        if numbers and int(meta.based_on) < max(numbers):
-            return  # removed here by gc: the move to a newer version goes on without a common ancestor
-        raise NotFound(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
-                       f"(digest {meta.digest[:16]}), which this host does not have", fix) from None
-    if ours and ours != meta.digest:
-        raise PycorError(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
-                         f"with digest {meta.digest[:16]}, but that version here has digest {ours[:16]}: "
-                         "another tree under the same number", fix)

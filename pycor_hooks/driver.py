@@ -19,7 +19,7 @@ import stat
 import time
 import zlib
 
-from . import digest, faults, layer, linux, locks, overlay, volumes
+from . import faults, layer, linux, locks, overlay
 from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
 from .store import RUN_DIR, Record, Store, read_json, setting, write_json
@@ -166,6 +166,30 @@ def parse_idmap(config_text: str | None):  # type: ignore[no-untyped-def]
 
     idmap = IdMap.parse_lxc_config(config_text)
     return None if idmap.is_empty else idmap.check()
+
+
+def check_layer_digest(store: Store, name: str, meta: LayerMeta) -> None:
+    """Refuse to run a layer's changes on a version that is not the one they were made on (one read).
+
+    A layer without a recorded digest (older pycor), or a version without one
+    (published before digests), passes.
+    """
+    if not meta.digest or not meta.based_on:
+        return
+    fix = (f"import that version from the host the container came from: there, 'pycor base export {meta.base} "
+           f"--version {meta.based_on} -o FILE', here 'pycor base import {meta.base} --from-export FILE'")
+    try:
+        ours = store.recorded_digest(meta.base, meta.based_on)
+    except NotFound:
+        numbers = [int(e) for e in os.listdir(os.path.join(store.base_dir(meta.base), "versions")) if e.isdigit()]
+        if numbers and int(meta.based_on) < max(numbers):
+            return  # removed here by gc: the move to a newer version goes on without a common ancestor
+        raise NotFound(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
+                       f"(digest {meta.digest[:16]}), which this host does not have", fix) from None
+    if ours and ours != meta.digest:
+        raise PycorError(f"container {name}: its changes were made on base {meta.base} version {meta.based_on} "
+                         f"with digest {meta.digest[:16]}, but that version here has digest {ours[:16]}: "
+                         "another tree under the same number", fix)
 
 
 def layer_id(base: str, layer_path: str) -> str:
@@ -344,7 +368,7 @@ class Driver:
                     f"import the base again ('pycor base import {meta.base} --from-export FILE' with an export from the host "
                     f"it came from); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
-            digest.check_layer(self.store, name, meta)  # its changes must land on the tree they were made on
+            check_layer_digest(self.store, name, meta)  # its changes must land on the tree they were made on
             version = meta.pin or self.store.current(meta.base)
             held = None
             if meta.based_on != version:
@@ -422,7 +446,12 @@ class Driver:
                     "pycor-pre-mount runs only inside a container's start (LXC runs it in the container's mount namespace); "
                     f"start the container instead ('lxc-start -n {name}' or 'lxc start {name}')",
                 )
-            volumes.before_overlay(fds, rootfs, meta)  # hosting: an ephemeral layer's upper and work in memory
+            # hosting (volumes.py, imported only then): an ephemeral layer's upper and work in memory, volumes
+            hosting = meta.ephemeral or bool(meta.volumes) or layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", ""))
+            if hosting:
+                from . import volumes
+
+                volumes.before_overlay(fds, rootfs, meta)
             for lower in state.lowerdirs:
                 try:
                     fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -435,7 +464,8 @@ class Driver:
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
                     "the kernel log (dmesg) says why; 'pycor doctor' checks overlay support",
                 ) from None
-            volumes.mount_volumes(fds[0], rootfs, meta)  # hosting: volumes bound over the overlay
+            if hosting:
+                volumes.mount_volumes(fds[0], rootfs, meta)  # bound over the overlay
         finally:
             for fd in fds:
                 os.close(fd)
@@ -454,8 +484,9 @@ class Driver:
             _unlink(own)
             if state is not None:
                 _unlink(os.path.join(RUN_MONITORS, monitor_entry(state, own)))
-            self.sweep_stale_records(skip=own)
-            self.release_views()
+            cleared = self.sweep_stale_records(skip=own)
+            if any(s is not None and s.idmap for s in [state, *cleared]):  # only idmapped starts use views
+                self.release_views()
 
     def release_views(self) -> None:
         """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
@@ -536,23 +567,26 @@ class Driver:
         except PycorError:
             return None  # busy: its container is being started, reset or committed right now
 
-    def sweep_stale_records(self, skip: str = "") -> None:
-        """At a start: clear the records whose monitor process is gone, found by the monitor index
+    def sweep_stale_records(self, skip: str = "") -> list[RunState]:
+        """At a start and a stop: clear the records whose monitor process is gone, found by the monitor index
         (one listdir and one /proc read per running container; reading every record would cost a
         start 13 ms at 200 containers). Records without an index entry go at the next gc or doctor --fix."""
         try:
             entries = os.listdir(RUN_MONITORS)
         except FileNotFoundError:
-            return
+            return []
+        cleared = []
         for entry in entries:
             pid, _, rest = entry.partition(".")
             start, _, key = rest.partition(".")
             if not pid.isdigit() or not key or str(proc_start_time(int(pid))) == start:
                 continue  # its monitor runs (a killed one may linger as a zombie: proc_start_time says None)
             path = os.path.join(RUN_CONTAINERS, key + ".json")
-            if path != skip:
-                self._clear_if_stale(path)
+            gone = self._clear_if_stale(path) if path != skip else None
+            if gone is not None:
+                cleared.append(gone)
             _unlink(os.path.join(RUN_MONITORS, entry))
+        return cleared
 
     def clear_stale(self) -> list[RunState]:
         """Remove stale run records and the idmapped views only they used (for gc and doctor --fix)."""
@@ -620,7 +654,7 @@ class Driver:
                 result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
                                              self.store.lower_stack(meta.base, target), force, dry_run)
         if not dry_run:
-            lay.meta = meta.but(based_on=target, digest=digest.recorded(self.store, meta.base, target))
+            lay.meta = meta.but(based_on=target, digest=self.store.recorded_digest(meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
         return result
 
@@ -634,7 +668,7 @@ class Driver:
 
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = lay.meta.but(based_on=target, digest=digest.recorded(self.store, lay.meta.base, target))
+            lay.meta = lay.meta.but(based_on=target, digest=self.store.recorded_digest(lay.meta.base, target))
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,

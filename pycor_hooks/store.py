@@ -32,7 +32,7 @@ import stat
 import time
 
 from . import faults
-from .errors import PycorError
+from .errors import NotFound, PycorError
 from .names import check_name, check_version
 
 DEFAULT_STORE = "/var/lib/pycor"
@@ -398,6 +398,15 @@ class Store:
         self.require(name)
         target = os.readlink(os.path.join(self.base_dir(name), "current"))
         return check_version(os.path.basename(target))
+
+    def recorded_digest(self, name: str, version: str) -> str | None:
+        """The digest version.json records (see digest.py), or None for a version published before
+        digests. One small read: cheap enough for a start."""
+        try:
+            value = read_json(os.path.join(self.version_dir(name, version), "version.json")).get("digest")
+        except FileNotFoundError:
+            raise NotFound(f"base {name!r} has no version {version}", "'pycor base versions' lists them") from None
+        return str(value) if value else None
 
     def version(self, name: str, version: str) -> Version:
         path = self.version_dir(name, version)

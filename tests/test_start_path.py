@@ -17,7 +17,7 @@ PINNED = {"abc", "builtins", "codecs", "ctypes", "ctypes._endian", "encodings", 
           "time", "types", "zipimport", "zlib"}
 PYCOR_MODULES = {"pycor_hooks", "pycor_hooks.driver", "pycor_hooks.errors", "pycor_hooks.faults", "pycor_hooks.flatjson",
                  "pycor_hooks.hooks", "pycor_hooks.layer", "pycor_hooks.linux", "pycor_hooks.locks", "pycor_hooks.names",
-                 "pycor_hooks.overlay", "pycor_hooks.store", "pycor_hooks.volumes", "pycor_hooks.digest"}
+                 "pycor_hooks.overlay", "pycor_hooks.store"}  # volumes.py: only for hosting features
 
 
 def modules_after(code: str) -> set[str]:
