@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,10 +50,12 @@ def release_lease(host: str, bridge: str = "lxcbr0") -> None:
     10.0.3.0/24 holds 253: a run that boots a few hundred containers would
     leave the last ones (and anything started in the next hour) without an address.
     """
+    if not shutil.which("dhcp_release"):  # dnsmasq-utils (setup installs it)
+        return
     try:
         with open(LXC_LEASES) as f:
             lines = f.read().splitlines()  # read first: dnsmasq rewrites the file at each release
-    except FileNotFoundError:
+    except OSError:
         return
     for line in lines:
         fields = line.split()  # EXPIRY MAC IP HOSTNAME CLIENT-ID
@@ -103,7 +106,8 @@ class LxcSystem(System):
     def destroy(self, c: str) -> None:
         self.stop(c)
         sh(["lxc-destroy", "-n", c, "-P", self.ctx.lxcpath], check=False)
-        release_lease(c)
+        if not os.path.exists(os.path.join(self.ctx.lxcpath, c)):  # gone: its lease is free
+            release_lease(c)
 
     def sh(self, c: str, script: str) -> str:
         return sh(["lxc-attach", "-n", c, "-P", self.ctx.lxcpath, "--clear-env", "--", "/bin/sh", "-c", script])

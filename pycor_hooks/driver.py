@@ -28,6 +28,8 @@ RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
 # One empty file per recorded start, named MONITOR.STARTTIME.KEY: a start finds the records of
 # containers that died (their monitor pid is gone) with one listdir, not by reading every record.
 RUN_MONITORS = os.path.join(RUN_DIR, "monitors")
+# Left by a start that cleared a dead idmapped container's record: the next stop releases views.
+VIEWS_STALE = os.path.join(RUN_DIR, "views-stale")
 
 
 class RunState(Record):
@@ -400,7 +402,9 @@ class Driver:
                              idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
             os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
             own = self.run_state_path(name, rootfs)
-            self.sweep_stale_records(skip=own)
+            if any(s.idmap for s in self.sweep_stale_records(skip=own)):
+                # its views are released under the exclusive lock: by the next stop (or gc, doctor --fix)
+                os.close(os.open(VIEWS_STALE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             write_json(own, state.to_json())
             os.makedirs(RUN_MONITORS, mode=0o700, exist_ok=True)
             os.close(os.open(os.path.join(RUN_MONITORS, monitor_entry(state, own)),
@@ -485,13 +489,15 @@ class Driver:
             if state is not None:
                 _unlink(os.path.join(RUN_MONITORS, monitor_entry(state, own)))
             cleared = self.sweep_stale_records(skip=own)
-            if any(s is not None and s.idmap for s in [state, *cleared]):  # only idmapped starts use views
+            # only idmapped starts use views: a privileged stop reads no other record
+            if any(s is not None and s.idmap for s in [state, *cleared]) or os.path.lexists(VIEWS_STALE):
                 self.release_views()
 
     def release_views(self) -> None:
         """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
         from .idmap import RUN_VIEWS
 
+        _unlink(VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
         if not os.path.isdir(RUN_VIEWS):
             return
         from . import idmap as idmap_mod
@@ -585,7 +591,8 @@ class Driver:
             gone = self._clear_if_stale(path) if path != skip else None
             if gone is not None:
                 cleared.append(gone)
-            _unlink(os.path.join(RUN_MONITORS, entry))
+            if path == skip or not os.path.lexists(path):  # a record busy under its layer lock keeps its entry
+                _unlink(os.path.join(RUN_MONITORS, entry))
         return cleared
 
     def clear_stale(self) -> list[RunState]:

@@ -75,7 +75,7 @@ def scan_config(text: str) -> tuple[tuple[str, str, str, str] | None, bool]:
     """
     found = None
     idmapped = False
-    for line in text.splitlines():
+    for line in text.split("\n"):  # LXC's own line ends: splitlines() would also split on \x0b, \x85...
         if line.startswith("lxc.rootfs.options"):
             idmapped = "idmap=" in line.partition("=")[2]
         if not line.startswith("lxc.hook.") or " callhook " not in line:
@@ -180,8 +180,12 @@ def hook_exit(hook: str) -> None:
     interpreter's teardown of the loaded modules saves about 2 ms per hook.
     """
     code = main(hook)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:
+            pass
     os._exit(code)
 
 

@@ -133,7 +133,7 @@ class IdMap:
         ``lxc.idmap =`` clears the lines before it.
         """
         entries: list[IdMapEntry] = []
-        for number, raw in enumerate(text.splitlines(), 1):
+        for number, raw in enumerate(text.split("\n"), 1):  # LXC's line ends only
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue

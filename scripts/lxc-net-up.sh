@@ -16,6 +16,11 @@ dnsmasq_alive() {
 }
 # A bridge alone is not a network: after the host's processes were killed lxcbr0
 # stays but its dnsmasq is gone, and containers boot without an address.
+# A bridge lxc-net did not make (no /run/lxc/network_up) is someone else's: kept.
+if [ -e /sys/class/net/lxcbr0 ] && [ ! -e /run/lxc/network_up ]; then
+    echo "pycor setup: lxcbr0 exists but lxc-net did not make it; leaving it as it is" >&2
+    exit 0
+fi
 if [ ! -e /sys/class/net/lxcbr0 ] || ! dnsmasq_alive; then
     # a stale marker or bridge (lxc-net killed halfway) would make 'start' refuse
     [ ! -e /run/lxc/network_up ] && [ ! -e /sys/class/net/lxcbr0 ] \

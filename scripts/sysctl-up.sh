@@ -20,8 +20,9 @@ for kv in "${want[@]}"; do
     read -r key value <<<"$kv"
     file=/proc/sys/${key//.//}
     [ -e "$file" ] || continue
-    lines+=("$key = $value")
-    if [ "$(cat "$file")" -lt "$value" ]; then
+    cur=$(cat "$file")
+    lines+=("$key = $(( cur > value ? cur : value ))")  # never lower what another file sets
+    if [ "$cur" -lt "$value" ]; then
         echo "$value" > "$file" 2>/dev/null || echo "pycor setup: cannot raise $key to $value here (set it on the host)" >&2
     fi
 done

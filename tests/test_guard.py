@@ -291,6 +291,21 @@ def test_record_of_a_killed_container_is_stale_reported_and_cleared(make_contain
     c.stop()
 
 
+def test_views_of_a_killed_container_go_with_the_next_stop_even_a_privileged_one(make_container, plain_base):
+    """A start clears a dead idmapped container's record under the shared lock; its views (released
+    only under the exclusive one) go with the next stop, though that stop is a privileged container's."""
+    a = make_container(base=plain_base, extra=("--unprivileged",))
+    a.start()
+    view = view_of(plain_base)
+    kill_and_destroy(a)
+    b = make_container()  # privileged, on another base
+    b.start()
+    assert not os.path.exists(record_path(a))  # cleared by b's start
+    assert view in view_mounts()  # which could not release views
+    b.stop()
+    assert view not in view_mounts()
+
+
 def test_record_of_an_lxd_instance_whose_monitor_was_killed_is_stale(launch, lxd_env):
     inst = launch()
     path = driver_mod.Driver().run_state_path(f"{inst.project}_{inst.name}", inst.rootfs)

@@ -176,3 +176,13 @@ def test_doctor_names_the_inotify_limit_that_stops_many_booted_containers(tmp_pa
     assert "sysctl -w fs.inotify.max_user_instances=1048576" in check.fix
     limit.write_text("1048576\n")
     assert doctor.limits_check(str(tmp_path)).ok
+
+
+def test_config_lines_end_only_at_newlines_as_in_lxc():
+    """A value holding \\x85, \\x0b or U+2028 stays inside its line, as LXC reads it: it cannot pose
+    as a daemon's callhook line or an idmap line."""
+    from pycor_hooks.idmap import IdMap
+
+    forged = 'lxc.environment = A\x85lxc.hook.pre-start = /x callhook /var/lib/evil "p" "n" start\n'
+    assert hooks.scan_config(forged) == (None, False)
+    assert IdMap.parse_lxc_config("lxc.environment = A\u2028lxc.idmap = u 0 100000 65536\n").is_empty
