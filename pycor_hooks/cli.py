@@ -324,10 +324,10 @@ def cmd_ls(args: argparse.Namespace, driver: Driver) -> None:
             rows.append(row)
             continue
         known = driver.store.exists(meta.base)
-        row.update(base=meta.base, pinned=meta.pin is not None, quota=quota_cell(c.rootfs, meta, args.format != "json"),
-                   version=driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING") if known else "-",
-                   conflicts=driver.unresolved_conflicts(c.rootfs))
         state = driver.run_state(c.lxc_name, c.rootfs) if c.state == "RUNNING" else None
+        row.update(base=meta.base, pinned=meta.pin is not None, quota=quota_cell(c.rootfs, meta, args.format != "json"),
+                   version=driver.volume_version(meta, state) if known else "-",
+                   conflicts=driver.unresolved_conflicts(c.rootfs))
         row["held"] = state.held if state is not None else None  # on an older version than it follows: why
         rows.append(row)
     if args.format != "json":
@@ -359,7 +359,7 @@ def cmd_pin(args: argparse.Namespace, driver: Driver) -> None:
             version = wanted
             driver.store.version(meta.base, version)
         else:  # where it runs now, else where it would start
-            version = driver.volume_version(c.lxc_name, c.rootfs, meta, True)  # a live run state says it runs
+            version = driver.volume_version(meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
         write_meta(c.rootfs, meta.but(pin=version))
     print(f"container {c.name} pinned to {meta.base} version {version}")
 
@@ -401,7 +401,7 @@ def cmd_diff(args: argparse.Namespace, driver: Driver) -> None:
     idmap = IdMap.parse_lxc_config(container_idmap(c) or "")
     # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
     with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
-        version = driver.volume_version(c.lxc_name, c.rootfs, lay.meta, True)  # a live run state says it runs
+        version = driver.volume_version(lay.meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
         with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
             changes = diff_layer(lay.upper_fd, driver.store.lower_stack(lay.meta.base, version),
                                  None if idmap.is_empty else idmap.check())

@@ -54,16 +54,11 @@ def cmd_rebase(args: argparse.Namespace, driver: Driver) -> None:
 def rollout_dry_run(args: argparse.Namespace, driver: Driver, base: str, containers: list) -> None:  # type: ignore[type-arg]
     """What a rollout (and the next start of a stopped follower) would merge and leave in conflict, per container."""
     from .cli import emit
+    from .rollout import followers
 
     target = driver.store.current(base)
     out = []
-    for c in containers:
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.base != base or meta.pin:
-            continue
+    for c, meta in followers(driver, base, containers):
         _, plan = driver.rebase_volume(c.rootfs, target, dry_run=True)
         out.append({"container": c.name, "state": c.state, "from": meta.based_on, "to": target,
                     "findings": [f.to_json() for f in plan.findings] if plan else []})
@@ -116,7 +111,7 @@ def print_base_diff(driver: Driver, c, path: str) -> None:  # type: ignore[no-un
 
     rel = path.strip("/")
     meta = driver.volume_meta(c.rootfs)
-    version = driver.volume_version(c.lxc_name, c.rootfs, meta, c.state == "RUNNING")
+    version = driver.volume_version(meta, driver.run_state(c.lxc_name, c.rootfs) if c.state == "RUNNING" else None)
 
     def read(dirfd: int) -> list[str]:
         fd = linux.open_beneath(dirfd, rel, os.O_RDONLY | os.O_NONBLOCK)

@@ -270,9 +270,9 @@ class Driver:
         finally:
             os.close(fd)
 
-    def volume_version(self, name: str, rootfs: str, meta: LayerMeta, running: bool) -> str:
-        """The base version a container is on: the one it started on while it runs, else its pin, else current."""
-        state = self.run_state(name, rootfs) if running else None
+    def volume_version(self, meta: LayerMeta, state: RunState | None) -> str:
+        """The base version a container is on: the one its live run state (run_state) started it on, else its pin,
+        else current."""
         return state.version if state and is_live(state) else (meta.pin or self.store.current(meta.base))
 
     def require_stopped(self, name: str, rootfs: str, runtime_state: str, what: str, how: str) -> None:

@@ -106,31 +106,25 @@ def daemon_kind(exe: str, daemon_dir: str) -> str:
     return "incus" if "incus" in daemon_dir else "lxd"
 
 
-def runtime_of(config_file: str | None) -> tuple[str, str | None]:
-    """(runtime, where): ('lxd' or 'incus', DAEMON_DIR) for a daemon's generated config, else ('lxc', LXCPATH).
+def runtime_info(config_file: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(runtime, where, project, instance): ('lxd' or 'incus', DAEMON_DIR, ...) for a daemon's generated
+    config, else ('lxc', LXCPATH, None, None); project and instance only under LXD and Incus.
 
     Recognised by the daemon's own hook lines, so the Debian package, the
     snap, any LXD_DIR or INCUS_DIR and any project are all seen.
     """
-    info = runtime_info(config_file)
-    return info[0], info[1]
-
-
-def runtime_info(config_file: str | None) -> tuple[str, str | None, str | None, str | None]:
-    """(runtime, daemon dir or LXCPATH, project, instance name); project and instance only under LXD and Incus."""
-    if not config_file:
-        return "lxc", None, None, None
     try:
-        hook = scan_config(read_config(config_file))[0]
+        hook = scan_config(read_config(config_file))[0] if config_file else None
     except OSError:
         hook = None
     return runtime_from(hook, config_file)
 
 
-def runtime_from(hook: tuple[str, str, str, str] | None, config_file: str) -> tuple[str, str | None, str | None, str | None]:
-    """runtime_info from a config's callhook line (scan_config), or from where the config is."""
+def runtime_from(hook: tuple[str, str, str, str] | None,
+                 config_file: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """runtime_info from a config's callhook line (scan_config), or, without one, from where the config is."""
     if hook is None:
-        return "lxc", os.path.dirname(os.path.dirname(config_file)), None, None
+        return "lxc", lxcpath_of(config_file), None, None
     exe, daemon_dir, project, instance = hook
     return daemon_kind(exe, daemon_dir), daemon_dir, project, instance
 
@@ -150,7 +144,7 @@ def run(hook: str, argv: list[str]) -> None:
     if hook == "pre-start":
         text = read_config(config_file) if config_file else ""
         callhook, idmapped = scan_config(text)
-        runtime, where, _, _ = runtime_from(callhook, config_file) if config_file else ("lxc", None, None, None)
+        runtime, where, _, _ = runtime_from(callhook, config_file)
         if runtime != "lxc" and idmapped:
             raise PycorError(
                 f"{runtime} mounts this container's rootfs idmapped (lxc.rootfs.options = idmap=...), "

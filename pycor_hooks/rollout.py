@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from . import locks
 from .driver import Driver
 from .errors import PycorError
+from .layer import LayerMeta
 from .store import Store
 
 WAIT_SECONDS = 60
@@ -41,6 +44,18 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
     return False
 
 
+def followers(driver: Driver, base: str, containers: list) -> Iterator[tuple[Any, LayerMeta]]:  # type: ignore[type-arg]
+    """(container, its layer's metadata) for each container that follows base (on it, not pinned);
+    a container whose layer cannot be read is skipped."""
+    for c in containers:
+        try:
+            meta = driver.volume_meta(c.rootfs)
+        except PycorError:
+            continue
+        if meta.base == base and not meta.pin:
+            yield c, meta
+
+
 def rollout_lock(store: Store, base: str) -> locks.Flock:
     """One rollout per base at a time (not waiting): a second would restart the same containers again."""
     path = os.path.join(locks.LOCK_DIR, "rollout-" + locks._key(store.root + "\0" + base))
@@ -61,20 +76,12 @@ def _rollout(driver: Driver, base: str, containers: list, batch: int, check: str
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
     target = driver.store.current(base)
-    followers = []
-    for c in containers:
-        if c.state != "RUNNING":
-            continue
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.base != base or meta.pin:
-            continue
+    running = []
+    for c, _ in followers(driver, base, [c for c in containers if c.state == "RUNNING"]):
         state = driver.run_state(c.lxc_name, c.rootfs)
-        followers.append((c, state.version if state else "?"))
-    outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in followers if v == target]
-    todo = [(c, v) for c, v in followers if v != target]
+        running.append((c, state.version if state else "?"))
+    outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in running if v == target]
+    todo = [(c, v) for c, v in running if v != target]
 
     def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
         try:

@@ -53,7 +53,7 @@ def test_hooks_recognise_the_daemon_dir_project_and_instance_from_its_callhook_l
     with tempfile.TemporaryDirectory() as tmp:
         conf = write_conf(os.path.join(tmp, "web1"), LXD_CONF.format(log="x", dir=daemon_dir, project=project, name="web1", exe=exe))
         assert hooks.runtime_info(conf) == (kind, daemon_dir, project, "web1")
-        assert hooks.runtime_of(conf) == (kind, daemon_dir)
+        assert hooks.runtime_info(conf)[:2] == (kind, daemon_dir)
 
 
 def test_the_start_hook_alone_is_enough_and_a_raw_lxc_config_is_lxc():
@@ -66,8 +66,8 @@ def test_the_start_hook_alone_is_enough_and_a_raw_lxc_config_is_lxc():
         os.makedirs(os.path.dirname(lxc_conf))
         with open(lxc_conf, "w") as f:
             f.write("lxc.rootfs.path = dir:/x\nlxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n")
-        assert hooks.runtime_of(lxc_conf) == ("lxc", os.path.join(tmp, "lxcpath"))
-        assert hooks.runtime_of(None) == ("lxc", None)
+        assert hooks.runtime_info(lxc_conf)[:2] == ("lxc", os.path.join(tmp, "lxcpath"))
+        assert hooks.runtime_info(None)[:2] == ("lxc", None)
         assert hooks.daemon_log(lxc_conf) is None
 
 

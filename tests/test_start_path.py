@@ -88,18 +88,24 @@ exec(compile({text!r}, {hook!r}, "exec"))
 """
 
 
-def test_privileged_start_reads_its_config_and_its_layer_once(make_container, tmp_path):
-    c = make_container()
+def trace_hook(c, kind: str, folder) -> str:  # type: ignore[no-untyped-def]
+    """Run container c's pycor hook of kind (pre-mount, post-stop) through traced_hook; returns the log's path."""
     with open(c.config) as f:
         config = f.read()
-    line = next(ln for ln in config.splitlines() if ln.startswith("lxc.hook.pre-mount"))
+    line = next(ln for ln in config.splitlines() if ln.startswith(f"lxc.hook.{kind}"))
     hook = line.partition("=")[2].split()[0]
-    log, wrapper = str(tmp_path / "opens"), str(tmp_path / "pycor-pre-mount")
+    log, wrapper = str(folder / "opens"), str(folder / f"pycor-{kind}")
     with open(wrapper, "w") as f:
         f.write(traced_hook(hook, log))
     os.chmod(wrapper, 0o755)
     with open(c.config, "w") as f:
         f.write(config.replace(f"= {hook} ", f"= {wrapper} "))
+    return log
+
+
+def test_privileged_start_reads_its_config_and_its_layer_once(make_container, tmp_path):
+    c = make_container()
+    log = trace_hook(c, "pre-mount", tmp_path)
     c.start()
     assert c.sh("cat /etc/passwd").returncode == 0
     with open(log) as f:
@@ -115,16 +121,7 @@ def test_a_stop_reads_only_its_own_run_record(make_container, tmp_path):
     for other in others:
         other.start()
     c = make_container()
-    with open(c.config) as f:
-        config = f.read()
-    line = next(ln for ln in config.splitlines() if ln.startswith("lxc.hook.post-stop"))
-    hook = line.partition("=")[2].split()[0]
-    log, wrapper = str(tmp_path / "opens"), str(tmp_path / "pycor-post-stop")
-    with open(wrapper, "w") as f:
-        f.write(traced_hook(hook, log))
-    os.chmod(wrapper, 0o755)
-    with open(c.config, "w") as f:
-        f.write(config.replace(f"= {hook} ", f"= {wrapper} "))
+    log = trace_hook(c, "post-stop", tmp_path)
     c.start()
     c.stop()
     with open(log) as f:

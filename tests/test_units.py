@@ -85,9 +85,9 @@ def test_hook_arguments_for_hook_versions_0_and_1(monkeypatch):
         hooks.parse_args("pre-start", ["--bogus"])
 
 
-def test_hook_runtime_of_a_raw_lxc_config_is_its_lxcpath():
+def test_hook_runtime_of_a_raw_lxc_config_is_lxc_and_its_lxcpath():
     # LXD and Incus are recognised by their own hook lines inside the config: tests/test_incus.py
-    assert hooks.runtime_of("/srv/lxc/web1/config") == ("lxc", "/srv/lxc")
+    assert hooks.runtime_info("/srv/lxc/web1/config")[:2] == ("lxc", "/srv/lxc")
 
 
 def test_template_hook_lines_quote_store_paths(tmp_path):
