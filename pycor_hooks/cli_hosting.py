@@ -120,13 +120,6 @@ def lxd_set_size(client, name: str, size: int | None) -> None:  # type: ignore[n
 
 
 # -- the template's side ------------------------------------------------------------
-def add_template_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, help="bytes: a quota on the layer (btrfs subvolume or project quota); "
-                   "with --ephemeral the size of its in-memory layer")
-    p.add_argument("--volume", action="append", default=[], help="a container path that bypasses the overlay (repeatable)")
-    p.add_argument("--ephemeral", action="store_true", help="changes in memory; destroyed at stop (lxc.ephemeral = 1)")
-
-
 def template_apply(args: argparse.Namespace, rootfs: str, uid: int, gid: int) -> list[str]:
     """After the layer is made: record volumes and ephemeral, make volume dirs, set the quota. Config lines to add."""
     paths = volumes.check_paths(args.volume)

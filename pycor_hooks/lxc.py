@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from . import faults, locks
 from .errors import Conflict, NotFound, PycorError
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
+from .store import Record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def run_tool(argv: list[str], check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -28,8 +30,8 @@ def default_lxcpath() -> str:
     return run_tool(["lxc-config", "lxc.lxcpath"]).stdout.strip() or "/var/lib/lxc"
 
 
-@dataclass
-class LxcContainer:
+class LxcContainer(Record):
+    __slots__ = ("name", "lxcpath", "rootfs")
     name: str
     lxcpath: str
     rootfs: str
@@ -131,6 +133,8 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
             argv += ["-B", backing]  # btrfs: the rootfs a subvolume, for its quota
         conf = None
         if network == "none":
+            import tempfile
+
             fd, conf = tempfile.mkstemp(prefix="pycor-", suffix=".conf")
             with os.fdopen(fd, "w") as f:
                 f.write("lxc.net.0.type = empty\n")

@@ -16,9 +16,7 @@ says where it is.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import stat
 import sys
 import time
@@ -32,24 +30,91 @@ from .store import DEFAULT_STORE, Store
 LXC_CONFIG_DIR = "/usr/share/lxc/config"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lxc-pycor", description="LXC template: a container on a shared pycor base")
-    p.add_argument("--path", required=True, help="container directory (from lxc-create)")
-    p.add_argument("--name", required=True, help="container name (from lxc-create)")
-    p.add_argument("--rootfs", help="rootfs directory (from lxc-create)")
-    p.add_argument("--mapped-uid", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--mapped-gid", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--base", "-b", required=True, help="the pycor base to run on")
-    p.add_argument("--pin", help="stay on this version of the base instead of following 'current'")
-    p.add_argument("--unprivileged", action="store_true",
-                   help="map container root to root's subordinate ids (/etc/subuid, else 100000:65536)")
-    p.add_argument("--store", help="pycor store (default: $PYCOR_STORE, /etc/pycor/pycor.conf, /var/lib/pycor)")
-    p.add_argument("--adopt", action="store_true",
-                   help="re-create the container around the pycor layer already in its rootfs, keeping its changes")
-    from .cli_hosting import add_template_options
+# The template's options, one table for both parsers below: (flags, kind, help); kind is
+# "value", "int", "flag" or "append"; help None: not shown. Required: --path, --name, --base.
+OPTIONS: tuple[tuple[tuple[str, ...], str, str | None], ...] = (
+    (("--path",), "value", "container directory (from lxc-create)"),
+    (("--name",), "value", "container name (from lxc-create)"),
+    (("--rootfs",), "value", "rootfs directory (from lxc-create)"),
+    (("--mapped-uid",), "int", None),
+    (("--mapped-gid",), "int", None),
+    (("--base", "-b"), "value", "the pycor base to run on"),
+    (("--pin",), "value", "stay on this version of the base instead of following 'current'"),
+    (("--unprivileged",), "flag", "map container root to root's subordinate ids (/etc/subuid, else 100000:65536)"),
+    (("--store",), "value", "pycor store (default: $PYCOR_STORE, /etc/pycor/pycor.conf, /var/lib/pycor)"),
+    (("--adopt",), "flag", "re-create the container around the pycor layer already in its rootfs, keeping its changes"),
+    (("--size",), "int", "bytes: a quota on the layer (btrfs subvolume or project quota); "
+                         "with --ephemeral the size of its in-memory layer"),
+    (("--volume",), "append", "a container path that bypasses the overlay (repeatable)"),
+    (("--ephemeral",), "flag", "changes in memory; destroyed at stop (lxc.ephemeral = 1)"),
+)
+REQUIRED = ("--path", "--name", "--base")
 
-    add_template_options(p)  # --size, --volume, --ephemeral
+
+def parser():  # type: ignore[no-untyped-def]
+    """The argparse parser of OPTIONS: help, and every error message."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="lxc-pycor", description="LXC template: a container on a shared pycor base")
+    actions = {"value": {}, "int": {"type": int}, "flag": {"action": "store_true"}, "append": {"action": "append", "default": []}}
+    for flags, kind, text in OPTIONS:
+        p.add_argument(*flags, required=flags[0] in REQUIRED, help=argparse.SUPPRESS if text is None else text, **actions[kind])
     return p
+
+
+def parse_args(argv: list[str]):  # type: ignore[no-untyped-def]
+    """OPTIONS from argv, as argparse reads them, without loading argparse (8 ms of a 35 ms create).
+
+    Reads the plain forms lxc-create and pycor create pass (--opt VALUE,
+    --opt=VALUE, flags); anything else (help, an abbreviation, a bad value,
+    a missing option) goes to parser(), which answers as argparse does.
+    """
+    from types import SimpleNamespace
+
+    kinds = {flag: (flags[0], kind) for flags, kind, _ in OPTIONS for flag in flags}
+    values: dict[str, object] = {flags[0]: [] if kind == "append" else False if kind == "flag" else None
+                                 for flags, kind, _ in OPTIONS}
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag not in kinds:
+            return parser().parse_args(argv)
+        main, kind = kinds[flag]
+        if kind == "flag":
+            if eq:
+                return parser().parse_args(argv)
+            values[main] = True
+            continue
+        if not eq:
+            if not rest or rest[0].startswith("-"):
+                return parser().parse_args(argv)
+            value = rest.pop(0)
+        if kind == "int":
+            try:
+                values[main] = int(value)  # what argparse's type=int does
+            except ValueError:
+                return parser().parse_args(argv)
+        elif kind == "append":
+            values[main].append(value)  # type: ignore[union-attr]
+        else:
+            values[main] = value
+    if any(values[flag] is None for flag in REQUIRED):
+        return parser().parse_args(argv)
+    return SimpleNamespace(**{flag[2:].replace("-", "_"): v for flag, v in values.items()})
+
+
+# What shlex.quote leaves as it is (its [^\w@%+=:,./-] test, ASCII): shlex loads re, 12 ms of a create.
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def quote(text: str) -> str:
+    """shlex.quote(text), loading shlex only for a text that needs quoting."""
+    if text and all(c in _SHELL_SAFE for c in text):
+        return text
+    import shlex
+
+    return shlex.quote(text)
 
 
 def hook_lines(hooks_dir: str, store: Store, privileged: bool = False) -> list[str]:
@@ -60,11 +125,11 @@ def hook_lines(hooks_dir: str, store: Store, privileged: bool = False) -> list[s
     gets pre-mount with --prepare, one Python process per start instead of
     two. An unprivileged one needs pre-start, as host root, for its idmapped views.
     """
-    extra = "" if store.root == DEFAULT_STORE else f" --store {shlex.quote(store.root)}"
+    extra = "" if store.root == DEFAULT_STORE else f" --store {quote(store.root)}"
     hooks = ("pre-mount", "post-stop") if privileged else ("pre-start", "pre-mount", "post-stop")
     # LXC runs hook lines through /bin/sh: quote what could hold spaces.
     return [
-        f"lxc.hook.{hook} = {shlex.quote(os.path.join(hooks_dir, 'pycor-' + hook))}"
+        f"lxc.hook.{hook} = {quote(os.path.join(hooks_dir, 'pycor-' + hook))}"
         + (" --prepare" if privileged and hook == "pre-mount" else "") + extra
         for hook in hooks
     ]
@@ -110,6 +175,8 @@ def idmap_lines(keys: dict[str, list[str]], unprivileged: bool) -> list[str]:
 
 def mapped_root(keys: dict[str, list[str]], extra: list[str]) -> tuple[int, int]:
     """Host uid and gid of container root under the config's idmap (0, 0 when privileged)."""
+    if not keys.get("lxc.idmap") and not extra:
+        return 0, 0
     from .idmap import IdMap
 
     text = "\n".join([f"lxc.idmap = {v}" for v in keys.get("lxc.idmap", [])] + extra)
@@ -213,11 +280,11 @@ def keep_aside(path: str, drop: tuple[str, ...] = ()) -> str:
 
 
 def put_back(moves: list[tuple[str, str]]) -> str:
-    return " && ".join(f"mv {shlex.quote(kept)} {shlex.quote(orig)}" for orig, kept in moves)
+    return " && ".join(f"mv {quote(kept)} {quote(orig)}" for orig, kept in moves)
 
 
 def run(argv: list[str], hooks_dir: str) -> None:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     name = check_name(args.name, "container name")
     base = check_name(args.base, "base name")
     pin = check_version(args.pin) if args.pin else None
@@ -252,9 +319,11 @@ def run(argv: list[str], hooks_dir: str) -> None:
         os.chmod(args.path, 0o770)
     if not args.adopt:
         driver.create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
-    from .cli_hosting import template_apply
+    hosting: list[str] = []
+    if args.volume or args.ephemeral or args.size:  # cli_hosting (quota, volumes) loads only then
+        from .cli_hosting import template_apply
 
-    hosting = template_apply(args, rootfs, uid, gid)  # volumes, ephemeral, quota
+        hosting = template_apply(args, rootfs, uid, gid)
     with open(config, "a", encoding="utf-8") as f:
         f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap) + hosting) + "\n")
 
@@ -317,4 +386,4 @@ def kept_hint(error: BaseException | None, path: str, rootfs: str, moves: list[t
     name = os.path.basename(path)
     first = f"{error.hint}; then " if isinstance(error, PycorError) and error.hint else ""
     return (f"{first}to re-create the container around its pycor layer, keeping its changes: {put_back(moves)} && "
-            f"pycor create {name} --base {base} --adopt" + (f" --dir {shlex.quote(rootfs)}" if rootfs != os.path.join(path, "rootfs") else ""))
+            f"pycor create {name} --base {base} --adopt" + (f" --dir {quote(rootfs)}" if rootfs != os.path.join(path, "rootfs") else ""))

@@ -151,3 +151,77 @@ def test_prepare_is_refused_for_an_unprivileged_container(make_container, env):
     assert proc.returncode != 0 and c.state() == "STOPPED"
     assert "pre-mount --prepare is for privileged containers" in open(c.log).read()
     run(PYCOR + ["ls", "-P", c.lxcpath], env=env)
+
+
+# -- the template: lxc-create -t pycor ---------------------------------------------------------
+
+TEMPLATE_ARGVS = [
+    ["--path", "/l/c1", "--name", "c1", "--rootfs", "/l/c1/rootfs", "--base", "debian12"],
+    ["--path=/l/c1", "--name=c1", "--rootfs=dir:/d", "-b", "b", "--pin", "3", "--unprivileged", "--store", "/s p"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--mapped-uid", "100000", "--mapped-gid=100000", "--adopt"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--volume", "/v", "--volume=/w", "--size", "1048576", "--ephemeral"],
+    ["--path", "/l/c", "--name=-x", "--base", "b", "--base", "c", "--pin="],  # the last of a repeated option
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--size=+5"],
+    ["--path", "/l/c", "--name", "", "--base", "b", "--size", " 7 "],
+    # what the fast reader leaves to argparse: abbreviations, short forms, bad values, missing ones, help
+    ["--path", "/l/c", "--nam", "c", "--bas", "b"],
+    ["--path", "/l/c", "--name", "c", "-bb"],
+    ["--path", "/l/c", "--name", "c", "--base"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--adopt=1"],
+    ["--path", "/l/c", "--name", "-x", "--base", "b"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "extra"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--size", "ten"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--", "--x"],
+    ["--path", "/l/c", "--name", "c"],
+    ["-h"],
+]
+
+
+def argparse_result(parse, argv):  # type: ignore[no-untyped-def]
+    try:
+        return vars(parse(argv))
+    except SystemExit as e:
+        return ("exit", e.code)
+
+
+def test_the_template_reads_its_options_as_argparse_does(capsys):
+    from pycor_hooks import template
+
+    for argv in TEMPLATE_ARGVS:
+        assert argparse_result(template.parse_args, argv) == argparse_result(template.parser().parse_args, argv), argv
+
+
+def test_the_template_reads_lxc_creates_arguments_without_argparse_or_re():
+    loaded = modules_after("from pycor_hooks import template; "
+                           "template.parse_args(['--path', '/l/c', '--name', 'c', '--rootfs', '/l/c/rootfs', '-b', 'b', '--pin', '2'])")
+    assert loaded.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.cli_hosting", "pycor_hooks.idmap"}), loaded
+    assert {"pycor_hooks.template", "pycor_hooks.driver"} <= loaded
+    assert modules_after("from pycor_hooks import template; template.quote('/a/b-c_d.e:f')").isdisjoint({"shlex", "re"})
+    from pycor_hooks.template import quote
+    import shlex
+
+    for text in ("/a/b", "", "a b", "it's", "/ä", "$x", "a\nb", "@%+=:,./-_"):
+        assert quote(text) == shlex.quote(text)
+
+
+def test_lxc_create_runs_the_template_without_argparse_re_or_hosting_modules(template, env, busybox_base, lxcpath, tmp_path):
+    """A real lxc-create -t pycor, through a copy of the template that writes the modules it loaded."""
+    with open(template) as f:
+        text = f.read()
+    loaded = tmp_path / "modules"
+    wrapper = tmp_path / "lxc-pycor"
+    wrapper.write_text(f"""{text.splitlines()[0]}
+import atexit, sys
+atexit.register(lambda: open({str(loaded)!r}, "w").write(" ".join(sorted(sys.modules))))
+exec(compile({text!r}, {template!r}, "exec"))
+""")
+    os.chmod(wrapper, 0o755)
+    name = f"t{os.getpid()}"
+    try:
+        subprocess.run(["lxc-create", "-P", lxcpath, "-n", name, "-t", str(wrapper), "--", "--base", busybox_base],
+                       env=env, check=True, capture_output=True)
+        modules = set(loaded.read_text().split())
+        assert "pycor_hooks.template" in modules and "pycor_hooks.driver" in modules
+        assert modules.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.cli_hosting", "pycor_hooks.idmap"}), modules
+    finally:
+        subprocess.run(["lxc-destroy", "-P", lxcpath, "-n", name], capture_output=True)
