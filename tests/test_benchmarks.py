@@ -72,3 +72,23 @@ def test_density_benchmark_smoke_run_boots_every_system_and_leaves_nothing(lxd_p
         hosts = [line.split()[3] for line in f if len(line.split()) >= 4]
     assert not [h for h in hosts if h.startswith(("ypycorl", "ylxcove", "ylxccop"))], hosts
     assert os.path.isdir(os.path.join(store, "bases", bootable_base))
+
+
+def test_start_benchmark_smoke_run_writes_every_figure_and_leaves_nothing(lxd_project, tmp_path):
+    ours = lambda: ({n for n in lxd_names("project", "list") if "bench" in n}  # noqa: E731
+                    | {d for d in os.listdir("/var/tmp") if d.startswith("pycor-bench-")})
+    before = ours()
+    out = tmp_path / "start"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "start.py"), "--runs", "1", "--parallel", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "start.json").read_text())
+    x = data["lxc"]
+    assert x["privileged_ratio"] > 0 and x["parallel"]["pycor_running"] == x["parallel"]["overlay_running"] == 2
+    assert x["parallel"]["pycor_cpu_s"] >= 0 and x["parallel"]["overlay_cpu_s"] >= 0  # /proc/stat counts 10 ms ticks
+    assert set(x["create_ms"]) == {"pycor create", "lxc-create -t pycor", "lxc-copy -s -B overlay"}
+    assert "pre-mount" in x["hook_run_ms"]  # LXC's trace log timed the hook
+    assert data["LXD"]["ratio"] > 0
+    md = (out / "start.md").read_text()
+    assert "| pre-mount work (whole run less interpreter and imports) |" in md and "privileged LXC start" in md
+    assert ours() <= before
