@@ -528,9 +528,17 @@ class _OneCommand:
         return _Choices(self.sub.choices)
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command argv names, if it comes first or after --store only; else None."""
+    i = 0
+    while i < len(argv) and (argv[i] == "--store" or argv[i].startswith("--store=")):
+        i += 2 if argv[i] == "--store" else 1
+    return argv[i] if i < len(argv) and not argv[i].startswith("-") else None
+
+
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; given argv, only its command's sub-parser is built (help and errors unchanged)."""
-    wanted = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    wanted = _command_of(argv) if argv is not None else None
     p, commands = _parser(wanted)
     if wanted is not None and wanted not in commands:  # an option's value, or no such command: build them all
         p, _ = _parser(None)

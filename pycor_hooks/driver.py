@@ -596,10 +596,11 @@ class Driver:
         return cleared
 
     def clear_stale(self) -> list[RunState]:
-        """Remove stale run records and the idmapped views only they used (for gc and doctor --fix)."""
+        """Remove stale run records, the idmapped views only they used and the lock files nobody holds (for gc and doctor --fix)."""
         with self.store.lock():
             cleared = self.clear_stale_records()
             self.release_views()
+        locks.sweep()
         return cleared
 
     # -- bases ----------------------------------------------------------------

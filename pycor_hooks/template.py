@@ -78,7 +78,7 @@ def parse_args(argv: list[str]):  # type: ignore[no-untyped-def]
     while rest:
         arg = rest.pop(0)
         flag, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if flag not in kinds:
+        if flag not in kinds or (eq and value == "--"):  # argparse 3.11 drops a '--' value: leave it that oddity
             return parser().parse_args(argv)
         main, kind = kinds[flag]
         if kind == "flag":

@@ -389,3 +389,26 @@ def test_an_old_record_of_a_container_that_no_longer_exists_is_stale(tmp_path):
     (here / ".pycor").mkdir(parents=True)
     (here / ".pycor" / "layer.json").write_text('{"base": "b"}')
     assert is_live(RunState("old", str(here), "b", "1", [], 0.0, None, [], 0, 0, None))
+
+
+def test_a_container_leaves_no_lock_file_behind(make_container, busybox_base, lxcpath):
+    """/run/pycor/locks holds a file per lock only while it is held: not one per container ever created or started."""
+    c = make_container()
+    name_lock, layer_lock = locks.name_lock(lxcpath, c.name).path, locks.layer_lock(c.rootfs).path
+    assert not os.path.exists(name_lock)  # create took it
+    c.start()
+    assert c.sh("true").returncode == 0
+    c.stop()
+    wait_for(lambda: not os.path.exists(layer_lock), 20, "post-stop to let go of the layer lock")  # pre-mount and post-stop took it
+    pycor(c.env, "diff", c.name, "-P", lxcpath)
+    assert not os.path.exists(layer_lock)
+
+
+def test_doctor_fix_removes_lock_files_left_by_killed_commands(env, installed):
+    from pycor_hooks import locks
+
+    os.makedirs(locks.LOCK_DIR, mode=0o700, exist_ok=True)
+    left = os.path.join(locks.LOCK_DIR, f"layer-left{uuid.uuid4().hex[:8]}")
+    open(left, "w").close()  # what a command killed while holding its layer lock leaves
+    pycor(env, "doctor", "--fix", check=False)
+    assert not os.path.exists(left)

@@ -174,6 +174,8 @@ TEMPLATE_ARGVS = [
     ["--path", "/l/c", "--name", "c", "--base", "b", "--", "--x"],
     ["--path", "/l/c", "--name", "c"],
     ["-h"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--rootfs=--"],
+    ["--path", "/l/c", "--name", "c", "--base", "b", "--store=--", "--volume=--"],
 ]
 
 
@@ -189,6 +191,30 @@ def test_the_template_reads_its_options_as_argparse_does(capsys):
 
     for argv in TEMPLATE_ARGVS:
         assert argparse_result(template.parse_args, argv) == argparse_result(template.parser().parse_args, argv), argv
+
+
+CLI_ARGVS = [
+    ["ls"], ["--store", "/s", "ls"], ["--store=/s", "create", "c", "-b", "b"], ["--store", "base", "ls"],
+    ["--store", "ls", "create", "c", "--base", "b"], ["--st", "ls", "create", "c", "-b", "b"], ["--store=/s", "--store", "reset", "ls"],
+    ["--store", "rm", "create", "-h"], ["-h", "create"], ["--help", "ls"], ["--he", "ls"], ["--", "ls"], ["-", "ls"], ["-1", "ls"],
+    ["nosuch"], ["create"], ["create", "-h"], ["base", "import", "b", "--busybox"], ["base"], ["lxd", "init"], ["-h"], [],
+    ["rm", "c", "-f"], ["pin", "c", "3"], ["--version"],
+]
+
+
+def test_the_cli_parses_as_with_every_command_built(capsys):
+    """parser(argv) builds only argv's command; results, help and errors are those of the whole parser."""
+    from pycor_hooks import cli
+
+    def outcome(p, argv):  # type: ignore[no-untyped-def]
+        try:
+            result = {k: v for k, v in vars(p.parse_args(argv)).items() if k != "func"}
+        except SystemExit as e:
+            result = ("exit", e.code)
+        return result, capsys.readouterr()
+
+    for argv in CLI_ARGVS:
+        assert outcome(cli.parser(argv), argv) == outcome(cli.parser(), argv), argv
 
 
 def test_the_template_reads_lxc_creates_arguments_without_argparse_or_re():

@@ -186,3 +186,49 @@ def test_config_lines_end_only_at_newlines_as_in_lxc():
     forged = 'lxc.environment = A\x85lxc.hook.pre-start = /x callhook /var/lib/evil "p" "n" start\n'
     assert hooks.scan_config(forged) == (None, False)
     assert IdMap.parse_lxc_config("lxc.environment = A\u2028lxc.idmap = u 0 100000 65536\n").is_empty
+
+
+def test_a_transient_lock_whose_file_went_with_its_holder_is_taken_again_by_the_path(tmp_path, monkeypatch):
+    """A locker that opened the file just before its holder removed it must not hold the removed file
+    while a third locker holds the file now at the path (two holders of one lock)."""
+    import fcntl
+
+    from pycor_hooks import locks
+    from pycor_hooks.errors import Busy
+
+    path = str(tmp_path / "layer-x")
+    holder = locks.Flock(path, transient=True).__enter__()
+    third: list[locks.Flock] = []
+    real_flock = fcntl.flock
+    armed = [True]
+
+    def late_flock(fd: int, op: int) -> None:  # the holder lets go, and a third locker comes, between open and flock
+        if armed:
+            armed.clear()
+            holder.__exit__()
+            third.append(locks.Flock(path, transient=True).__enter__())
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", late_flock)
+    with pytest.raises(Busy):
+        locks.Flock(path, wait=False, transient=True).__enter__()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    third[0].__exit__()
+    assert not os.path.exists(path)  # gone with its last holder
+    with locks.Flock(path, transient=True):
+        assert os.path.exists(path)
+    assert not os.path.exists(path)
+    with locks.Flock(path):  # not transient: stays
+        pass
+    assert os.path.exists(path)
+
+
+def test_a_lock_sweep_removes_only_transient_lock_files_nobody_holds(tmp_path, monkeypatch):
+    from pycor_hooks import locks
+
+    monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path))
+    for name in ("layer-a", "layer-b", "name-c", "rollout-d"):
+        (tmp_path / name).write_text("")
+    with locks.Flock(str(tmp_path / "layer-b")):  # held: stays
+        assert locks.sweep() == 2
+    assert sorted(os.listdir(tmp_path)) == ["layer-b", "rollout-d"]
