@@ -42,14 +42,20 @@ class Flock:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(self.fd, op)
+                if self._names_ours():
+                    return self
             except BlockingIOError:
-                os.close(self.fd)
-                self.fd = -1
+                self._close()
                 raise Busy(f"{self.what or self.path} is busy: another pycor command holds it",
                            "wait for it to finish, then run this again") from None
-            if self._names_ours():
-                return self
-            os.close(self.fd)  # its holder removed it as it let go: lock the file the path names now
+            except BaseException:
+                self._close()
+                raise
+            self._close()  # its holder removed it as it let go: lock the file the path names now
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, -1
+        os.close(fd)
 
     def _names_ours(self) -> bool:
         try:
@@ -59,12 +65,18 @@ class Flock:
         held = os.fstat(self.fd)
         return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            if self.transient and self._names_ours():
-                os.unlink(self.path)  # while still held: see the class docstring
-            os.close(self.fd)
-            self.fd = -1
+    def __exit__(self, exc_type: object = None, *exc: object) -> None:
+        if self.fd < 0:
+            return
+        try:
+            # while still held (see the class docstring); not after a failure, where a child the fd was
+            # passed to (lxc-create under the name lock) may still hold it: sweep() removes it later
+            if self.transient and exc_type is None and self._names_ours():
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass  # removed by hand meanwhile
+        finally:
+            self._close()
 
 
 class Held:
@@ -111,7 +123,7 @@ def sweep() -> int:
             try:
                 with Flock(os.path.join(LOCK_DIR, entry), wait=False, transient=True):
                     removed += 1
-            except Busy:
+            except (Busy, OSError):  # held; or not a lock file (a symlink, a directory): left alone
                 pass
     return removed
 

@@ -232,3 +232,39 @@ def test_a_lock_sweep_removes_only_transient_lock_files_nobody_holds(tmp_path, m
     with locks.Flock(str(tmp_path / "layer-b")):  # held: stays
         assert locks.sweep() == 2
     assert sorted(os.listdir(tmp_path)) == ["layer-b", "rollout-d"]
+
+
+def test_a_transient_lock_left_by_a_failure_stays_for_a_child_that_holds_it(tmp_path):
+    """pycor create passes the name lock to lxc-create: interrupted, it must not remove the file while
+    the child still holds it, or a second command would take a fresh one and run alongside."""
+    import subprocess
+
+    from pycor_hooks import locks
+    from pycor_hooks.errors import Busy
+
+    path = str(tmp_path / "name-x")
+    child = None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with locks.Flock(path, transient=True) as held:
+                child = subprocess.Popen(["sleep", "30"], pass_fds=(held.fd,))
+                raise KeyboardInterrupt
+        with pytest.raises(Busy):
+            locks.Flock(path, wait=False, transient=True).__enter__()
+    finally:
+        if child:
+            child.kill()
+            child.wait()
+    with locks.Flock(path, wait=False, transient=True):  # the child gone, the lock is free again
+        pass
+    assert not os.path.exists(path)
+
+
+def test_a_lock_sweep_leaves_what_is_not_a_lock_file(tmp_path, monkeypatch):
+    from pycor_hooks import locks
+
+    monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path))
+    (tmp_path / "layer-dir").mkdir()
+    (tmp_path / "layer-link").symlink_to(tmp_path / "elsewhere")
+    assert locks.sweep() == 0
+    assert sorted(os.listdir(tmp_path)) == ["layer-dir", "layer-link"]
