@@ -8,7 +8,6 @@ so a directory swapped for a symlink is never followed out of the tree.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 
@@ -84,6 +83,8 @@ def remove_tree(path: str) -> None:
             if os.path.lexists(path):
                 os.unlink(path)
             return
+        import shutil  # its bz2 and lzma imports cost every CLI command 2 ms
+
         shutil.rmtree(path)
     except OSError as e:
         raise PycorError(f"cannot remove {e.filename or path}: {e.strerror}", "is something mounted or busy below it?") from None

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from . import faults, locks
 from .errors import Conflict, NotFound, PycorError
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
 from .store import Record
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 
 def run_tool(argv: list[str], check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:

@@ -251,3 +251,10 @@ exec(compile({text!r}, {template!r}, "exec"))
         assert modules.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.cli_hosting", "pycor_hooks.idmap"}), modules
     finally:
         subprocess.run(["lxc-destroy", "-P", lxcpath, "-n", name], capture_output=True)
+
+
+def test_the_cli_loads_no_typing_dataclasses_shutil_or_tempfile():
+    """What every pycor command pays before it acts (typing 2 ms, shutil with bz2 and lzma 2 ms, dataclasses 6 ms)."""
+    loaded = modules_after("import pycor_hooks.cli")
+    assert "pycor_hooks.cli" in loaded and "argparse" in loaded
+    assert loaded.isdisjoint({"typing", "dataclasses", "inspect", "shutil", "tempfile"}), loaded
