@@ -121,11 +121,11 @@ def lxd_set_size(client, name: str, size: int | None) -> None:  # type: ignore[n
 
 # -- the template's side ------------------------------------------------------------
 def template_apply(args: argparse.Namespace, rootfs: str, uid: int, gid: int) -> list[str]:
-    """After the layer is made: record volumes and ephemeral, make volume dirs, set the quota. Config lines to add."""
+    """After the layer is made: record volumes and ephemeral, make volume dirs, set the quota. Config lines to add.
+
+    The template calls it only when --volume, --ephemeral or --size is given."""
     paths = volumes.check_paths(args.volume)
     refuse_with_adopt(args)
-    if not (paths or args.ephemeral or args.size):
-        return []
     fd = layer.open_rootfs(rootfs)
     try:
         meta = layer.read_meta(fd, rootfs)

@@ -112,7 +112,8 @@ def name_lock(lxcpath: str, name: str, wait: bool = True) -> Flock:
 
 def sweep() -> int:
     """Remove the files of transient locks that nobody holds: left by commands killed while holding
-    them, or by pycor before its locks were transient. The number removed."""
+    them or that let go after a failure (see Flock.__exit__), or by pycor before its locks were
+    transient. The number removed."""
     try:
         entries = os.listdir(LOCK_DIR)
     except FileNotFoundError:
