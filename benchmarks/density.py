@@ -41,7 +41,9 @@ sys.path.insert(0, HERE)
 from run import drop_caches, meminfo, mib  # noqa: E402
 from systems import ALL, PYCOR, Context, LxcSystem, System, make_project, sh  # noqa: E402
 
-from pycor_hooks.imports import Progress, copy_tree, wait_for_boot_script  # noqa: E402
+from pycor_hooks.debian import wait_for_boot_script  # noqa: E402
+from pycor_hooks.proc import Progress  # noqa: E402
+from pycor_hooks.tario import copy_tree  # noqa: E402
 from pycor_hooks.versions import merged_view  # noqa: E402
 
 BOOT_TIMEOUT = 300

@@ -42,7 +42,8 @@ sys.path.insert(0, HERE)
 
 from systems import ALL, PYCOR, Context, System, make_project, sh  # noqa: E402
 
-from pycor_hooks.imports import Progress, copy_tree  # noqa: E402
+from pycor_hooks.proc import Progress  # noqa: E402
+from pycor_hooks.tario import copy_tree  # noqa: E402
 from pycor_hooks.overlay import merged_view  # noqa: E402
 
 READ_WORKLOAD = ("find /usr/bin /usr/lib /usr/sbin /bin /lib -xdev -type f -exec cat {} + > /dev/null 2>&1; "

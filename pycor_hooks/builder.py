@@ -28,7 +28,9 @@ from . import linux
 from .errors import InUse, NotFound, PycorError
 from .fsutil import same_content, walk
 from .layer import LayerMeta
-from .store import Store, hooks_dir, read_json, write_json
+from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
+from .flatjson import read_json, write_json
+from .store import Store, hooks_dir
 
 BUILDER = "builder"
 EDIT_RECORD = "edit.json"  # bases/NAME/edit.json while an edit session runs
@@ -82,19 +84,17 @@ def _read_lower(stack: list[str], rel: str) -> bytes | None:
 
 
 def builder_config(store: Store, base: str, rootfs: str, stack: list[str], extra: list[str]) -> str:
-    from .template import LXC_CONFIG_DIR, hook_lines
-
     lines = [
-        f"lxc.rootfs.path = dir:{rootfs}",
-        f"lxc.include = {os.path.join(LXC_CONFIG_DIR, 'common.conf')}",
-        "lxc.net.0.type = none",  # the host's network, for apt-get and the like
-        "lxc.uts.name = pycor-builder",
-        *hook_lines(hooks_dir(), store, privileged=True),
+        line("lxc.rootfs.path", f"dir:{rootfs}"),
+        line("lxc.include", os.path.join(LXC_CONFIG_DIR, "common.conf")),
+        line("lxc.net.0.type", "none"),  # the host's network, for apt-get and the like
+        line("lxc.uts.name", "pycor-builder"),
+        *hook_lines(hooks_dir(), store.hook_arg, privileged=True),
         *store.base(base).lxc,
         *extra,
     ]
     if _lower_file(stack, "etc/resolv.conf") is not None:
-        lines.append("lxc.mount.entry = /etc/resolv.conf etc/resolv.conf none bind,ro 0 0")
+        lines.append(line("lxc.mount.entry", "/etc/resolv.conf etc/resolv.conf none bind,ro 0 0"))
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +111,7 @@ def _id_range_mounts(staging: str, stack: list[str]) -> list[str]:
         with open(path, "wb") as f:
             f.write(rewrite("base", data))
         os.chmod(path, 0o644)
-        lines.append(f"lxc.mount.entry = {path} {rel} none bind,ro 0 0")
+        lines.append(line("lxc.mount.entry", f"{path} {rel} none bind,ro 0 0"))
     return lines
 
 

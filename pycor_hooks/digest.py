@@ -9,8 +9,12 @@ an entry like any other.
 
     layer digest   = sha256(manifest)
     version digest = sha256(layer digest + parent version's digest)
+    (a base's first version, when the base carries LXC lines:
+     sha256(layer digest + "\nlxc:" + the lines, one a line))
 
-so two versions with the same digest have the same whole stack. The digest
+so two versions with the same digest have the same whole stack, and the
+same LXC lines: a base that arrives with other lines than it was made with
+does not verify. The digest
 is written into version.json and the manifest beside it
 (bases/NAME/versions/N/manifest) when a version is published; versions
 published before get them the first time they are needed.
@@ -24,8 +28,13 @@ from __future__ import annotations
 import os
 import stat
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from .errors import Damaged
-from .store import Store, read_json, write_json
+
+if TYPE_CHECKING:
+    from .store import Store
 
 MANIFEST = "manifest"
 VERSION_JSON = "version.json"
@@ -108,18 +117,20 @@ def layer_digest(manifest: bytes) -> str:
     return hashlib.sha256(manifest).hexdigest()
 
 
-def chain(layer: str, parent_digest: str | None) -> str:
-    """A version's digest from its layer's digest and its parent version's digest."""
+def chain(layer: str, parent_digest: str | None, lxc: Sequence[str] = ()) -> str:
+    """A version's digest from its layer's digest and its parent version's digest (a first version: the base's
+    LXC lines too)."""
     import hashlib
 
-    return hashlib.sha256((layer + (parent_digest or "")).encode()).hexdigest()
+    text = layer + (parent_digest or "") + ("".join("\nlxc:" + line for line in lxc) if not parent_digest else "")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def stamp(version_dir: str, parent_digest: str | None) -> str:
+def stamp(version_dir: str, parent_digest: str | None, lxc: Sequence[str] = ()) -> str:
     """Write the manifest of version_dir/rootfs beside it and return the version digest (publishing calls this in staging)."""
     manifest = layer_manifest(os.path.join(version_dir, "rootfs"))
     _write(os.path.join(version_dir, MANIFEST), manifest)
-    return chain(layer_digest(manifest), parent_digest)
+    return chain(layer_digest(manifest), parent_digest, lxc)
 
 
 def _write(path: str, data: bytes) -> None:
@@ -128,21 +139,6 @@ def _write(path: str, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.rename(tmp, path)
-
-
-def version_digest(store: Store, name: str, version: str) -> str:
-    """The digest of a version, computed (with its parents') and recorded if it has none yet."""
-    found = store.recorded_digest(name, version)
-    if found:
-        return found
-    v = store.version(name, version)
-    parent = version_digest(store, name, v.parent) if v.parent else None
-    vdir = os.path.dirname(v.rootfs)
-    digest = stamp(vdir, parent)
-    meta = read_json(os.path.join(vdir, VERSION_JSON))
-    meta["digest"] = digest
-    write_json(os.path.join(vdir, VERSION_JSON), meta)
-    return digest
 
 
 def first_difference(recorded_manifest: bytes, actual: bytes) -> str | None:
@@ -201,12 +197,12 @@ def verify(store: Store, name: str, version: str | None = None) -> tuple[str, st
         except FileNotFoundError:
             kept = None
         if kept is None:
-            version_digest(store, name, v.version)
+            store.version_digest(name, v.version)
             kept = actual
         diff = first_difference(kept, actual)
         if diff:
             findings.append(Finding(v.version, diff))
-        expect = chain(layer_digest(kept), parent_digest)
+        expect = chain(layer_digest(kept), parent_digest, store.base(name).lxc if parent_digest is None else ())
         rec = store.recorded_digest(name, v.version)
         if rec and rec != expect:
             findings.append(Finding(v.version, f"recorded digest {rec[:16]} does not match its manifest's {expect[:16]}"))

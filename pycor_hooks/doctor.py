@@ -145,7 +145,7 @@ def tool_checks() -> list[Check]:
         path = shutil.which(tool)
         version = subprocess.run([tool, *args], capture_output=True, text=True).stdout.strip() if path else ""
         checks.append(Check(tool.split("-")[0].upper(), bool(path), f"{tool} {version}" if path else "not installed", fix, required))
-    from .lxd import DIALECTS, Daemon
+    from .daemon import DIALECTS, Daemon
 
     for dialect in DIALECTS.values():
         client = Daemon(dialect)

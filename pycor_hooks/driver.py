@@ -17,127 +17,18 @@ from __future__ import annotations
 import os
 import stat
 import time
-import zlib
 
-from . import faults, layer, linux, locks, overlay
+from . import faults, layer, linux, locks, overlay, runstate
 from .errors import Conflict, InUse, NotFound, PycorError
 from .layer import LayerMeta
-from .store import RUN_DIR, Record, Store, read_json, setting, write_json
+from .runstate import RunState, is_live
+from .flatjson import Record, read_json, write_json
+from .store import Store, setting
 
-RUN_CONTAINERS = os.path.join(RUN_DIR, "containers")
-# One empty file per recorded start, named MONITOR.STARTTIME.KEY: a start finds the records of
-# containers that died (their monitor pid is gone) with one listdir, not by reading every record.
-RUN_MONITORS = os.path.join(RUN_DIR, "monitors")
-# Left by a start that cleared a dead idmapped container's record: the next stop releases views.
-VIEWS_STALE = os.path.join(RUN_DIR, "views-stale")
-
-
-class RunState(Record):
-    """What pre-start resolved for one start of one container."""
-
-    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "monitor", "monitor_start", "held")
-    name: str
-    rootfs: str
-    base: str
-    version: str
-    lowerdirs: list[str]  # base layers, or their idmapped views, top first
-    started: float
-    idmap: str | None  # key of the container's idmap (unprivileged), else None
-    views: list[str]  # layer ids of the idmapped views it uses
-    monitor: int  # pid of the LXC monitor running the container (0: recorded by an older pycor)
-    monitor_start: int  # its start time in clock ticks since boot (/proc/PID/stat field 22): pids get reused
-    held: str | None  # why it runs on an older version than it follows (a move that conflicts), else None
-
-
-def run_state_from_json(raw: dict) -> RunState:
-    return RunState(str(raw["name"]), str(raw["rootfs"]), str(raw["base"]), str(raw["version"]),
-                    [str(p) for p in raw["lowerdirs"]], float(raw["started"]),
-                    str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
-                    int(raw.get("monitor", 0)), int(raw.get("monitor_start", 0)),
-                    str(raw["held"]) if raw.get("held") else None)
-
-
-def monitor_entry(state: "RunState", record: str) -> str:
-    """The monitor index entry of a recorded start: MONITOR.STARTTIME.KEY (KEY: the record's file name)."""
-    return f"{state.monitor}.{state.monitor_start}.{os.path.basename(record)[:-5]}"
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def proc_start_time(pid: int) -> int | None:
-    """When process pid started (clock ticks since boot), or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data.rsplit(b")", 1)[1].split()  # from field 3 on: the command name may hold spaces and ')'
-    if fields[0] in (b"Z", b"X"):
-        return None  # dead, not yet reaped by its parent
-    return int(fields[19])  # field 22: starttime
-
-
-def _ppid(pid: str) -> int:
-    """The parent of a process, as this /proc (the host's) numbers it, even from inside another pid namespace."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[1])
-
-
-def hook_monitor(in_pre_mount: bool = False) -> tuple[int, int]:
-    """The monitor of the container a hook runs for: pre-start's parent, pre-mount's grandparent.
-
-    pre-mount runs as a child of the container's first process, itself the
-    monitor's child, in the container's new pid namespace: the host's /proc
-    names both by their host pids.
-    """
-    if in_pre_mount:
-        pid = _ppid(str(_ppid("self")))
-        return pid, proc_start_time(pid) or 0
-    return _hook_parent()
-
-
-def _hook_parent() -> tuple[int, int]:
-    """The LXC monitor of the container a pre-start hook runs for: its parent process.
-
-    Both raw LXC ('[lxc monitor] LXCPATH NAME', the daemonized lxc-start, or
-    lxc-start itself with -F) and LXD ('lxd forkstart', retitled the same
-    way) run hooks as direct children of the monitor, which lives exactly as
-    long as the container: when it is gone, the container is too.
-    """
-    pid = os.getppid()
-    return pid, proc_start_time(pid) or 0
-
-
-def is_live(state: RunState) -> bool:
-    """Whether the container a run state records still runs (its monitor is the same process)."""
-    if not state.monitor:  # recorded by pycor 0.1: no monitor to tell by; it counts while its container exists
-        return layer.is_layer(state.rootfs)
-    return proc_start_time(state.monitor) == state.monitor_start
-
-
-def in_host_mount_namespace(monitor: int) -> bool:
-    """Whether this process shares its mount namespace with pid 1 or with the container's monitor.
-
-    The monitor (recorded by pre-start) runs in the namespace LXC was started
-    from; pre-mount runs in the container's own. A process that may not look
-    at those namespaces (root of a user namespace) is not in them.
-    """
-    mine = os.stat("/proc/self/ns/mnt")
-    for pid in (1, monitor):
-        if pid <= 0:
-            continue
-        try:
-            other = os.stat(f"/proc/{pid}/ns/mnt")
-        except OSError:  # EACCES from a user namespace; ENOENT: gone
-            continue
-        if (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino):
-            return True
-    return False
+TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
+if TYPE_CHECKING:
+    from .daemon import Daemon
+    from .spec import ContainerSpec
 
 
 class Registration(Record):
@@ -148,16 +39,6 @@ class Registration(Record):
     rootfs: str
     runtime: str  # "lxc" or "lxd"
     lxcpath: str | None
-
-
-def volume_key(name: str, rootfs: str) -> str:
-    """A file name for one container: its name plus a checksum of its rootfs path."""
-    return f"{name}-{zlib.crc32(rootfs.encode()):08x}"
-
-
-def in_user_namespace() -> bool:
-    with open("/proc/self/uid_map", "rb") as f:
-        return f.read().split() != [b"0", b"0", b"4294967295"]
 
 
 def parse_idmap(config_text: str | None):  # type: ignore[no-untyped-def]
@@ -224,17 +105,27 @@ class Driver:
         return os.path.join(self.store.root, "volumes")
 
     # -- volumes: create, inspect, delete ------------------------------------
-    def create_volume(self, name: str, rootfs: str, base: str, pin: str | None = None,
-                      uid: int = 0, gid: int = 0, runtime: str = "lxc", lxcpath: str | None = None) -> None:
-        self.store.require(base)
-        if pin:
-            self.store.version(base, pin)
-        from .digest import version_digest
-
-        on = pin or self.store.current(base)
-        layer.create_layer(rootfs, LayerMeta(base, pin, on, version_digest(self.store, base, on)), uid, gid)
+    def create_volume(self, spec: ContainerSpec, rootfs: str, uid: int = 0, gid: int = 0,
+                      lxcpath: str | None = None) -> None:
+        """Make a new container's layer in its (empty) rootfs directory: upper, work, metadata, its volumes'
+        directories and its quota; register it. uid, gid: the host ids of container root."""
+        self.store.require(spec.base)
+        if spec.pin:
+            self.store.version(spec.base, spec.pin)
+        on = spec.pin or self.store.current(spec.base)
+        meta = LayerMeta(spec.base, spec.pin, on, self.store.version_digest(spec.base, on), spec.volumes, spec.ephemeral,
+                         spec.size if spec.ephemeral else None)
+        layer.create_layer(rootfs, meta, uid, gid)
         faults.point("create.layer")
-        self.register(Registration(name, rootfs, runtime, lxcpath))
+        if spec.volumes:
+            from . import volumes
+
+            volumes.create_dirs(rootfs, len(spec.volumes), uid, gid)
+        if spec.size and not spec.ephemeral:
+            from . import quota
+
+            quota.set_limit(rootfs, spec.size)
+        self.register(Registration(spec.name, rootfs, spec.runtime, lxcpath))
 
     def adopt_volume(self, name: str, rootfs: str, base: str, uid: int | None = 0, gid: int | None = 0,
                      runtime: str = "lxc", lxcpath: str | None = None, register: bool = True) -> LayerMeta:
@@ -275,20 +166,30 @@ class Driver:
         else current."""
         return state.version if state and is_live(state) else (meta.pin or self.store.current(meta.base))
 
+    def run_state(self, name: str, rootfs: str) -> RunState | None:
+        """The record of the container's start, live or stale (see runstate.is_live), or None."""
+        return runstate.read(name, rootfs)
+
+    def running_states(self) -> list[RunState]:
+        return runstate.running_states()
+
+    def stale_states(self) -> list[RunState]:
+        return runstate.stale_states()
+
     def require_stopped(self, name: str, rootfs: str, runtime_state: str, what: str, how: str) -> None:
         """Refuse unless the container is stopped: no live run state, and its runtime says STOPPED.
 
         Call it holding locks.layer_lock(rootfs), and act before letting go:
         a start waits for that lock in pre-start.
         """
-        state = self.run_state(name, rootfs)
+        state = runstate.read(name, rootfs)
         if (state is not None and is_live(state)) or runtime_state != "STOPPED":
             shown = "running" if runtime_state == "STOPPED" else runtime_state.lower()
             raise InUse(f"container {name} is {shown}: pycor {what} needs it stopped", f"stop it first ({how})")
 
     def register(self, reg: Registration) -> None:
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.registry_dir, volume_key(reg.name, reg.rootfs) + ".json")
+        path = os.path.join(self.registry_dir, runstate.volume_key(reg.name, reg.rootfs) + ".json")
         if os.path.exists(path):
             return
         write_json(path, reg.to_json(), mode=0o600)
@@ -318,9 +219,6 @@ class Driver:
         return found
 
     # -- starting and stopping -----------------------------------------------
-    def run_state_path(self, name: str, rootfs: str) -> str:
-        return os.path.join(RUN_CONTAINERS, volume_key(name, rootfs) + ".json")
-
     def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None,
                       config_text: str | None = None) -> RunState:
         """pre-start: resolve the base version and its lower stack, record the start.
@@ -333,7 +231,7 @@ class Driver:
         # The layer lock is held from reading the layer to writing the run
         # state: a reset, commit or diff either finishes first or sees the start.
         with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
-            return self._prepare_start(lay, name, runtime, lxcpath, idmap, hook_monitor())
+            return self._prepare_start(lay, name, runtime, lxcpath, idmap, runstate.hook_monitor())
 
     def start_privileged(self, name: str, rootfs: str, lxcpath: str | None, config_text: str | None) -> None:
         """pre-mount --prepare: a privileged LXC container's whole start in one hook process.
@@ -343,14 +241,14 @@ class Driver:
         namespace. config_text None: the config could not be read from here,
         as in a user namespace.
         """
-        if config_text is None or parse_idmap(config_text) is not None or in_user_namespace():
+        if config_text is None or parse_idmap(config_text) is not None or runstate.in_user_namespace():
             raise PycorError(
                 f"container {name} is unprivileged, but its config runs pycor without a pre-start hook "
                 "(pre-mount --prepare is for privileged containers)",
                 "add lxc.hook.pre-start = .../pycor-pre-start and drop --prepare, or create it again with lxc-create -t pycor",
             )
         with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
-            state = self._prepare_start(lay, name, "lxc", lxcpath, None, hook_monitor(in_pre_mount=True))
+            state = self._prepare_start(lay, name, "lxc", lxcpath, None, runstate.hook_monitor(in_pre_mount=True))
             self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
 
     def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap,  # type: ignore[no-untyped-def]
@@ -394,33 +292,27 @@ class Driver:
                 key = idmap.key
 
                 def unused(lid: str) -> bool:  # a view no running container uses may be remade
-                    return not any(st.idmap == key and lid in st.views for st in self.running_states() if is_live(st))
+                    return not any(st.idmap == key and lid in st.views for st in runstate.running_states() if is_live(st))
 
                 made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
                 lowers, views = [made[i] for i in ids], ids
             state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
                              idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
-            os.makedirs(RUN_CONTAINERS, mode=0o755, exist_ok=True)
-            own = self.run_state_path(name, rootfs)
-            if any(s.idmap for s in self.sweep_stale_records(skip=own)):
+            os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
+            own = runstate.record_path(name, rootfs)
+            if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
                 # its views are released under the exclusive lock: by the next stop (or gc, doctor --fix)
-                os.close(os.open(VIEWS_STALE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+                os.close(os.open(runstate.VIEWS_STALE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             write_json(own, state.to_json())
-            os.makedirs(RUN_MONITORS, mode=0o700, exist_ok=True)
-            os.close(os.open(os.path.join(RUN_MONITORS, monitor_entry(state, own)),
+            os.makedirs(runstate.RUN_MONITORS, mode=0o700, exist_ok=True)
+            os.close(os.open(os.path.join(runstate.RUN_MONITORS, runstate.monitor_entry(state, own)),
                              os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self.register(Registration(name, rootfs, runtime, lxcpath))
         return state
 
-    def run_state(self, name: str, rootfs: str) -> RunState | None:
-        try:
-            return run_state_from_json(read_json(self.run_state_path(name, rootfs)))
-        except FileNotFoundError:
-            return None
-
     def mount_volume(self, name: str, rootfs: str) -> None:
         """pre-mount: mount the overlay on rootfs in the current mount namespace, from the run state pre-start wrote."""
-        state = self.run_state(name, rootfs)
+        state = runstate.read(name, rootfs)
         if state is None or state.rootfs != rootfs:
             raise PycorError(
                 f"no run state for container {name}: the pycor pre-start hook did not run",
@@ -434,7 +326,7 @@ class Driver:
             for fd in fds:
                 os.close(fd)
             raise
-        self._mount(state, fds, meta, userxattr=in_user_namespace())
+        self._mount(state, fds, meta, userxattr=runstate.in_user_namespace())
 
     def _mount(self, state: RunState, fds: list[int], meta: LayerMeta, userxattr: bool) -> None:
         """Mount the overlay of state's lower stack over fds [rootfs, upper, work], which this closes.
@@ -444,7 +336,7 @@ class Driver:
         """
         name, rootfs = state.name, state.rootfs
         try:
-            if in_host_mount_namespace(state.monitor):
+            if runstate.in_host_mount_namespace(state.monitor):
                 raise PycorError(
                     f"refusing to mount the overlay of container {name} on {rootfs} in the host's mount namespace",
                     "pycor-pre-mount runs only inside a container's start (LXC runs it in the container's mount namespace); "
@@ -483,125 +375,52 @@ class Driver:
         index: what a stop reads does not grow with the containers that run.
         """
         with self.store.lock():
-            own = self.run_state_path(name, rootfs)
-            state = self.run_state(name, rootfs)
-            _unlink(own)
+            own = runstate.record_path(name, rootfs)
+            state = runstate.read(name, rootfs)
+            runstate.remove(own)
             if state is not None:
-                _unlink(os.path.join(RUN_MONITORS, monitor_entry(state, own)))
-            cleared = self.sweep_stale_records(skip=own)
+                runstate.remove(os.path.join(runstate.RUN_MONITORS, runstate.monitor_entry(state, own)))
+            cleared = runstate.sweep_stale_records(skip=own)
             # only idmapped starts use views: a privileged stop reads no other record
-            if any(s is not None and s.idmap for s in [state, *cleared]) or os.path.lexists(VIEWS_STALE):
+            if any(s is not None and s.idmap for s in [state, *cleared]) or os.path.lexists(runstate.VIEWS_STALE):
                 self.release_views()
 
     def release_views(self) -> None:
         """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
         from .idmap import RUN_VIEWS
 
-        _unlink(VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
+        runstate.remove(runstate.VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
         if not os.path.isdir(RUN_VIEWS):
             return
         from . import idmap as idmap_mod
 
-        in_use = {(s.idmap, v) for s in self.running_states() if s.idmap and is_live(s) for v in s.views}
+        in_use = {(s.idmap, v) for s in runstate.running_states() if s.idmap and is_live(s) for v in s.views}
         idmap_mod.release_unused(in_use)
-
-    def running_states(self) -> list[RunState]:
-        """Every run state recorded, live or stale (see is_live)."""
-        return [state for _, state in self._run_records()]
-
-    def _run_records(self) -> list[tuple[str, RunState]]:
-        found = []
-        try:
-            entries = os.listdir(RUN_CONTAINERS)
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            if entry.endswith(".json"):
-                path = os.path.join(RUN_CONTAINERS, entry)
-                try:
-                    found.append((path, run_state_from_json(read_json(path))))
-                except (OSError, ValueError, KeyError, TypeError, PycorError):
-                    continue
-        return found
-
-    def stale_states(self) -> list[RunState]:
-        """Records of starts whose container no longer runs (killed monitor, host crash, destroyed container)."""
-        return [state for state in self.running_states() if not is_live(state)]
-
-    def clear_stale_records(self, skip: str = "") -> list[RunState]:
-        """Remove the records of containers that no longer run; returns them.
-
-        Each is checked again under its container's layer lock, taken without
-        waiting (a start holding it writes a fresh record; lock order is layer
-        before store, and callers may hold the store lock). Views go with the
-        next release_views(); gc and 'pycor doctor --fix' call clear_stale().
-        """
-        cleared = []
-        for path, state in self._run_records():
-            if path == skip or is_live(state):
-                continue
-            gone = self._clear_if_stale(path, state)
-            if gone is not None:
-                cleared.append(gone)
-        try:
-            for entry in os.listdir(RUN_MONITORS):  # index entries of records gone since
-                key = entry.split(".", 2)[-1]
-                if not os.path.exists(os.path.join(RUN_CONTAINERS, key + ".json")):
-                    _unlink(os.path.join(RUN_MONITORS, entry))
-        except FileNotFoundError:
-            pass
-        return cleared
-
-    def _clear_if_stale(self, path: str, state: "RunState | None" = None) -> "RunState | None":
-        """Remove one record if its container no longer runs, checked again under its layer lock; returns it."""
-        try:
-            state = state or run_state_from_json(read_json(path))
-        except (OSError, ValueError, KeyError, TypeError, PycorError):
-            return None
-        if is_live(state):
-            return None
-        try:
-            with locks.layer_lock(state.rootfs, wait=False):
-                try:
-                    again = run_state_from_json(read_json(path))
-                except FileNotFoundError:
-                    return None
-                if is_live(again):
-                    return None
-                os.unlink(path)
-                return again
-        except PycorError:
-            return None  # busy: its container is being started, reset or committed right now
-
-    def sweep_stale_records(self, skip: str = "") -> list[RunState]:
-        """At a start and a stop: clear the records whose monitor process is gone, found by the monitor index
-        (one listdir and one /proc read per running container; reading every record would cost a
-        start 13 ms at 200 containers). Records without an index entry go at the next gc or doctor --fix."""
-        try:
-            entries = os.listdir(RUN_MONITORS)
-        except FileNotFoundError:
-            return []
-        cleared = []
-        for entry in entries:
-            pid, _, rest = entry.partition(".")
-            start, _, key = rest.partition(".")
-            if not pid.isdigit() or not key or str(proc_start_time(int(pid))) == start:
-                continue  # its monitor runs (a killed one may linger as a zombie: proc_start_time says None)
-            path = os.path.join(RUN_CONTAINERS, key + ".json")
-            gone = self._clear_if_stale(path) if path != skip else None
-            if gone is not None:
-                cleared.append(gone)
-            if path == skip or not os.path.lexists(path):  # a record busy under its layer lock keeps its entry
-                _unlink(os.path.join(RUN_MONITORS, entry))
-        return cleared
 
     def clear_stale(self) -> list[RunState]:
         """Remove stale run records, the idmapped views only they used and the lock files nobody holds (for gc and doctor --fix)."""
         with self.store.lock():
-            cleared = self.clear_stale_records()
+            cleared = runstate.clear_stale_records()
             self.release_views()
         locks.sweep()
         return cleared
+
+    # -- daemons: LXD's and Incus's overlay profile and images ------------------------
+    def daemon_init(self, client: Daemon) -> list[str]:
+        """The daemon's overlay profile and one image per base, all of this store; safe to repeat. What it did."""
+        from .lxcconfig import hook_lines
+        from .store import hooks_dir
+
+        done = []
+        if client.ensure_profile("\n".join(hook_lines(hooks_dir(), self.store.hook_arg)), self.store.root):
+            done.append("profile overlay written")
+        for base in self.store.base_names():
+            outcome = client.ensure_image(base, self.store.root)
+            if outcome == "added":
+                done.append(f"image pycor/{base} added")
+            elif outcome == "other":
+                done.append(f"image pycor/{base} belongs to another pycor store: left alone")
+        return done
 
     # -- bases ----------------------------------------------------------------
     def base_users(self, base: str, extra: list[Registration] | None = None) -> list[Registration]:
@@ -614,7 +433,7 @@ class Driver:
             except PycorError:
                 # unreadable metadata: it may be on this base, so it counts (named as damaged)
                 users[reg.rootfs] = Registration(f"{reg.name} (damaged layer metadata)", reg.rootfs, reg.runtime, reg.lxcpath)
-        for state in self.running_states():
+        for state in runstate.running_states():
             # a start whose container was destroyed since (no post-stop ran) uses nothing
             if state.base == base and state.rootfs not in users and is_live(state) and layer.is_layer(state.rootfs):
                 users[state.rootfs] = Registration(state.name, state.rootfs, "?", None)

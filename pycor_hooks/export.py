@@ -32,9 +32,12 @@ from typing import IO, Iterator
 from . import digest as dg
 from . import faults
 from .errors import Conflict, Damaged, NotFound, PycorError
-from .fsutil import human_size, remove_tree
+from .fsutil import remove_tree
+from .units import human_size
+from .lxcconfig import base_lines
 from .names import check_name, check_version
-from .store import Store, Version, write_json
+from .flatjson import write_json
+from .store import Store, Version
 
 MAGIC = b"PYCOR-EXPORT 1\n"
 CHUNK = 1 << 20
@@ -76,9 +79,9 @@ def export_base(store: Store, name: str, out: IO[bytes], version: str | None = N
     stack = versions_to_send(store, name, version, since)
     header = {
         "format": 1, "base": name, "lxc": store.base(name).lxc,
-        "since": since, "since_digest": dg.version_digest(store, name, since) if since else None,
+        "since": since, "since_digest": store.version_digest(name, since) if since else None,
         "versions": [{"version": v.version, "parent": v.parent, "created": v.created, "size": v.size,
-                      "source": v.source, "digest": dg.version_digest(store, name, v.version)} for v in stack],
+                      "source": v.source, "digest": store.version_digest(name, v.version)} for v in stack],
     }
     out.write(MAGIC)
     _frame(out, b"H", json.dumps(header).encode())
@@ -151,8 +154,16 @@ def read_header(r: _Reader) -> dict:
                 check_version(str(v["parent"]))
             if not isinstance(v["digest"], str) or len(v["digest"]) != 64:
                 raise ValueError("a digest is not a sha256")
+        lxc = header.get("lxc") or []
+        if not isinstance(lxc, list):
+            raise ValueError("its LXC lines are not a list")
     except (ValueError, KeyError, TypeError) as e:
         raise Damaged(f"the export's header is damaged ({e})", "export it again") from None
+    admitted, refused = base_lines(lxc)
+    if refused:
+        raise PycorError(f"the export's base carries LXC config a base may not carry: {refused[0]!r}",
+                         "a base may set only what acts inside its containers; nothing was imported")
+    header["lxc"] = admitted
     return header
 
 
@@ -200,7 +211,7 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
             raise NotFound(f"this export holds base {name} from version {since} on, and base {name} is not here",
                            f"export the whole base (without --since), or import version {since} first")
         try:
-            ours = dg.version_digest(store, name, since)
+            ours = store.version_digest(name, since)
         except PycorError:
             raise NotFound(f"this export of base {name} builds on version {since}, which is not here",
                            f"export without --since, or from a version this host has ('pycor base versions {name}')") from None
@@ -211,7 +222,7 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
     for v in versions:
         number = str(v["version"])
         if exists and os.path.isdir(store.version_dir(name, number)):
-            ours = dg.version_digest(store, name, number)
+            ours = store.version_digest(name, number)
             if ours != v["digest"]:
                 raise Conflict(f"base {name} version {number} exists here with another digest ({ours[:16]}, the export's "
                                f"is {v['digest'][:16]})", "the two hosts built different trees under one number; import "
@@ -243,7 +254,8 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
             diff = dg.first_difference(manifest, actual)
             if diff:
                 raise Damaged(f"{label}: what arrived differs from what was exported: {diff}", "export it again")
-            computed = dg.chain(dg.layer_digest(actual), digests.get(parent) if parent else None)
+            computed = dg.chain(dg.layer_digest(actual), digests.get(parent) if parent else None,
+                                header["lxc"] if parent is None else ())
             if computed != v["digest"]:
                 raise Damaged(f"{label}: digest {computed[:16]} does not match the export's {v['digest'][:16]}",
                               "export it again")
@@ -281,7 +293,7 @@ def _publish(store: Store, name: str, header: dict, stagings: dict[str, str]) ->
                     os.chmod(os.path.join(tmp, "versions", number), 0o755)
                 write_json(os.path.join(tmp, "base.json"),
                            {"name": name, "created": header["versions"][0].get("created", 0),
-                            "lxc": [x for x in header.get("lxc", []) if isinstance(x, str)]})
+                            "lxc": header["lxc"]})
                 os.symlink(f"versions/{top}", os.path.join(tmp, "current"))
                 os.rename(tmp, store.base_dir(name))
             except BaseException:
@@ -296,3 +308,22 @@ def _publish(store: Store, name: str, header: dict, stagings: dict[str, str]) ->
             os.chmod(target, 0o755)
         if top is not None and int(top) > int(store.current(name)):
             store.set_current(name, top)
+
+
+def import_from_file(store: Store, name: str, source: str) -> Version:
+    """Import an export file ('-': stdin); returns the export's top version as now stored here."""
+    if source == "-":
+        done = import_export(store, name, sys.stdin.buffer)
+    else:
+        try:
+            f = open(source, "rb")
+        except OSError as e:
+            raise PycorError(f"cannot read export {source}: {e.strerror}", "make one with 'pycor base export NAME -o FILE'") from None
+        with f:
+            done = import_export(store, name, f)
+    if not done:
+        raise Damaged(f"the export {source} holds no version", "export a version with 'pycor base export NAME'")
+    imported = [n for n, how in done if how == "imported"]
+    _say(f"base {name}: imported version(s) {', '.join(imported) or 'none'}; "
+         f"already here: {', '.join(n for n, how in done if how == 'present') or 'none'}")
+    return store.version(name, done[-1][0])

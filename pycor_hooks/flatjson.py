@@ -8,10 +8,17 @@ objects go through this module; anything outside that shape (nested
 objects, a file another tool rewrote oddly) raises ValueError, and the
 callers then fall back to the json module. Files stay ordinary JSON.
 
-Hot path: imports nothing.
+read_json() and write_json() read and write such a file (atomically, never
+through a symlink); Record is the plain value object most of them map to.
+
+Hot path: imports nothing but errors.
 """
 
 from __future__ import annotations
+
+import os
+
+from .errors import PycorError
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _WS = " \t\n\r"
@@ -152,3 +159,49 @@ def _dump_value(value) -> str:  # type: ignore[no-untyped-def]
 def dumps(obj: dict) -> str:
     """A flat object as JSON the json module reads back the same (keys sorted, one line)."""
     return "{" + ", ".join(f"{_dump_value(str(k))}: {_dump_value(v)}" for k, v in sorted(obj.items())) + "}\n"
+
+
+class Record:
+    """A plain value object (dataclasses would cost every hook 7 ms of imports)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: object) -> None:
+        for slot, value in zip(self.__slots__, args, strict=True):
+            setattr(self, slot, value)
+
+    def to_json(self) -> dict:
+        return {slot: getattr(self, slot) for slot in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_json() == other.to_json()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_json().items())})"
+
+
+def read_json(path: str, limit: int = 1 << 20) -> dict:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PycorError(f"{path} is larger than {limit} bytes", "it was not written by pycor")
+    try:
+        return load(data)
+    except ValueError:
+        raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor") from None
+
+
+def write_json(path: str, value: dict, mode: int = 0o644) -> None:
+    """Write atomically: a temporary file beside it, then rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        try:
+            f.write(dumps(value))
+        except TypeError:  # nested: not on the start path
+            import json
+
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.write("\n")
+    os.rename(tmp, path)

@@ -90,12 +90,6 @@ def remove_tree(path: str) -> None:
         raise PycorError(f"cannot remove {e.filename or path}: {e.strerror}", "is something mounted or busy below it?") from None
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def same_content(a: int, b: int) -> bool:
@@ -106,3 +100,37 @@ def same_content(a: int, b: int) -> bool:
             return False
         if not x:
             return True
+
+
+def resolve_inside(root: str, relpath: str, follow_last: bool = False) -> str:
+    """The host path of relpath in the tree at root, symlinks resolved inside root.
+
+    Absolute link targets and '..' are taken relative to root (as the
+    container will see them), so the walk never leaves the tree.
+    """
+    todo = [c for c in relpath.split("/") if c not in ("", ".")]
+    done: list[str] = []
+    follows = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        path = os.path.join(root, *done, part)
+        if (todo or follow_last) and os.path.islink(path):
+            follows += 1
+            if follows > 40:
+                raise PycorError(f"too many levels of symbolic links at {path}", "the tree has a symlink loop")
+            target = os.readlink(path)
+            if target.startswith("/"):
+                done = []
+            todo = [c for c in target.split("/") if c not in ("", ".")] + todo
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def lexists_inside(root: str, relpath: str) -> bool:
+    return os.path.lexists(resolve_inside(root, relpath))
+

@@ -21,7 +21,7 @@ import stat
 from . import flatjson, linux
 from .errors import PycorError
 from .names import check_name, check_version
-from .store import Record
+from .flatjson import Record
 
 PYCOR_DIR = ".pycor"
 META = f"{PYCOR_DIR}/layer.json"

@@ -257,3 +257,51 @@ def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | A
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the calling process gets sig when its parent dies."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), None, "prctl(PR_SET_PDEATHSIG)")
+
+
+def quotactl(cmd: int, device: str, qid: int, addr: object) -> None:
+    """quotactl(2): cmd already combined with the quota type (QCMD(cmd, type))."""
+    _check(_libc.quotactl(ctypes.c_int(cmd), os.fsencode(device), ctypes.c_int(qid), addr), device, "quotactl")
+
+
+class Mount:
+    """One line of /proc/self/mountinfo: where, what filesystem, from what source, with which options."""
+
+    __slots__ = ("point", "fstype", "source", "options")
+
+    def __init__(self, point: str, fstype: str, source: str, options: str) -> None:
+        self.point, self.fstype, self.source, self.options = point, fstype, source, options
+
+
+def _unescape(field: str) -> str:
+    """mountinfo's octal escapes (\\040 space, \\011 tab, \\012 line end, \\134 backslash)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts() -> list[Mount]:
+    """The mount table of this process's mount namespace, in mount order (the one mountinfo reader)."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for text in f:
+            left, _, right = text.partition(" - ")
+            fields, more = left.split(), right.split()
+            if len(fields) >= 5:
+                more += ["", "", ""]
+                found.append(Mount(_unescape(fields[4]), more[0], _unescape(more[1]), more[2]))
+    return found
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below path (its real path), in mount order."""
+    top = os.path.realpath(path)
+    return [m.point for m in mounts() if m.point == top or m.point.startswith(top.rstrip("/") + "/")]

@@ -6,10 +6,15 @@ import os
 import subprocess
 from collections.abc import Callable
 
-from . import faults, locks
+from . import locks
 from .errors import Conflict, NotFound, PycorError
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
-from .store import Record
+from .lxcconfig import check_value, line, read_keys
+from .flatjson import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .spec import ContainerSpec
 
 
 def run_tool(argv: list[str], check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -35,12 +40,9 @@ class LxcContainer(Record):
 
 
 def config_rootfs(config: str) -> str | None:
-    with open(config, encoding="utf-8") as f:
-        for line in f:
-            key, sep, value = line.partition("=")
-            if sep and key.strip() == "lxc.rootfs.path":
-                return rootfs_dir(value.strip())
-    return None
+    """The rootfs directory an LXC config names (its last lxc.rootfs.path), or None."""
+    values = read_keys(config).get("lxc.rootfs.path")
+    return rootfs_dir(values[-1]) if values else None
 
 
 def containers(lxcpath: str) -> list[LxcContainer]:
@@ -109,18 +111,17 @@ def template_error(stderr: str, returncode: int) -> PycorError:
     return PycorError(f"lxc-create failed: {lines[-1] if lines else 'exit ' + str(returncode)}")
 
 
-def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = None,
-           network: str = "default", store: str | None = None, unprivileged: bool = False,
-           adopt: bool = False, rootfs: str | None = None, check: Callable[[str], None] | None = None,
-           backing: str | None = None, template_args: list[str] | None = None) -> None:
+def create(want: ContainerSpec, lxcpath: str, template: str, store_arg: str | None = None,
+           check: Callable[[str], None] | None = None, backing: str | None = None) -> None:
     """lxc-create -t pycor, refusing first whatever its failure cleanup would delete.
 
     Holds the name lock from the check to the end of lxc-create, so two
     creates of one name never both pass the check (the loser's cleanup would
     remove the winner's directory). check(rootfs) runs under it too.
     """
+    name = want.name
     with locks.name_lock(lxcpath, name) as held:
-        rootfs = check_free(name, lxcpath, base, rootfs, adopt)
+        rootfs = check_free(name, lxcpath, want.base, want.rootfs, want.adopt)
         if check:
             check(rootfs)
         argv = ["lxc-create", "-n", name, "-P", lxcpath, "-t", template]
@@ -129,23 +130,16 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
         elif backing:
             argv += ["-B", backing]  # btrfs: the rootfs a subvolume, for its quota
         conf = None
-        if network == "none":
+        if want.network == "none":
             import tempfile
 
             fd, conf = tempfile.mkstemp(prefix="pycor-", suffix=".conf")
             with os.fdopen(fd, "w") as f:
-                f.write("lxc.net.0.type = empty\n")
+                f.write(line("lxc.net.0.type", "empty") + "\n")
             argv += ["-f", conf]
-        argv += ["--", "--base", base]
-        if pin:
-            argv += ["--pin", pin]
-        if store:
-            argv += ["--store", store]
-        if unprivileged:
-            argv += ["--unprivileged"]
-        if adopt:
-            argv += ["--adopt"]
-        argv += template_args or []
+        argv += ["--", *want.template_args()]
+        if store_arg:
+            argv += ["--store", check_value(store_arg, "--store")]
         try:
             # lxc-create holds the lock too: if this process is killed, no other create slips in while it runs
             proc = run_tool(argv, check=False, pass_fds=(held.fd,))
@@ -154,4 +148,3 @@ def create(name: str, base: str, lxcpath: str, template: str, pin: str | None = 
                 os.unlink(conf)
     if proc.returncode != 0:
         raise template_error(proc.stderr, proc.returncode)
-

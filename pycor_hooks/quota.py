@@ -21,16 +21,13 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import re
 import struct
 import subprocess
 import zlib
 
-from . import layer
+from . import layer, linux
 from .errors import PycorError, Unsupported
 
-UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
-         "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
 
 # include/uapi/linux/fs.h: struct fsxattr (28 bytes) and its ioctls
 FS_IOC_FSGETXATTR = 0x801C581F
@@ -53,34 +50,13 @@ class _IfDqblk(ctypes.Structure):
                 ("dqb_btime", ctypes.c_uint64), ("dqb_itime", ctypes.c_uint64), ("dqb_valid", ctypes.c_uint32)]
 
 
-def parse_size(text: str) -> int:
-    """'10GiB', '500M', '1g', '1048576' -> bytes (K, M, G, T alone are binary, as LXD reads them)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in UNITS or float(m.group(1)) <= 0:
-        raise PycorError(f"size {text!r} is not a size", "write it as a number and a unit: 512MiB, 10GiB, 1G")
-    return int(float(m.group(1)) * UNITS[unit])
-
-
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f}{unit}" if unit != "B" else f"{n}B"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 def mount_of(path: str) -> tuple[str, str, str, str]:
-    """(mount point, fstype, source, super options) of the filesystem holding path (from /proc/self/mountinfo)."""
+    """(mount point, fstype, source, super options) of the filesystem holding path."""
     path = os.path.realpath(path)
     best = ("/", "?", "?", "")
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point = left.split()[4].replace("\\040", " ")
-            fstype, source, opts = (right.split() + ["", "", ""])[:3]
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-                best = (point, fstype, source, opts)
+    for m in linux.mounts():
+        if (path == m.point or path.startswith(m.point.rstrip("/") + "/")) and len(m.point) >= len(best[0]):
+            best = (m.point, m.fstype, m.source, m.options)
     return best
 
 
@@ -201,8 +177,6 @@ def tag_layer(rootfs: str, projid: int) -> None:
     """
     fd = layer.open_rootfs(rootfs)
     try:
-        from . import linux
-
         top = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         os.close(fd)
@@ -222,13 +196,8 @@ def tag_layer(rootfs: str, projid: int) -> None:
         os.close(top)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def quotactl(cmd: int, device: str, qid: int, dq: _IfDqblk) -> None:
-    if _libc.quotactl(ctypes.c_int((cmd << 8) | PRJQUOTA), device.encode(), ctypes.c_int(qid), ctypes.byref(dq)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), device)
+    linux.quotactl((cmd << 8) | PRJQUOTA, device, qid, ctypes.byref(dq))
 
 
 def set_project_limit(rootfs: str, size: int | None) -> None:

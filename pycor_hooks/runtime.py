@@ -18,9 +18,14 @@ import os
 import subprocess
 
 from . import lxc
+from .driver import Driver, Registration
 from .errors import NotFound, PycorError
 from .layer import is_layer
 from .names import check_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .spec import ContainerSpec
 
 WAIT_SECONDS = 60
 
@@ -37,9 +42,7 @@ class Container:
         # the name LXC and so the hooks know it by (its run state's): PROJECT_NAME outside a daemon's default project
         self.lxc_name = lxc_name or name
 
-    def registration(self):  # type: ignore[no-untyped-def]
-        from .driver import Registration
-
+    def registration(self) -> Registration:
         return Registration(self.lxc_name, self.rootfs, self.runtime, self.lxcpath)
 
     def __repr__(self) -> str:
@@ -56,6 +59,10 @@ class Runtime:
         raise NotImplementedError
 
     def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def create(self, want: ContainerSpec, driver: Driver, template: str | None = None) -> None:
+        """Make a container of the spec (checked in full first: nothing is half-made on a refusal)."""
         raise NotImplementedError
 
     def state(self, name: str) -> str:
@@ -110,7 +117,7 @@ class LxcRuntime(Runtime):
                           self.store_of(c.name)) for c in lxc.containers(self.lxcpath)]
 
     def store_of(self, name: str) -> str | None:
-        from .lxd import hooks_store
+        from .daemon import hooks_store
 
         try:
             with open(os.path.join(self.lxcpath, name, "config"), encoding="utf-8", errors="replace") as f:
@@ -120,6 +127,33 @@ class LxcRuntime(Runtime):
 
     def has(self, name: str) -> bool:
         return lxc.exists(name, self.lxcpath)
+
+    def create(self, want: ContainerSpec, driver: Driver, template: str | None = None) -> None:
+        """lxc-create -t pycor; --size on disk makes the rootfs a btrfs subvolume (checked before anything is made)."""
+        driver.store.require(want.base)
+        if want.pin:
+            driver.store.version(want.base, want.pin)
+        backing = None
+        if want.size and not want.ephemeral:
+            from . import quota
+
+            os.makedirs(self.lxcpath, exist_ok=True)
+            if quota.require(self.lxcpath) == "btrfs":
+                backing = "btrfs"
+        if template is None:
+            from .install import LXC_TEMPLATES_DIR, TEMPLATE
+            from .store import templates_dir
+
+            template = "pycor" if templates_dir() == LXC_TEMPLATES_DIR else os.path.join(templates_dir(), TEMPLATE)
+
+        def check_layer(rootfs: str) -> None:
+            if want.adopt:  # all of it, before lxc-create runs
+                from .spec import idmap_lines, mapped_root
+
+                uid, gid = mapped_root({}, idmap_lines({}, want.unprivileged))
+                driver.adopt_volume(want.name, rootfs, want.base, uid, gid, register=False)
+
+        lxc.create(want, self.lxcpath, template, driver.store.hook_arg, check=check_layer, backing=backing)
 
     def state(self, name: str) -> str:
         return lxc.state(name, self.lxcpath)
@@ -168,7 +202,7 @@ class DaemonRuntime(Runtime):
         self.kind, self.title = client.kind, client.title
 
     def containers(self, with_state: bool = True) -> list[Container]:
-        from .lxd import hooks_store, instance_dir_name
+        from .daemon import hooks_store, instance_dir_name
 
         found = []
         for inst in self.client.instances():
@@ -181,6 +215,17 @@ class DaemonRuntime(Runtime):
 
     def has(self, name: str) -> bool:
         return self.client.instance(name) is not None
+
+    def create(self, want: ContainerSpec, driver: Driver, template: str | None = None) -> None:
+        """An instance on the base's image with the overlay profile (set up first, safe to repeat)."""
+        driver.store.require(want.base)
+        if self.has(want.name):
+            raise PycorError(f"{self.title} instance {want.name!r} already exists", "pick another name, or 'pycor rm' it first")
+        driver.daemon_init(self.client)
+        self.client.create(want.name, want.base, size=want.size, ephemeral=want.ephemeral)
+
+    def set_size(self, name: str, size: int | None) -> None:
+        self.client.set_root_size(name, size)
 
     def instance(self, name: str) -> dict:
         inst = self.client.instance(name)
@@ -225,14 +270,14 @@ class DaemonRuntime(Runtime):
 
 def daemon_runtimes() -> list[DaemonRuntime]:
     """Every LXD and Incus daemon that runs here, each in its pycor project."""
-    from .lxd import daemons
+    from .daemon import daemons
 
     return [DaemonRuntime(client) for client in daemons()]
 
 
 def daemon_runtime(kind: str) -> DaemonRuntime:
     """The runtime of one daemon kind; a clear error if it does not run here."""
-    from .lxd import DIALECTS, daemon
+    from .daemon import DIALECTS, daemon
 
     client = daemon(kind)
     if client is None:
@@ -282,18 +327,3 @@ def runtime_with(name: str, lxcpath: str, kind: str | None = None) -> Runtime:
         if rt.has(name):
             return rt
     return lxc_here  # says what is missing
-
-
-def used_versions(driver, lxcpath: str) -> dict[str, set[str]]:  # type: ignore[no-untyped-def]
-    """base -> versions some container uses: running ones, pinned ones (stopped ones follow current)."""
-    used: dict[str, set[str]] = {}
-    for state in driver.running_states():
-        used.setdefault(state.base, set()).add(state.version)
-    for c in all_containers(driver, lxcpath, with_state=False):
-        try:
-            meta = driver.volume_meta(c.rootfs)
-        except PycorError:
-            continue
-        if meta.pin:
-            used.setdefault(meta.base, set()).add(meta.pin)
-    return used

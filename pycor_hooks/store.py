@@ -33,12 +33,12 @@ import time
 
 from . import faults
 from .errors import NotFound, PycorError
+from .flatjson import Record, read_json, write_json
 from .names import check_name, check_version
 
 DEFAULT_STORE = "/var/lib/pycor"
 CONFIG_FILE = "/etc/pycor/pycor.conf"
 STORE_ENV = "PYCOR_STORE"
-RUN_DIR = "/run/pycor"
 STORE_MODE = 0o700  # the store root and its bases and staging folders: root only
 
 
@@ -71,25 +71,6 @@ def templates_dir() -> str:
 def store_root(explicit: str | None = None) -> str:
     """The store path: argument, then $PYCOR_STORE, then 'store =' in the config file."""
     return os.path.abspath(explicit or setting("store", STORE_ENV, DEFAULT_STORE))
-
-
-class Record:
-    """A plain value object (dataclasses would cost every hook 7 ms of imports)."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __init__(self, *args: object) -> None:
-        for slot, value in zip(self.__slots__, args, strict=True):
-            setattr(self, slot, value)
-
-    def to_json(self) -> dict:
-        return {slot: getattr(self, slot) for slot in self.__slots__}
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_json() == other.to_json()  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_json().items())})"
 
 
 class Version(Record):
@@ -155,13 +136,10 @@ def _try_flock(path: str) -> int | None:
 
 def _discard(path: str) -> None:
     """Remove a leftover tree: stop a builder container still running in it, detach its mounts, delete."""
-    if not os.path.lexists(path):
-        return
-    from .imports import discard_staging
-    from .versions import stop_builders
+    if os.path.lexists(path):
+        from .staging import discard
 
-    stop_builders(path)
-    discard_staging(path)
+        discard(path)
 
 
 def _listdir(path: str) -> list[str]:
@@ -171,42 +149,16 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def read_json(path: str, limit: int = 1 << 20) -> dict:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise PycorError(f"{path} is larger than {limit} bytes", "it was not written by pycor")
-    from .flatjson import load  # the json module only for what pycor did not write flat
-
-    try:
-        return load(data)
-    except ValueError:
-        raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor") from None
-
-
-def write_json(path: str, value: dict, mode: int = 0o644) -> None:
-    """Write atomically: a temporary file beside it, then rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        try:
-            from .flatjson import dumps
-
-            f.write(dumps(value))
-        except TypeError:  # nested: not on the start path
-            import json
-
-            json.dump(value, f, indent=1, sort_keys=True)
-            f.write("\n")
-    os.rename(tmp, path)
-
-
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = store_root(root)
 
     # -- paths ---------------------------------------------------------------
+    @property
+    def hook_arg(self) -> str | None:
+        """The store a container's hook lines name (--store), or None for the default store."""
+        return None if self.root == DEFAULT_STORE else self.root
+
     @property
     def bases_dir(self) -> str:
         return os.path.join(self.root, "bases")
@@ -220,9 +172,6 @@ class Store:
 
     def version_dir(self, name: str, version: str) -> str:
         return os.path.join(self.base_dir(name), "versions", check_version(version))
-
-    def layer_dir(self, name: str, version: str) -> str:
-        return os.path.join(self.version_dir(name, version), "rootfs")
 
     # -- locking -------------------------------------------------------------
     def lock(self, exclusive: bool = True) -> _Flock:
@@ -349,12 +298,9 @@ class Store:
                     problems.append(f"base {name}: current names version {current}, which is missing or damaged")
             except (OSError, PycorError) as e:
                 problems.append(f"base {name}: current: {e}")
-        top = os.path.realpath(self.root)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                point = line.split()[4].replace("\\040", " ")
-                if point.startswith(top + "/"):
-                    problems.append(f"mount left at {point}")
+        from .linux import mounts_under
+
+        problems += [f"mount left at {point}" for point in mounts_under(self.root) if point != os.path.realpath(self.root)]
         return problems
 
     def make_root(self) -> None:
@@ -391,8 +337,11 @@ class Store:
     def base(self, name: str) -> Base:
         self.require(name)
         meta = read_json(os.path.join(self.base_dir(name), "base.json"))
-        lxc = [line for line in meta.get("lxc", []) if isinstance(line, str)]
-        return Base(name, float(meta.get("created", 0)), lxc)
+        from .lxcconfig import base_lines
+
+        lxc = base_lines(meta.get("lxc") if isinstance(meta.get("lxc"), list) else [])[0]  # only what a base may carry
+        created = meta.get("created", 0)
+        return Base(name, float(created) if isinstance(created, (int, float)) and 0 <= created < 1e11 else 0.0, lxc)
 
     def current(self, name: str) -> str:
         self.require(name)
@@ -407,6 +356,22 @@ class Store:
         except FileNotFoundError:
             raise NotFound(f"base {name!r} has no version {version}", "'pycor base versions' lists them") from None
         return str(value) if value else None
+
+    def version_digest(self, name: str, version: str) -> str:
+        """The digest of a version, computed (with its parents') and recorded if it has none yet (see digest.py)."""
+        found = self.recorded_digest(name, version)
+        if found:
+            return found
+        from .digest import stamp
+
+        v = self.version(name, version)
+        parent = self.version_digest(name, v.parent) if v.parent else None
+        vdir = os.path.dirname(v.rootfs)
+        digest = stamp(vdir, parent, self.base(name).lxc if parent is None else [])
+        meta = read_json(os.path.join(vdir, "version.json"))
+        meta["digest"] = digest
+        write_json(os.path.join(vdir, "version.json"), meta)
+        return digest
 
     def version(self, name: str, version: str) -> Version:
         path = self.version_dir(name, version)
@@ -569,7 +534,7 @@ class Store:
         check_name(name, "base name")
         from .digest import stamp
 
-        digest = stamp(staging, None)  # the tree's identity, before it can be seen
+        digest = stamp(staging, None, lxc)  # the tree's identity, before it can be seen
         with self.lock():
             if self.exists(name):
                 raise PycorError(f"base {name!r} already exists", f"remove it first with 'pycor base rm {name}', or pick another name")
@@ -588,9 +553,7 @@ class Store:
                 faults.point("publish.base-assembled")
                 os.rename(tmp, self.base_dir(name))
             except BaseException:
-                from .fsutil import remove_tree
-
-                remove_tree(tmp)
+                _discard(tmp)
                 raise
         self.end_staging(staging)  # published: only its lock file is left
         return self.version(name, "1")
@@ -602,9 +565,9 @@ class Store:
         expected_current: refuse if 'current' moved meanwhile (another update
         published), rather than silently dropping that version's changes.
         """
-        from .digest import stamp, version_digest
+        from .digest import stamp
 
-        digest = stamp(staging, version_digest(self, name, parent) if parent else None)
+        digest = stamp(staging, self.version_digest(name, parent) if parent else None)
         with self.lock():
             self.require(name)
             if expected_current is not None and self.current(name) != expected_current:

@@ -24,10 +24,9 @@ import time
 from .driver import Driver
 from .errors import Conflict, PycorError
 from .layer import open_rootfs, read_meta, rootfs_dir
-from .names import check_name, check_version
-from .store import DEFAULT_STORE, Store
-
-LXC_CONFIG_DIR = "/usr/share/lxc/config"
+from .lxcconfig import quote, read_keys
+from .spec import idmap_lines, lxc_lines, mapped_root, spec
+from .store import Store
 
 
 # The template's options, one table for both parsers below: (flags, kind, help); kind is
@@ -104,102 +103,10 @@ def parse_args(argv: list[str]):  # type: ignore[no-untyped-def]
     return SimpleNamespace(**{flag[2:].replace("-", "_"): v for flag, v in values.items()})
 
 
-# What shlex.quote leaves as it is (its [^\w@%+=:,./-] test, ASCII): shlex loads re, 12 ms of a create.
-_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
-
-
-def quote(text: str) -> str:
-    """shlex.quote(text), loading shlex only for a text that needs quoting."""
-    if text and all(c in _SHELL_SAFE for c in text):
-        return text
-    import shlex
-
-    return shlex.quote(text)
-
-
-def hook_lines(hooks_dir: str, store: Store, privileged: bool = False) -> list[str]:
-    """The hook lines of a container config.
-
-    A privileged container needs no work in the host's namespaces that its
-    pre-mount hook (real root, before the rootfs is mounted) cannot do: it
-    gets pre-mount with --prepare, one Python process per start instead of
-    two. An unprivileged one needs pre-start, as host root, for its idmapped views.
-    """
-    extra = "" if store.root == DEFAULT_STORE else f" --store {quote(store.root)}"
-    hooks = ("pre-mount", "post-stop") if privileged else ("pre-start", "pre-mount", "post-stop")
-    # LXC runs hook lines through /bin/sh: quote what could hold spaces.
-    return [
-        f"lxc.hook.{hook} = {quote(os.path.join(hooks_dir, 'pycor-' + hook))}"
-        + (" --prepare" if privileged and hook == "pre-mount" else "") + extra
-        for hook in hooks
-    ]
-
-
-def read_config_keys(path: str) -> dict[str, list[str]]:
-    keys: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, sep, value = line.partition("=")
-            if sep and not key.strip().startswith("#"):
-                keys.setdefault(key.strip(), []).append(value.strip())
-    return keys
-
-
 def missing_links(keys: dict[str, list[str]]) -> list[str]:
     """Network links named in the config that do not exist on this host now."""
     links = [v for k, vs in keys.items() if k.startswith("lxc.net.") and k.endswith(".link") for v in vs]
     return [link for link in links if not os.path.exists(f"/sys/class/net/{link}")]
-
-
-def subordinate_range(path: str, user: str = "root") -> tuple[int, int]:
-    """The first subordinate id range of user in /etc/subuid or /etc/subgid, else 100000:65536."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                fields = line.strip().split(":")
-                if len(fields) == 3 and fields[0] == user and fields[1].isdigit() and fields[2].isdigit():
-                    return int(fields[1]), int(fields[2])
-    except FileNotFoundError:
-        pass
-    return 100000, 65536
-
-
-def idmap_lines(keys: dict[str, list[str]], unprivileged: bool) -> list[str]:
-    """lxc.idmap lines to add: none if LXC's default config already maps ids, or if privileged."""
-    if keys.get("lxc.idmap") or not unprivileged:
-        return []
-    uid, uids = subordinate_range("/etc/subuid")
-    gid, gids = subordinate_range("/etc/subgid")
-    return [f"lxc.idmap = u 0 {uid} {uids}", f"lxc.idmap = g 0 {gid} {gids}"]
-
-
-def mapped_root(keys: dict[str, list[str]], extra: list[str]) -> tuple[int, int]:
-    """Host uid and gid of container root under the config's idmap (0, 0 when privileged)."""
-    if not keys.get("lxc.idmap") and not extra:
-        return 0, 0
-    from .idmap import IdMap
-
-    text = "\n".join([f"lxc.idmap = {v}" for v in keys.get("lxc.idmap", [])] + extra)
-    idmap = IdMap.parse_lxc_config(text)
-    if idmap.is_empty:
-        return 0, 0
-    return idmap.check().root()
-
-
-def config_lines(name: str, rootfs: str, base_lxc: list[str], hooks_dir: str, store: Store,
-                 keys: dict[str, list[str]], idmap: list[str]) -> list[str]:
-    lines = ["", f"# pycor: this container runs on a shared base; its own changes live in {rootfs}/.pycor"]
-    if "lxc.rootfs.path" not in keys:
-        lines.append(f"lxc.rootfs.path = dir:{rootfs}")
-    for conf in ["common.conf"] + (["userns.conf"] if idmap or keys.get("lxc.idmap") else []):
-        path = os.path.join(LXC_CONFIG_DIR, conf)
-        if os.path.exists(path):
-            lines.append(f"lxc.include = {path}")
-    lines.extend(idmap)
-    lines.append(f"lxc.uts.name = {name}")
-    lines.extend(hook_lines(hooks_dir, store, privileged=not (idmap or keys.get("lxc.idmap"))))
-    lines.extend(base_lxc)
-    return lines
 
 
 # What lxc-create itself put in the container directory before it ran us.
@@ -285,47 +192,40 @@ def put_back(moves: list[tuple[str, str]]) -> str:
 
 def run(argv: list[str], hooks_dir: str) -> None:
     args = parse_args(argv)
-    name = check_name(args.name, "container name")
-    base = check_name(args.base, "base name")
-    pin = check_version(args.pin) if args.pin else None
-    if args.adopt and pin:
-        raise PycorError("--adopt keeps the layer's own pin: --pin does not go with it", "change the pin afterwards with 'pycor pin'")
+    want = spec(args.name, args.base, pin=args.pin, unprivileged=args.unprivileged, adopt=args.adopt,
+                size=args.size, volumes=args.volume, ephemeral=args.ephemeral)
     store = Store(args.store)
-    store.require(base)
-    if pin:
-        store.version(base, pin)
+    store.require(want.base)
+    if want.pin:
+        store.version(want.base, want.pin)
     rootfs = rootfs_dir(args.rootfs or os.path.join(args.path, "rootfs"))
     os.makedirs(rootfs, mode=0o755, exist_ok=True)
     config = os.path.join(args.path, "config")
-    keys = read_config_keys(config) if os.path.exists(config) else {}
+    keys = read_keys(config) if os.path.exists(config) else {}
     for link in missing_links(keys):
         print(
             f"lxc-pycor: warning: network link {link!r} from LXC's default config does not exist now; "
             "the container will not start until it does (start lxc-net, or create with lxc.net.0.type = empty)",
             file=sys.stderr,
         )
-    base_lxc = store.base(base).lxc
-    idmap = idmap_lines(keys, args.unprivileged)
+    base_lxc = store.base(want.base).lxc
+    idmap = idmap_lines(keys, want.unprivileged)
     uid, gid = mapped_root(keys, idmap)
     if args.mapped_uid is not None:  # lxc-create run by an unprivileged user
         uid, gid = args.mapped_uid, args.mapped_gid if args.mapped_gid is not None else args.mapped_uid
     lxcpath = os.path.dirname(os.path.abspath(args.path))
     driver = Driver(store)
-    if args.adopt:  # checked in full before anything is changed
-        driver.adopt_volume(name, rootfs, base, uid, gid, runtime="lxc", lxcpath=lxcpath)
+    if want.adopt:  # checked in full before anything is changed
+        driver.adopt_volume(want.name, rootfs, want.base, uid, gid, runtime="lxc", lxcpath=lxcpath)
     if uid:
         # Container root must reach its rootfs: LXC needs the same of the container directory.
         os.chown(args.path, uid, gid, follow_symlinks=False)
         os.chmod(args.path, 0o770)
-    if not args.adopt:
-        driver.create_volume(name, rootfs, base, pin, uid, gid, runtime="lxc", lxcpath=lxcpath)
-    hosting: list[str] = []
-    if args.volume or args.ephemeral or args.size:  # cli_hosting (quota, volumes) loads only then
-        from .cli_hosting import template_apply
-
-        hosting = template_apply(args, rootfs, uid, gid)
+    if not want.adopt:
+        driver.create_volume(want, rootfs, uid, gid, lxcpath=lxcpath)
+    lines = lxc_lines(want, rootfs, base_lxc, hooks_dir, store.hook_arg, keys, idmap)
     with open(config, "a", encoding="utf-8") as f:
-        f.write("\n".join(config_lines(name, rootfs, base_lxc, hooks_dir, store, keys, idmap) + hosting) + "\n")
+        f.write("\n".join(lines) + "\n")
 
 
 def report(e: BaseException) -> None:

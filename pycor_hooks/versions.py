@@ -11,6 +11,7 @@ Not a hot path: the CLI uses this, never a hook.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shlex
@@ -18,7 +19,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 from . import builder, faults, linux, overlay
@@ -26,11 +26,12 @@ from . import layer as layers
 from .errors import PycorError
 from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
-from .driver import Driver
-from .imports import Progress, copy_tree
-from .layer import LayerMeta
 from .overlay import merged_view
+from .proc import Progress
+from .staging import staging as _staging
+from .staging import stop_builders
 from .store import Store, Version
+from .tario import copy_tree
 
 OPAQUE = b"y"
 SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one layer at 32, 2.6x at 64
@@ -105,16 +106,6 @@ def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | 
 
 
 # -- update -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _staging(store: Store, label: str) -> Iterator[str]:
-    """A staging directory, removed on the way out unless it was published (renamed into the store)."""
-    path = store.new_staging(label)
-    try:
-        yield path
-    finally:
-        store.end_staging(path)  # stops a builder, unmounts anything left below it, removes it
 
 
 @contextlib.contextmanager
@@ -309,34 +300,6 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
 # -- garbage collection and reset ----------------------------------------------------------------
 
 
-def stop_builders(staging: str) -> None:
-    """Kill the builder containers of a staging directory (a killed 'base update' leaves its builder running).
-
-    Killing its init ends every process of the builder and with them the
-    overlay mounted in its mount namespace; its monitor then runs post-stop.
-    """
-    lxcpath = os.path.join(staging, "lxc")
-    if not os.path.isdir(lxcpath):
-        return
-    for name in os.listdir(lxcpath):
-        if not os.path.isfile(os.path.join(lxcpath, name, "config")):
-            continue
-        proc = subprocess.run(["lxc-info", "-n", name, "-P", lxcpath, "-p", "-H"], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        pid = proc.stdout.strip()
-        if not pid.isdigit():
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), 9)
-        for _ in range(200):  # an init killed with SIGKILL is gone in milliseconds
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.05)
-        # its post-stop may never run (its config goes with the staging): forget the start here
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(Driver().run_state_path(name, os.path.join(lxcpath, name, "rootfs")))
-
-
 class GcResult:
     """What gc removed; problems: what it could not do (a base skipped, a removal failed); warnings: what it noticed."""
 
@@ -376,11 +339,6 @@ def needed_versions(store: Store, base: str, wanted: set[str]) -> tuple[set[str]
             keep.add(current)
             current = parent
     return keep, problems, warnings
-
-
-def versions_in_use(store: Store, base: str, used: set[str]) -> set[str]:
-    """current, the versions containers use, and every version below them in their stacks."""
-    return needed_versions(store, base, used)[0]
 
 
 def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> GcResult:
@@ -433,6 +391,35 @@ RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset, e
 
 
 def reset(rootfs: str) -> None:
+    """Discard a stopped container's changes, also at its quota: see _reset, and _empty_layer when even
+    that hits the limit."""
+    try:
+        _reset(rootfs)
+    except OSError as e:
+        if e.errno not in (errno.EDQUOT, errno.ENOSPC):
+            raise
+        _empty_layer(rootfs)
+        _reset(rootfs)
+
+
+def _empty_layer(rootfs: str) -> None:
+    """At the limit even a reset's fresh directories fail (EDQUOT): remove the old upper's and work's contents
+    first (by fd, never following a symlink). A crash in between leaves some changes discarded, and running
+    reset again finishes."""
+    with layers.OpenLayer(rootfs) as lay:
+        for fd in (lay.upper_fd, lay.work_fd):
+            dfd = os.open(linux.fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in os.listdir(dfd):
+                    if stat.S_ISDIR(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(entry, dir_fd=dfd)
+                    else:
+                        os.unlink(entry, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+
+
+def _reset(rootfs: str) -> None:
     """Discard a stopped container's changes, without needing a byte of free space.
 
     upper and work are renamed aside (a start meanwhile fails rather than

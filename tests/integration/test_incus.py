@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 from helpers import PYCOR, layer_of, run, tree_checksum, view_mounts
 
-from pycor_hooks import hooks, lxd
+from pycor_hooks import daemon as lxd, hooks
 from pycor_hooks.errors import Conflict, NotFound
 
 # -- runtime recognition (pure) --------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 
 from helpers import PYCOR, run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The standard library modules a hook may load (besides the interpreter's own start-up and
 # underscore modules): no json, re, enum, collections, contextlib, typing, argparse, subprocess.
@@ -17,7 +17,7 @@ PINNED = {"abc", "builtins", "codecs", "ctypes", "ctypes._endian", "encodings", 
           "time", "types", "zipimport", "zlib"}
 PYCOR_MODULES = {"pycor_hooks", "pycor_hooks.driver", "pycor_hooks.errors", "pycor_hooks.faults", "pycor_hooks.flatjson",
                  "pycor_hooks.hooks", "pycor_hooks.layer", "pycor_hooks.linux", "pycor_hooks.locks", "pycor_hooks.names",
-                 "pycor_hooks.overlay", "pycor_hooks.store"}  # volumes.py: only for hosting features
+                 "pycor_hooks.overlay", "pycor_hooks.runstate", "pycor_hooks.store"}  # volumes.py: only for hosting features
 
 
 def modules_after(code: str) -> set[str]:
@@ -220,10 +220,10 @@ def test_the_cli_parses_as_with_every_command_built(capsys):
 def test_the_template_reads_lxc_creates_arguments_without_argparse_or_re():
     loaded = modules_after("from pycor_hooks import template; "
                            "template.parse_args(['--path', '/l/c', '--name', 'c', '--rootfs', '/l/c/rootfs', '-b', 'b', '--pin', '2'])")
-    assert loaded.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.cli_hosting", "pycor_hooks.idmap"}), loaded
+    assert loaded.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.quota", "pycor_hooks.volumes", "pycor_hooks.idmap"}), loaded
     assert {"pycor_hooks.template", "pycor_hooks.driver"} <= loaded
-    assert modules_after("from pycor_hooks import template; template.quote('/a/b-c_d.e:f')").isdisjoint({"shlex", "re"})
-    from pycor_hooks.template import quote
+    assert modules_after("from pycor_hooks import lxcconfig; lxcconfig.quote('/a/b-c_d.e:f')").isdisjoint({"shlex", "re"})
+    from pycor_hooks.lxcconfig import quote
     import shlex
 
     for text in ("/a/b", "", "a b", "it's", "/ä", "$x", "a\nb", "@%+=:,./-_"):
@@ -248,7 +248,7 @@ exec(compile({text!r}, {template!r}, "exec"))
                        env=env, check=True, capture_output=True)
         modules = set(loaded.read_text().split())
         assert "pycor_hooks.template" in modules and "pycor_hooks.driver" in modules
-        assert modules.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.cli_hosting", "pycor_hooks.idmap"}), modules
+        assert modules.isdisjoint({"argparse", "re", "shlex", "json", "pycor_hooks.quota", "pycor_hooks.volumes", "pycor_hooks.idmap"}), modules
     finally:
         subprocess.run(["lxc-destroy", "-P", lxcpath, "-n", name], capture_output=True)
 

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from helpers import PYCOR, host_overlays, layer_of, run, view_mounts, wait_for
 
-from pycor_hooks import cli, driver as driver_mod, locks
+from pycor_hooks import cli, driver as driver_mod, locks, runstate
 
 SUID_SOURCE = r"""
 #include <stdio.h>
@@ -255,7 +255,7 @@ def kill_and_destroy(c) -> None:  # type: ignore[no-untyped-def]
 
 
 def record_path(c) -> str:  # type: ignore[no-untyped-def]
-    return driver_mod.Driver().run_state_path(c.name, c.rootfs)
+    return runstate.record_path(c.name, c.rootfs)
 
 
 def test_record_of_a_killed_container_is_stale_reported_and_cleared(make_container, env, store, plain_base, busybox_base):
@@ -308,7 +308,7 @@ def test_views_of_a_killed_container_go_with_the_next_stop_even_a_privileged_one
 
 def test_record_of_an_lxd_instance_whose_monitor_was_killed_is_stale(launch, lxd_env):
     inst = launch()
-    path = driver_mod.Driver().run_state_path(f"{inst.project}_{inst.name}", inst.rootfs)
+    path = runstate.record_path(f"{inst.project}_{inst.name}", inst.rootfs)
     record = json.load(open(path))
     with open(f"/proc/{record['monitor']}/cmdline") as f:  # LXD's 'lxd forkstart', retitled by liblxc
         assert f.read().startswith("[lxc monitor]")
@@ -381,7 +381,7 @@ def test_a_second_rollout_of_one_base_refuses_while_the_first_runs(env, busybox_
 
 
 def test_an_old_record_of_a_container_that_no_longer_exists_is_stale(tmp_path):
-    from pycor_hooks.driver import RunState, is_live
+    from pycor_hooks.runstate import RunState, is_live
 
     gone = RunState("old", str(tmp_path / "gone" / "rootfs"), "b", "1", [], 0.0, None, [], 0, 0, None)
     assert not is_live(gone)  # pycor 0.1 wrote no monitor: its container's layer is what tells

@@ -20,19 +20,20 @@ from helpers import PYCOR, run, wait_for
 
 from pycor_hooks import quota, volumes
 from pycor_hooks.errors import PycorError
+from pycor_hooks.units import parse_size
 
 MiB = 1 << 20
 
 
 # -- pure ------------------------------------------------------------------------------
 def test_parse_size_reads_binary_and_decimal_units():
-    assert quota.parse_size("10GiB") == 10 << 30
-    assert quota.parse_size("512M") == 512 * MiB
-    assert quota.parse_size("1GB") == 10**9
-    assert quota.parse_size("4096") == 4096
+    assert parse_size("10GiB") == 10 << 30
+    assert parse_size("512M") == 512 * MiB
+    assert parse_size("1GB") == 10**9
+    assert parse_size("4096") == 4096
     for bad in ("", "ten", "-1G", "5 parsecs", "0"):
         with pytest.raises(PycorError):
-            quota.parse_size(bad)
+            parse_size(bad)
 
 
 @pytest.mark.parametrize("bad,word", [
@@ -52,24 +53,18 @@ def test_volume_paths_refuse_overlap_and_normalise():
 
 
 def test_volume_is_refused_for_lxd_with_what_applies():
-    import argparse
+    from pycor_hooks.spec import spec
 
-    from pycor_hooks.cli_hosting import create_args
-
-    args = argparse.Namespace(size=None, volume=["/srv"], ephemeral=False, runtime="lxd", dir=None)
     with pytest.raises(PycorError) as e:
-        create_args(args, "/nonexistent")
-    assert "custom volume" in e.value.message and "lxc config device add" in e.value.hint
+        spec("c", "b", runtime="lxd", volumes=["/srv"])
+    assert "custom volume" in e.value.message and "config device add" in str(e.value.hint)
 
 
 def test_adopt_refuses_hosting_options():
-    import argparse
+    from pycor_hooks.spec import spec
 
-    from pycor_hooks.cli_hosting import create_args
-
-    args = argparse.Namespace(size=None, volume=["/srv"], ephemeral=False, runtime="lxc", dir=None, adopt=True)
     with pytest.raises(PycorError, match="--adopt keeps the layer"):
-        create_args(args, "/nonexistent")
+        spec("c", "b", adopt=True, volumes=["/srv"])
 
 
 # -- fixtures ---------------------------------------------------------------------------

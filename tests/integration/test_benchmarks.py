@@ -9,7 +9,7 @@ import sys
 
 from helpers import host_overlays, view_mounts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def lxd_names(*args: str) -> list[str]:

@@ -13,18 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from pycor_hooks import imports
+from pycor_hooks import importing
+from pycor_hooks.debian import apt_mirror
 from pycor_hooks.errors import PycorError
-from pycor_hooks.imports import (
-    Progress,
-    apt_mirror,
-    detect_compression,
+from pycor_hooks.fsutil import resolve_inside
+from pycor_hooks.importing import (
     import_busybox,
     import_debootstrap,
     import_from_dir,
     import_from_tar,
     missing_rootfs_parts,
 )
+from pycor_hooks.proc import Progress
+from pycor_hooks.tario import detect_compression
 from pycor_hooks.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="imports keep owners and device nodes: run as root")
@@ -231,7 +232,7 @@ def test_import_from_tar_keeps_members_inside_the_layer(store: Store, tmp_path: 
 def test_import_busybox_makes_a_bootable_tree(store: Store) -> None:
     version = import_busybox(store, "bb", quiet())
     layer = Path(version.rootfs)
-    assert imports.is_static_elf(str(layer / "bin/busybox"))
+    assert importing.is_static_elf(str(layer / "bin/busybox"))
     assert os.readlink(layer / "sbin/init") == "/bin/busybox"
     assert os.readlink(layer / "bin/sh") == "/bin/busybox"
     inittab = (layer / "etc/inittab").read_text()
@@ -468,7 +469,7 @@ def test_import_debootstrap_minbase_bookworm(store: Store) -> None:
     layer = Path(version.rootfs)
     assert version.source == "debootstrap:bookworm/minbase"
     assert os.access(layer / "usr/bin/apt-get", os.X_OK)
-    init = imports.resolve_inside(str(layer), "sbin/init", follow_last=True)
+    init = resolve_inside(str(layer), "sbin/init", follow_last=True)
     assert os.path.isfile(init) and os.access(init, os.X_OK)
     assert store.base("bookworm").lxc == []
     assert (layer / "etc/hostname").read_text() == "localhost\n"

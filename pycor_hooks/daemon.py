@@ -1,4 +1,4 @@
-"""LXD and Incus, for the CLI: one REST client over their unix sockets, two dialects.
+"""LXD and Incus daemons: one REST client over their unix sockets, two dialects.
 
 pycor needs three things from either daemon: a profile `overlay` whose
 raw.lxc adds the pycor hooks to the daemon's own, a nearly empty image per
@@ -249,12 +249,56 @@ class Daemon:
         except NotFound:
             return None
 
-    def create(self, name: str, base: str, start: bool = False) -> None:
+    def create(self, name: str, base: str, start: bool = False, size: int | None = None, ephemeral: bool = False) -> None:
+        """An instance on the base's image with the overlay profile; size: its root disk's size (the daemon's own
+        quota), refused first where the pool cannot enforce one; ephemeral: the daemon's flag."""
+        root = self.root_device()
+        if size:
+            self.check_size(root)
         body = {"name": name, "type": "container", "profiles": ["default", PROFILE],
                 "source": {"type": "image", "alias": image_alias(base)}}
         self.request("POST", "/1.0/instances", body)
+        if size or ephemeral:
+            patch: dict[str, object] = {"ephemeral": ephemeral}
+            if size:
+                patch["devices"] = {"root": {**root, "size": str(size)}}
+            try:
+                self.request("PATCH", f"/1.0/instances/{name}", patch)
+            except PycorError:
+                self.delete(name)  # made by this call a moment ago: nothing half-made is left
+                raise
         if start:
             self.set_state(name, "start")
+
+    def root_device(self, name: str | None = None) -> dict:
+        """The root disk device an instance has (or, before it exists, the default profile's)."""
+        if name is None:
+            return dict(self.request("GET", "/1.0/profiles/default").get("devices", {}).get("root") or {})
+        return dict((self.instance(name) or {}).get("expanded_devices", {}).get("root") or {})
+
+    def check_size(self, root: dict) -> None:
+        """Refuse a size the pool cannot enforce: a dir pool limits only with project quotas."""
+        from .quota import backend
+
+        pool = root.get("pool")
+        if not pool:
+            raise PycorError(f"the {self.title} profile 'default' has no root disk device with a pool",
+                             f"add one: {self.dialect.cli} profile device add default root disk path=/ pool=POOL")
+        info = self.request("GET", f"/1.0/storage-pools/{pool}")
+        if info.get("driver") == "dir" and backend(str(info.get("config", {}).get("source", "/")))[0] != "project":
+            cli = self.dialect.cli
+            raise Unsupported(f"{self.title} pool {pool!r} is a dir pool without project quotas: {self.title} cannot "
+                              "enforce a size there",
+                              f"use a btrfs (or zfs, lvm) pool: '{cli} storage create POOL btrfs' and "
+                              f"'{cli} profile device set default root pool=POOL' (or '{cli} launch ... -s POOL -d root,size=...')")
+
+    def set_root_size(self, name: str, size: int | None) -> None:
+        """The instance's root disk size (None: no limit)."""
+        root = {k: v for k, v in self.root_device(name).items() if k != "size"}
+        if size:
+            self.check_size(root)
+            root["size"] = str(size)
+        self.request("PATCH", f"/1.0/instances/{name}", {"devices": {"root": root}})
 
     def set_state(self, name: str, action: str, force: bool = False, timeout: int = 30) -> None:
         self.request("PUT", f"/1.0/instances/{name}/state", {"action": action, "timeout": timeout, "force": force})

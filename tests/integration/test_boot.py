@@ -13,11 +13,11 @@ from typing import Callable, Iterator
 import pytest
 from helpers import PYCOR, run
 
-from pycor_hooks.imports import apt_mirror, wait_for_boot_script
+from pycor_hooks.debian import apt_mirror, wait_for_boot_script
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOOT_TIMEOUT = 180  # systemd's own job timeouts (wait-online: 120 s) end before it
 
 

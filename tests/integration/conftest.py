@@ -165,7 +165,7 @@ def bootable_base(installed: None, env: dict[str, str]) -> str:
 
 # -- LXD ---------------------------------------------------------------------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 DAEMON_DIRS = {"lxc": "/var/lib/lxd", "incus": "/var/lib/incus"}  # by CLI: lxc talks to LXD

@@ -91,10 +91,12 @@ def test_hook_runtime_of_a_raw_lxc_config_is_lxc_and_its_lxcpath():
 
 
 def test_template_hook_lines_quote_store_paths(tmp_path):
+    from pycor_hooks.lxcconfig import hook_lines
+
     default = Store("/var/lib/pycor")
-    assert template.hook_lines("/usr/share/lxc/hooks", default)[1] == "lxc.hook.pre-mount = /usr/share/lxc/hooks/pycor-pre-mount"
+    assert hook_lines("/usr/share/lxc/hooks", default.hook_arg)[1] == "lxc.hook.pre-mount = /usr/share/lxc/hooks/pycor-pre-mount"
     odd = Store(str(tmp_path / "my store"))
-    line = template.hook_lines("/h", odd)[0]
+    line = hook_lines("/h", odd.hook_arg)[0]
     assert line == f"lxc.hook.pre-start = /h/pycor-pre-start --store '{tmp_path}/my store'"
 
 
@@ -145,21 +147,6 @@ def test_publish_version_refuses_when_current_moved(tmp_path):
     with pytest.raises(PycorError, match="moved to version 2"):
         store.publish_version("b", staged(), "1", "update", 1, expected_current="1")
     assert store.current("b") == "2" and [v.version for v in store.versions("b")] == ["1", "2"]
-
-
-def test_records_round_trip_any_value_and_keep_list_order():
-    from pycor_hooks import records
-
-    fields = [("base", "debian12"), ("lower", "/a,b:c"), ("lower", "/odd\npath\\x"), ("pin", None), ("empty", "")]
-    parsed = records.parse(records.dump(fields))
-    assert parsed == {"base": ["debian12"], "lower": ["/a,b:c", "/odd\npath\\x"], "empty": [""]}
-    assert records.one(parsed, "pin") is None and records.one(parsed, "base") == "debian12"
-    import pytest
-
-    with pytest.raises(ValueError):
-        records.parse("no equals sign\n")
-    with pytest.raises(ValueError):
-        records.dump([("a=b", "x")])
 
 
 def test_doctor_names_the_inotify_limit_that_stops_many_booted_containers(tmp_path):

@@ -1,0 +1,105 @@
+"""pycor pin, unpin, diff, commit, reset: a container's changes and the version they run on."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import layer, locks
+from ..driver import Driver
+from ..errors import PycorError
+from ..names import check_name, check_version
+from ..units import human_size
+from ._common import add_format, add_images, add_lxcpath, emit, find_container, note_volumes, stopped
+
+
+def pin(args: argparse.Namespace, driver: Driver) -> None:
+    c = find_container(driver, args)
+    wanted = None if args.version is None else check_version(args.version)  # "" is a mistake, not "now"
+    # gc removes versions under the store's exclusive lock: checking the version and writing the
+    # pin under the shared one, gc either sees the pin or removed the version before the check
+    with locks.layer_lock(c.rootfs), driver.store.lock(exclusive=False):
+        meta = driver.volume_meta(c.rootfs)
+        if wanted is not None:
+            version = wanted
+            driver.store.version(meta.base, version)
+        else:  # where it runs now, else where it would start
+            version = driver.volume_version(meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
+        layer.write_meta(c.rootfs, meta.but(pin=version))
+    print(f"container {c.name} pinned to {meta.base} version {version}")
+
+
+def unpin(args: argparse.Namespace, driver: Driver) -> None:
+    c = find_container(driver, args)
+    with locks.layer_lock(c.rootfs):
+        meta = driver.volume_meta(c.rootfs)
+        layer.write_meta(c.rootfs, meta.but(pin=None))
+    print(f"container {c.name} follows {meta.base} (version {driver.store.current(meta.base)} at its next start)")
+
+
+def diff(args: argparse.Namespace, driver: Driver) -> None:
+    from ..diff import diff_layer
+    from ..idmap import IdMap
+
+    c = find_container(driver, args)
+    idmap = IdMap.parse_lxc_config(c.rt.idmap(c.name) or "")
+    # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
+    with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
+        version = driver.volume_version(lay.meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
+        with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
+            changes = diff_layer(lay.upper_fd, driver.store.lower_stack(lay.meta.base, version),
+                                 None if idmap.is_empty else idmap.check())
+    note_volumes(driver, c.rootfs, "diff")
+    if args.format == "json":
+        emit(args, [ch.to_json() for ch in changes], [])
+        return
+    marks = {"added": "A", "changed": "C", "deleted": "D", "replaced": "R"}
+    for ch in changes:
+        print(f"{marks[ch.kind]} {ch.path}{'/' if ch.type == 'dir' else ''}")
+
+
+def commit(args: argparse.Namespace, driver: Driver) -> None:
+    from ..versions import commit as commit_layer
+
+    if bool(args.as_base) == bool(args.to_base):
+        raise PycorError("say where to commit to: --as NEWBASE or --to BASE", "one of the two")
+    target = check_name(args.as_base or args.to_base, "base name")
+    c = find_container(driver, args)
+    idmap_text = c.rt.idmap(c.name)  # before the lock: LXD may wait on a start that waits on it
+    note_volumes(driver, c.rootfs, "commit")
+    with stopped(driver, c, "commit"):
+        v = commit_layer(driver.store, c.rootfs, idmap_text, args.as_base and target, args.to_base and target)
+    print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
+    if args.as_base:
+        add_images(driver, target)
+
+
+def reset(args: argparse.Namespace, driver: Driver) -> None:
+    from ..versions import reset as reset_layer
+
+    c = find_container(driver, args)
+    with stopped(driver, c, "reset"):
+        reset_layer(c.rootfs)
+    print(f"container {c.name}: changes discarded; it runs on its base as new")
+
+
+def arguments(command: str, p: argparse.ArgumentParser) -> None:
+    add_lxcpath(p)
+    if command == "pin":
+        p.add_argument("name")
+        p.add_argument("version", nargs="?", help="default: the version it runs on now")
+        p.set_defaults(func=pin)
+    elif command == "unpin":
+        p.add_argument("name")
+        p.set_defaults(func=unpin)
+    elif command == "diff":
+        add_format(p)
+        p.add_argument("name")
+        p.set_defaults(func=diff)
+    elif command == "commit":
+        p.add_argument("name")
+        p.add_argument("--as", dest="as_base", metavar="NEWBASE", help="as a new base")
+        p.add_argument("--to", dest="to_base", metavar="BASE", help="as a new version of an existing base")
+        p.set_defaults(func=commit)
+    elif command == "reset":
+        p.add_argument("name")
+        p.set_defaults(func=reset)
