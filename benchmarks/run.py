@@ -42,9 +42,9 @@ sys.path.insert(0, HERE)
 
 from systems import ALL, PYCOR, Context, System, make_project, sh  # noqa: E402
 
+from pycor_hooks.overlay import merged_view  # noqa: E402
 from pycor_hooks.proc import Progress  # noqa: E402
 from pycor_hooks.tario import copy_tree  # noqa: E402
-from pycor_hooks.overlay import merged_view  # noqa: E402
 
 READ_WORKLOAD = ("find /usr/bin /usr/lib /usr/sbin /bin /lib -xdev -type f -exec cat {} + > /dev/null 2>&1; "
                  "for b in sh ls cat find sort; do command -v $b >/dev/null && $b --help >/dev/null 2>&1; done; true")
@@ -215,7 +215,8 @@ def prepare(work: str, env: dict[str, str], project: str, base_source: str, big_
         log(f"building the base: debootstrap --variant=minbase {suite}")
         sh(PYCOR + ["base", "import", base, "--debootstrap", suite], env=env)
     # a large file in the base for the copy-up measurement: a second version, as an update makes it
-    sh(PYCOR + ["base", "update", base, "--", "/bin/sh", "-c", f"mkdir -p /var/lib && dd if=/dev/urandom of=/var/lib/bench-big bs=1M count={big_mb} 2>/dev/null"],
+    make_big = f"mkdir -p /var/lib && dd if=/dev/urandom of=/var/lib/bench-big bs=1M count={big_mb} 2>/dev/null"
+    sh(PYCOR + ["base", "update", base, "--", "/bin/sh", "-c", make_big],
        env=env)
     store = env["PYCOR_STORE"]
     from pycor_hooks.store import Store

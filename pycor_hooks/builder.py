@@ -26,10 +26,10 @@ import time
 from . import layer as layers
 from . import linux
 from .errors import InUse, NotFound, PycorError
+from .flatjson import read_json, write_json
 from .fsutil import same_content, walk
 from .layer import LayerMeta
 from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
-from .flatjson import read_json, write_json
 from .store import Store, hooks_dir
 
 BUILDER = "builder"

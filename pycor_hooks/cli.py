@@ -19,7 +19,7 @@ from .driver import Driver
 from .errors import PycorError
 from .store import Store
 
-_HELP = (["-h"], ["--help"], [])
+_HELP: tuple[list[str], ...] = (["-h"], ["--help"], [])
 
 
 def command_of(argv: list[str]) -> str | None:

@@ -28,6 +28,7 @@ import socket
 import tarfile
 import time
 import urllib.parse
+from typing import Any
 
 from .errors import Conflict, NotFound, PycorError, Unsupported
 from .layer import META, PYCOR_DIR, LayerMeta
@@ -117,7 +118,7 @@ class Daemon:
             return False
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None) -> dict:
+                headers: dict[str, str] | None = None) -> Any:
         conn = _UnixHTTPConnection(self.socket_path, self.timeout)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -241,7 +242,7 @@ class Daemon:
     # -- instances ----------------------------------------------------------------
     def instances(self) -> list[dict]:
         found = self.request("GET", "/1.0/instances?recursion=1")
-        return found if isinstance(found, list) else []  # type: ignore[unreachable]
+        return found if isinstance(found, list) else []
 
     def instance(self, name: str) -> dict | None:
         try:

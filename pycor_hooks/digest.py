@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import stat
-
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 

@@ -14,9 +14,9 @@ import subprocess
 import tempfile
 
 from . import overlay
+from .driver import Driver
 from .install import HOOKS
-from .store import hooks_dir
-from .store import Store
+from .store import Store, hooks_dir
 
 
 class Check:
@@ -108,7 +108,7 @@ def store_checks(store: Store, probe_dir: str) -> list[Check]:
             os.setxattr(probe, f"{ns}.pycor", b"1")
             checks.append(Check(f"{ns}.* xattrs on the store", True, "settable"))
         except OSError as e:
-            checks.append(Check(f"{ns}.* xattrs on the store", False, e.strerror, "mount the store's filesystem with xattr support"))
+            checks.append(Check(f"{ns}.* xattrs on the store", False, e.strerror or str(e), "mount the store's filesystem with xattr support"))
     checks.append(device_check(store.root))
     return checks
 
@@ -172,7 +172,7 @@ def hooks_check(where: str) -> Check:
                  "pycor install (from a Python every user can reach), or the Debian package")
 
 
-def stale_record_check(driver) -> Check:  # type: ignore[no-untyped-def]
+def stale_record_check(driver: Driver) -> Check:
     """Run records of containers that no longer run: they keep versions and idmapped views in use."""
     stale = driver.stale_states()
     detail = "none" if not stale else "; ".join(f"{s.name} ({s.rootfs}, base {s.base} version {s.version})" for s in stale)
@@ -202,7 +202,7 @@ def limits_check(proc_sys: str = "/proc/sys") -> Check:
                  f"{fix} (and the same in /etc/sysctl.d/, as scripts/sysctl-up.sh does)" if low else "", required=False)
 
 
-def run_checks(store: Store, driver=None, lxcpath: str | None = None) -> list[Check]:  # type: ignore[no-untyped-def]
+def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None = None) -> list[Check]:
     checks = [Check("kernel", True, platform.release(), required=False)]
     checks += capability_checks()
     store.make_root()

@@ -20,14 +20,16 @@ import time
 
 from . import faults, layer, linux, locks, overlay, runstate
 from .errors import Conflict, InUse, NotFound, PycorError
+from .flatjson import Record, read_json, write_json
 from .layer import LayerMeta
 from .runstate import RunState, is_live
-from .flatjson import Record, read_json, write_json
 from .store import Store, setting
 
 TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .idmap import IdMap
+    from .reconcile import Plan
     from .spec import ContainerSpec
 
 
@@ -41,7 +43,7 @@ class Registration(Record):
     lxcpath: str | None
 
 
-def parse_idmap(config_text: str | None):  # type: ignore[no-untyped-def]
+def parse_idmap(config_text: str | None) -> IdMap | None:
     """The idmap of a container config's text, or None for a privileged container (no lxc.idmap lines)."""
     if not config_text or ("lxc.idmap" not in config_text and "lxc.id_map" not in config_text):
         return None  # privileged: skip importing the idmap module
@@ -85,7 +87,7 @@ def layer_id(base: str, layer_path: str) -> str:
     return f"{base}.{os.path.basename(os.path.dirname(layer_path))}.{st.st_dev:x}.{st.st_ino:x}"
 
 
-def check_layer_owner(st: os.stat_result, idmap, name: str, rootfs: str) -> None:  # type: ignore[no-untyped-def]
+def check_layer_owner(st: os.stat_result, idmap: IdMap, name: str, rootfs: str) -> None:
     """upper and work must belong to container root, or the overlay mounted in its namespace cannot write."""
     root_uid, root_gid = idmap.root()
     if (st.st_uid, st.st_gid) != (root_uid, root_gid):
@@ -251,7 +253,7 @@ class Driver:
             state = self._prepare_start(lay, name, "lxc", lxcpath, None, runstate.hook_monitor(in_pre_mount=True))
             self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
 
-    def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap,  # type: ignore[no-untyped-def]
+    def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap: IdMap | None,
                        monitor: tuple[int, int]) -> RunState:
         rootfs = lay.rootfs
         layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
@@ -456,7 +458,7 @@ class Driver:
         remove_tree(doomed)
 
     # -- moving a layer's changes between versions (reconciliation) -------------------
-    def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False):  # type: ignore[no-untyped-def]
+    def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False) -> Plan | None:
         """Bring a layer's changes from the version they were made against to target.
 
         The caller holds the layer lock and the store's lock (the container is
@@ -499,7 +501,7 @@ class Driver:
             layer.write_meta(lay.rootfs, lay.meta)
 
     def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,
-                      locked: bool = False):  # type: ignore[no-untyped-def]
+                      locked: bool = False) -> tuple[str, Plan | None]:
         """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan).
 
         locked: the caller holds the layer lock (and checked the container is stopped under it).

@@ -27,17 +27,18 @@ import os
 import struct
 import subprocess
 import sys
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from . import digest as dg
 from . import faults
 from .errors import Conflict, Damaged, NotFound, PycorError
+from .flatjson import write_json
 from .fsutil import remove_tree
-from .units import human_size
 from .lxcconfig import base_lines
 from .names import check_name, check_version
-from .flatjson import write_json
 from .store import Store, Version
+from .units import human_size
 
 MAGIC = b"PYCOR-EXPORT 1\n"
 CHUNK = 1 << 20

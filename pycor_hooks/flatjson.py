@@ -57,7 +57,7 @@ def _string(text: str, i: int) -> tuple[str, int]:
             raise ValueError(f"bad escape at {k - start}")
 
 
-def _value(text: str, i: int, in_list: bool = False):  # type: ignore[no-untyped-def]
+def _value(text: str, i: int, in_list: bool = False) -> tuple[object, int]:
     c = text[i]
     if c == '"':
         return _string(text, i + 1)
@@ -65,7 +65,7 @@ def _value(text: str, i: int, in_list: bool = False):  # type: ignore[no-untyped
         if text.startswith(word, i):
             return value, i + len(word)
     if c == "[" and not in_list:
-        items = []
+        items: list[object] = []
         i = _skip(text, i + 1)
         if text[i] == "]":
             return items, i + 1
@@ -137,7 +137,7 @@ def load(data: bytes) -> dict:
         return value
 
 
-def _dump_value(value) -> str:  # type: ignore[no-untyped-def]
+def _dump_value(value: object) -> str:
     if value is None:
         return "null"
     if value is True:
@@ -174,7 +174,7 @@ class Record:
         return {slot: getattr(self, slot) for slot in self.__slots__}
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_json() == other.to_json()  # type: ignore[attr-defined]
+        return isinstance(other, Record) and type(other) is type(self) and self.to_json() == other.to_json()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_json().items())})"

@@ -22,9 +22,6 @@ import errno
 import fcntl
 import os
 import stat
-TYPE_CHECKING = False  # typing costs a start 2 ms, collections 1 ms; type checkers read this as True
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 from .errors import PycorError
 from .linux import (
@@ -52,12 +49,16 @@ from .linux import (
     unshare,
 )
 
+TYPE_CHECKING = False  # typing costs a start 2 ms, collections 1 ms; type checkers read this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # The builtin module's sha256 skips loading OpenSSL through hashlib (about 3 ms at every start).
 try:
-    from _sha256 import sha256 as _sha256  # Python <= 3.11 (3.12 renamed it _sha2)
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]  # Python <= 3.11; 3.12 renamed it _sha2
 except ImportError:  # pragma: no cover
     try:
-        from _sha2 import sha256 as _sha256
+        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]  # the name in Python >= 3.12
     except ImportError:
         from hashlib import sha256 as _sha256
 
@@ -82,7 +83,7 @@ def _parse_idmap_value(value: str) -> tuple[str, int, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
 
 
-class IdMapEntry(tuple):  # type: ignore[type-arg]
+class IdMapEntry(tuple[str, int, int, int]):
     """One lxc.idmap line: kind 'u' or 'g', the first id inside the container's
     user namespace, the host id it maps to, how many consecutive ids.
     (A plain tuple: dataclasses would cost every start 6 ms of imports, collections 1 ms.)"""

@@ -137,7 +137,10 @@ def read_hook(path: str) -> tuple[str, str | None]:
             import ast
 
             try:
-                folder = ast.literal_eval(ast.parse(line).body[0].value.args[1])  # type: ignore[attr-defined]
+                node = ast.parse(line).body[0]
+                if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
+                    raise ValueError(line)
+                folder = ast.literal_eval(node.value.args[1])
             except (SyntaxError, ValueError, AttributeError, IndexError):
                 raise PycorError(f"{path}: its sys.path line is not as pycor writes it", "pycor install") from None
     return python, folder

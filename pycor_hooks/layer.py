@@ -20,8 +20,12 @@ import stat
 
 from . import flatjson, linux
 from .errors import PycorError
-from .names import check_name, check_version
 from .flatjson import Record
+
+TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
+if TYPE_CHECKING:
+    from typing import Any
+from .names import check_name, check_version
 
 PYCOR_DIR = ".pycor"
 META = f"{PYCOR_DIR}/layer.json"
@@ -49,9 +53,9 @@ class LayerMeta(Record):
                  volumes: list[str] | None = None, ephemeral: bool = False, size: int | None = None) -> None:
         super().__init__(base, pin, based_on, digest, list(volumes or []), ephemeral, size)
 
-    def but(self, **changes: object) -> "LayerMeta":
+    def but(self, **changes: Any) -> LayerMeta:
         """A copy with some fields changed: every other field (volumes, ...) kept."""
-        return LayerMeta(**{**self.to_json(), **changes})  # type: ignore[arg-type]
+        return LayerMeta(**{**self.to_json(), **changes})
 
 
 def rootfs_dir(path: str) -> str:

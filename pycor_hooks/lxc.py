@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from . import locks
 from .errors import Conflict, NotFound, PycorError
+from .flatjson import Record
 from .layer import PYCOR_DIR, is_layer, rootfs_dir
 from .lxcconfig import check_value, line, read_keys
-from .flatjson import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

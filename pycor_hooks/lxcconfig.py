@@ -137,7 +137,7 @@ def split(text: str) -> tuple[str, str] | None:
 def base_line(text: str) -> str:
     """One config line a base carries, rewritten by line(); PycorError if its key is not in BASE_KEYS."""
     kv = split(check_value(text.strip(" \t"), "base LXC line"))
-    if kv is None or not kv[0] in BASE_KEYS or not BASE_KEYS[kv[0]](kv[1]):
+    if kv is None or kv[0] not in BASE_KEYS or not BASE_KEYS[kv[0]](kv[1]):
         raise PycorError(f"LXC line {text!r} is not one a base may carry",
                          f"a base may set only what acts inside its containers: {', '.join(sorted(BASE_KEYS))}")
     return line(*kv)

@@ -46,7 +46,8 @@ debconf templates.dat in 14 ms, /etc/passwd in 0.1 ms.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .errors import Damaged
 
@@ -187,7 +188,7 @@ class RecordConflict(NamedTuple):
 
 
 class MergeResult(NamedTuple):
-    data: Optional[bytes]  # None: the file should not exist
+    data: bytes | None  # None: the file should not exist
     conflicts: list[RecordConflict]
     merged: list[str]  # records the base's changes reached (taken, or merged field by field)
     same_as_base: bool
@@ -212,7 +213,7 @@ class _Format(NamedTuple):
     sep: bytes
     sorted: bool  # new records go in sort order (dpkg status, debconf), else after their neighbour
     # Merges one record both sides changed (ancestor, base, ours), or None when they truly clash.
-    fields: Optional[Callable[[bytes, bytes, bytes], Optional[bytes]]] = None
+    fields: Callable[[bytes, bytes, bytes], bytes | None] | None = None
 
 
 def _damaged(what: str, line: int, expected: str) -> Damaged:
@@ -238,7 +239,7 @@ def _unique(records: list[_Record], what: str) -> None:
         seen.add(r.key)
 
 
-def _keyed_lines(key_of: Callable[[bytes], Optional[bytes]], expected: str) -> Callable[[bytes, str], _File]:
+def _keyed_lines(key_of: Callable[[bytes], bytes | None], expected: str) -> Callable[[bytes, str], _File]:
     def parse(data: bytes, what: str) -> _File:
         lines, trailer = _split_lines(data)
         records = []
@@ -253,7 +254,7 @@ def _keyed_lines(key_of: Callable[[bytes], Optional[bytes]], expected: str) -> C
 
 
 def _colon(fields: int, name: str) -> Callable[[bytes, str], _File]:
-    def key_of(line: bytes) -> Optional[bytes]:
+    def key_of(line: bytes) -> bytes | None:
         parts = line.split(b":")
         return parts[0] if len(parts) == fields else None
     return _keyed_lines(key_of, f"a {name} entry ({fields} fields separated by ':')")
@@ -270,13 +271,13 @@ def _line_set(data: bytes, what: str) -> _File:
     return _File(records, trailer)
 
 
-def _statoverride_key(line: bytes) -> Optional[bytes]:
+def _statoverride_key(line: bytes) -> bytes | None:
     parts = line.split(b" ", 3)  # "user group mode path": the path may hold spaces
     return parts[3] if len(parts) == 4 and parts[3].startswith(b"/") else None
 
 
-def _after(sep: bytes) -> Callable[[bytes], Optional[bytes]]:
-    def key_of(line: bytes) -> Optional[bytes]:
+def _after(sep: bytes) -> Callable[[bytes], bytes | None]:
+    def key_of(line: bytes) -> bytes | None:
         head, found, path = line.partition(sep)
         return path if found and head and path.startswith(b"/") else None
     return key_of
@@ -375,7 +376,7 @@ def _dpkg_order(f: dict[bytes, bytes], native: bytes) -> _Order:
     return (f[b"package"], 0, b"") if native_or_all else (f[b"package"], 1, arch)
 
 
-def _pick(a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> tuple[bool, Optional[bytes]]:
+def _pick(a: bytes | None, b: bytes | None, o: bytes | None) -> tuple[bool, bytes | None]:
     """The three-way rule for one field: (True, whichever side changed it), (False, None) if both
     changed it differently."""
     if a == o or b == o:
@@ -393,11 +394,11 @@ def _members(a: bytes, b: bytes, o: bytes, sep: bytes = b",") -> bytes:
     return sep.join(kept + [m for m in items(o) if m not in am and m not in bl])
 
 
-def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes, bytes], Optional[bytes]]:
+def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes, bytes], bytes | None]:
     # An account both sides changed merges field by field: the base moves a system user's home,
     # the container sets its password; a group's member list merges as a set (the base adds
     # _chrony to a group, the container adds alice).
-    def merge_fields(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+    def merge_fields(a: bytes, b: bytes, o: bytes) -> bytes | None:
         out = []
         for i, (x, y, z) in enumerate(zip(a.split(b":"), b.split(b":"), o.split(b":"))):
             _, v = _pick(x, y, z)  # every field exists on each side: None is a clash
@@ -411,7 +412,7 @@ def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes,
     return merge_fields
 
 
-def _deb822_fields(text: bytes) -> Optional[dict[bytes, bytes]]:
+def _deb822_fields(text: bytes) -> dict[bytes, bytes] | None:
     """A paragraph's fields, name -> the field's lines (continuations included), in order."""
     fields: dict[bytes, bytes] = {}
     name = b""
@@ -426,12 +427,12 @@ def _deb822_fields(text: bytes) -> Optional[dict[bytes, bytes]]:
     return fields
 
 
-def _deb822_merge(set_fields: tuple[bytes, ...] = ()) -> Callable[[bytes, bytes, bytes], Optional[bytes]]:
+def _deb822_merge(set_fields: tuple[bytes, ...] = ()) -> Callable[[bytes, bytes, bytes], bytes | None]:
     # A paragraph both sides changed merges field by field: the base upgrades a package (Version,
     # Depends...) that the container put on hold (Status), the base adds an owner to a debconf
     # question the container answered (Value). `set_fields` hold comma-separated sets (debconf's
     # Owners, Flags). The base's field order; the container's new fields last.
-    def merge_paragraph(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+    def merge_paragraph(a: bytes, b: bytes, o: bytes) -> bytes | None:
         af, bf, of = _deb822_fields(a), _deb822_fields(b), _deb822_fields(o)
         if af is None or bf is None or of is None:
             return None
@@ -462,7 +463,7 @@ def _dpkg_state(paragraph: bytes) -> bytes:
     return b""
 
 
-def _package_merge(a: bytes, b: bytes, o: bytes) -> Optional[bytes]:
+def _package_merge(a: bytes, b: bytes, o: bytes) -> bytes | None:
     # Only while the package stays in the same state on both sides (installed, config-files...):
     # a package the container removed and the base upgraded is a conflict to see, not a record
     # to blend (the base's new files show up in the container, unowned by dpkg).
@@ -499,21 +500,21 @@ def _show(key: bytes) -> str:
     return f"{text} (#{int(n) + 1})" if n else text
 
 
-def _did(old: Optional[bytes], new: Optional[bytes]) -> str:
+def _did(old: bytes | None, new: bytes | None) -> str:
     return "added" if old is None else "removed" if new is None else "changed"
 
 
-def _fields_merged(fmt: _Format, a: Optional[bytes], b: Optional[bytes], o: Optional[bytes]) -> Optional[bytes]:
+def _fields_merged(fmt: _Format, a: bytes | None, b: bytes | None, o: bytes | None) -> bytes | None:
     if fmt.fields is None or a is None or b is None or o is None:
         return None
     return fmt.fields(a, b, o)
 
 
-def _parse(fmt: _Format, data: Optional[bytes], what: str) -> Optional[_File]:
+def _parse(fmt: _Format, data: bytes | None, what: str) -> _File | None:
     return None if data is None else fmt.parse(data, what)
 
 
-def merge3(kind: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Optional[bytes]) -> MergeResult:
+def merge3(kind: str, ancestor: bytes | None, base: bytes | None, ours: bytes | None) -> MergeResult:
     """Merge the container's copy of a database (`ours`) with the base's move from `ancestor` to `base`."""
     fmt = _FORMATS.get(kind)
     if fmt is None:
@@ -555,14 +556,14 @@ def merge3(kind: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Op
     order = _order(fmt, b, o, result, set(bmap) - set(amap))
     records = [result[k] for k in order]
     if not records and (ours is None or base is None):
-        data: Optional[bytes] = None
+        data: bytes | None = None
     else:
         trailer = next((f.trailer for f in (o, b, a) if f and f.records), fmt.sep)
         data = fmt.sep.join(r.data for r in records) + trailer if records else b""
     return MergeResult(data, conflicts, merged, data == base)
 
 
-def _order(fmt: _Format, b: Optional[_File], o: Optional[_File], result: dict[bytes, _Record],
+def _order(fmt: _Format, b: _File | None, o: _File | None, result: dict[bytes, _Record],
            base_added: set[bytes]) -> list[bytes]:
     """The base's order, with the container's own records put where the container had them."""
     skeleton = [r.key for r in b.records if r.key in result] if b else []
@@ -584,8 +585,8 @@ def _order(fmt: _Format, b: Optional[_File], o: Optional[_File], result: dict[by
         return out
     # After the record that preceded it in the container's file, past the base's own additions
     # that follow that record (so a re-merge finds every record where it left it).
-    after: dict[Optional[bytes], list[bytes]] = {}
-    anchor: Optional[bytes] = None
+    after: dict[bytes | None, list[bytes]] = {}
+    anchor: bytes | None = None
     for r in o.records if o else ():
         if r.key in placed:
             anchor = r.key
@@ -606,13 +607,13 @@ def _order(fmt: _Format, b: Optional[_File], o: Optional[_File], result: dict[by
 class Decision(NamedTuple):
     action: str  # "write" `data` into the container's layer | "drop" the container's copy (the
     #              base's shows through) | "keep" the container's copy (or its whiteout) as it is
-    data: Optional[bytes]
+    data: bytes | None
     conflicts: list[RecordConflict]  # records both sides changed (the container's kept)
     merged: list[str]  # records the base's changes reached
     file_conflict: str  # why the whole file is reported as a conflict, or ""
 
 
-def reconcile(path: str, ancestor: Optional[bytes], base: Optional[bytes], ours: Optional[bytes]) -> Decision:
+def reconcile(path: str, ancestor: bytes | None, base: bytes | None, ours: bytes | None) -> Decision:
     """What to do with a path both sides changed, given its three versions' bytes (None: absent).
 
     The one call a rebase needs per path: `classify` and `merge3` together, an unparseable
@@ -697,7 +698,7 @@ def _set_values(data: bytes, values: dict[str, int], separators: bytes, assign: 
     lines = data.splitlines(keepends=True)
     keys = [k.encode() for k in values]
 
-    def key_of(text: bytes) -> Optional[bytes]:
+    def key_of(text: bytes) -> bytes | None:
         for k in keys:
             if text.startswith(k) and len(text) > len(k) and text[len(k)] in separators:
                 return k

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO
+from typing import IO, Any
 
 from .units import human_size
 
@@ -98,14 +98,14 @@ class Progress:
 
 
 @contextlib.contextmanager
-def running(cmd: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+def running(cmd: Sequence[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
     """Start a helper in its own process group; on an early exit stop the whole group.
 
     Its own group means Ctrl-C reaches only us, and we stop the helper (and the
     children debootstrap or tar started) before the staging directory goes.
     """
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.Popen(list(cmd), start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.Popen(list(cmd), start_new_session=True, **kwargs)
     try:
         yield proc
     finally:

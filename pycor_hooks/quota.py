@@ -28,7 +28,6 @@ import zlib
 from . import layer, linux
 from .errors import PycorError, Unsupported
 
-
 # include/uapi/linux/fs.h: struct fsxattr (28 bytes) and its ioctls
 FS_IOC_FSGETXATTR = 0x801C581F
 FS_IOC_FSSETXATTR = 0x401C5820

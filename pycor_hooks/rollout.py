@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from . import locks
 from .driver import Driver
 from .errors import PycorError
 from .layer import LayerMeta
+from .runtime import Container
 from .store import Store
 
 WAIT_SECONDS = 60
@@ -34,7 +34,7 @@ class Outcome:
         return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
 
 
-def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no-untyped-def]
+def wait_on_version(driver: Driver, c: Container, version: str) -> bool:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         state = driver.run_state(c.lxc_name, c.rootfs)
@@ -44,7 +44,7 @@ def wait_on_version(driver: Driver, c, version: str) -> bool:  # type: ignore[no
     return False
 
 
-def followers(driver: Driver, base: str, containers: list) -> Iterator[tuple[Any, LayerMeta]]:  # type: ignore[type-arg]
+def followers(driver: Driver, base: str, containers: list[Container]) -> Iterator[tuple[Container, LayerMeta]]:
     """(container, its layer's metadata) for each container that follows base (on it, not pinned);
     a container whose layer cannot be read is skipped."""
     for c in containers:
@@ -63,15 +63,15 @@ def rollout_lock(store: Store, base: str) -> locks.Flock:
     return locks.Flock(path, wait=False, what=f"the rollout of base {base}")
 
 
-def rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
-            report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
+def rollout(driver: Driver, base: str, containers: list[Container], batch: int, check: str | None,
+            report: Callable[[str], None] = print) -> list[Outcome]:
     """containers: the running containers of every runtime (runtime.Container)."""
     with rollout_lock(driver.store, base):  # a second rollout fails at once: "the rollout of base B is busy"
         return _rollout(driver, base, containers, batch, check, report)
 
 
-def _rollout(driver: Driver, base: str, containers: list, batch: int, check: str | None,  # type: ignore[type-arg]
-             report=print) -> list[Outcome]:  # type: ignore[no-untyped-def]
+def _rollout(driver: Driver, base: str, containers: list[Container], batch: int, check: str | None,
+             report: Callable[[str], None] = print) -> list[Outcome]:
     driver.store.require(base)
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
@@ -83,7 +83,7 @@ def _rollout(driver: Driver, base: str, containers: list, batch: int, check: str
     outcomes = [Outcome(c.name, c.runtime, "current", v) for c, v in running if v == target]
     todo = [(c, v) for c, v in running if v != target]
 
-    def move(c, old: str) -> Outcome:  # type: ignore[no-untyped-def]
+    def move(c: Container, old: str) -> Outcome:
         try:
             c.rt.restart(c.name)
             if not wait_on_version(driver, c, target):

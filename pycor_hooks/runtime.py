@@ -25,6 +25,7 @@ from .names import check_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .daemon import Daemon
     from .spec import ContainerSpec
 
 WAIT_SECONDS = 60
@@ -197,7 +198,7 @@ class LxcRuntime(Runtime):
 class DaemonRuntime(Runtime):
     """LXD or Incus: one daemon, one project, through its REST API (exec through its own CLI)."""
 
-    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client: Daemon) -> None:
         self.client = client
         self.kind, self.title = client.kind, client.title
 
@@ -286,7 +287,7 @@ def daemon_runtime(kind: str) -> DaemonRuntime:
     return DaemonRuntime(client)
 
 
-def all_containers(driver, lxcpath: str, with_state: bool = True) -> list[Container]:  # type: ignore[no-untyped-def]
+def all_containers(driver: Driver, lxcpath: str, with_state: bool = True) -> list[Container]:
     """This store's pycor containers: LXC ones in lxcpath or registered in another, and those of every LXD and
     Incus daemon. Containers whose hooks name another store run on that store's bases: not listed."""
     found: dict[str, Container] = {}
@@ -305,7 +306,7 @@ def all_containers(driver, lxcpath: str, with_state: bool = True) -> list[Contai
     return sorted(mine, key=lambda c: (c.name, c.runtime))
 
 
-def find_container(driver, lxcpath: str, name: str) -> Container:  # type: ignore[no-untyped-def]
+def find_container(driver: Driver, lxcpath: str, name: str) -> Container:
     check_name(name, "container name")
     matches = [c for c in all_containers(driver, lxcpath) if c.name == name]
     if not matches:

@@ -18,8 +18,8 @@ import os
 
 from . import lxcconfig
 from .errors import PycorError
-from .names import check_name, check_version
 from .flatjson import Record
+from .names import check_name, check_version
 from .units import parse_size
 
 RUNTIMES = ("lxc", "lxd", "incus")

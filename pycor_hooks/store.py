@@ -207,7 +207,7 @@ class Store:
         return done
 
     def _recover_base(self, path: str) -> list[str]:
-        done = []
+        done: list[str] = []
         try:
             entries = os.listdir(path)
         except (NotADirectoryError, FileNotFoundError):
@@ -339,7 +339,8 @@ class Store:
         meta = read_json(os.path.join(self.base_dir(name), "base.json"))
         from .lxcconfig import base_lines
 
-        lxc = base_lines(meta.get("lxc") if isinstance(meta.get("lxc"), list) else [])[0]  # only what a base may carry
+        lines = meta.get("lxc")
+        lxc = base_lines(lines if isinstance(lines, list) else [])[0]  # only what a base may carry
         created = meta.get("created", 0)
         return Base(name, float(created) if isinstance(created, (int, float)) and 0 <= created < 1e11 else 0.0, lxc)
 

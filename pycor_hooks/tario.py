@@ -20,7 +20,6 @@ from .errors import PycorError
 from .fsutil import disk_usage
 from .proc import Progress, pump, running, tail
 
-
 # GNU tar options that carry everything a root filesystem needs. The posix
 # format is required for xattrs and ACLs; '*' includes security.* and trusted.*
 # (on extraction GNU tar otherwise restores only user.*).

@@ -264,8 +264,8 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
     """
     target = as_base or to_base
     assert target is not None
-    idmap = IdMap.parse_lxc_config(idmap_text or "")
-    idmap = None if idmap.is_empty else idmap.check()
+    parsed = IdMap.parse_lxc_config(idmap_text or "")
+    idmap = None if parsed.is_empty else parsed.check()
     with layers.OpenLayer(rootfs) as lay:
         meta = lay.meta
         store.require(meta.base)

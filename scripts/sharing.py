@@ -19,8 +19,8 @@ import sys
 import time
 import urllib.request
 
-from pycor_hooks.units import human_size
 from pycor_hooks.debian import wait_for_boot_script
+from pycor_hooks.units import human_size
 
 SETTLE_S = 3  # let the last units finish before reading memory
 

@@ -108,4 +108,4 @@ def published(driver: Driver, name: str, v: Version | None) -> None:
     if v is None:
         print(f"base {name}: nothing changed; current stays at version {driver.store.current(name)}")
     else:
-        print(f"base {name}: version {v.version} is current ({human_size(v.size)} of changes over version {v.parent})")  # type: ignore[attr-defined]
+        print(f"base {name}: version {v.version} is current ({human_size(v.size)} of changes over version {v.parent})")

@@ -37,7 +37,7 @@ def rollout_dry_run(args: argparse.Namespace, driver: Driver, base: str, contain
     from ..rollout import followers
 
     target = driver.store.current(base)
-    out = []
+    out: list[dict] = []
     for c, meta in followers(driver, base, containers):
         _, plan = driver.rebase_volume(c.rootfs, target, dry_run=True)
         out.append({"container": c.name, "state": c.state, "from": meta.based_on, "to": target,

@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
+
 from helpers import PYCOR, run
 
 TEST_ROOT = "/var/tmp/pycor-tests"
@@ -190,18 +191,12 @@ def daemon_project(cli: str, up_script: str) -> Iterator[str]:
         subprocess.run([cli, "project", "delete", project], capture_output=True)
 
 
-def delete_instances(cli: str, project: str, names: set[str] = set()) -> None:
+def delete_instances(cli: str, project: str, names: frozenset[str] = frozenset()) -> None:
     """Every instance of a test project (copies and renames a test made included), and the names given."""
     listing = subprocess.run([cli, "list", "--project", project, "-c", "n", "--format", "csv"],
                              capture_output=True, text=True).stdout.split()
     for name in set(names) | set(listing):
         subprocess.run([cli, "delete", "-f", name, "--project", project], capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def lxd_project(installed: None, env: dict[str, str]) -> Iterator[str]:
-    """A private LXD project (own profiles and images), so tests never touch the user's."""
-    yield from daemon_project("lxc", "lxd-up.sh")
 
 
 @contextlib.contextmanager

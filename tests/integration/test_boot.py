@@ -8,11 +8,11 @@ import os
 import subprocess
 import time
 import urllib.parse
-from typing import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from helpers import PYCOR, run
 
+from helpers import PYCOR, run
 from pycor_hooks.debian import apt_mirror, wait_for_boot_script
 
 pytestmark = pytest.mark.slow

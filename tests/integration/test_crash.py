@@ -14,8 +14,8 @@ import tempfile
 import uuid
 
 import pytest
-from helpers import PYCOR, run, wait_for
 
+from helpers import PYCOR, run, wait_for
 from pycor_hooks.store import Store
 
 

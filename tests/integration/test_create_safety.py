@@ -13,50 +13,15 @@ import os
 import shutil
 import subprocess
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from conftest import Container, destroy
-from helpers import PYCOR, run, tree_checksum, wait_for
 
+from helpers import PYCOR, run, tree_checksum, wait_for
 from pycor_hooks import locks
-from pycor_hooks import template as template_mod
 
 # -- pure logic ---------------------------------------------------------------------
-
-
-def test_fresh_container_directory_holds_no_data_to_keep(tmp_path):
-    path = tmp_path / "c1"
-    (path / "rootfs").mkdir(parents=True)
-    (path / "config").write_text("lxc.rootfs.path = dir:x\n")
-    (path / "partial").write_text("")
-    assert template_mod.data_to_keep(str(path), str(path / "rootfs")) == []
-
-
-def test_lost_layer_and_other_files_are_data_to_keep(tmp_path):
-    path = tmp_path / "c1"
-    (path / "rootfs" / ".pycor").mkdir(parents=True)
-    (path / "fstab").write_text("")
-    (path / "config").write_text("")
-    assert template_mod.data_to_keep(str(path), str(path / "rootfs")) == [str(path)]
-
-
-def test_non_empty_outside_rootfs_is_data_to_keep(tmp_path):
-    path, rootfs = tmp_path / "c1", tmp_path / "elsewhere"
-    (path / "rootfs").mkdir(parents=True)  # lxc-create makes it even with --dir
-    (path / "config").write_text("")
-    rootfs.mkdir()
-    assert template_mod.data_to_keep(str(path), str(rootfs)) == []
-    (rootfs / "f").write_text("x")
-    assert template_mod.data_to_keep(str(path), str(rootfs)) == [str(rootfs)]
-
-
-def test_kept_aside_name_is_a_hidden_sibling_never_reused(tmp_path):
-    first = template_mod.keep_aside(str(_mkdir(tmp_path / "a")))
-    second = template_mod.keep_aside(str(_mkdir(tmp_path / "a")))
-    assert os.path.dirname(first) == os.path.dirname(second) == str(tmp_path)
-    assert os.path.basename(first).startswith(".a.pycor-kept-") and first != second
-    assert not os.path.exists(tmp_path / "a")
 
 
 def _mkdir(path):  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from helpers import PYCOR, layer_of, run, tree_checksum
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from helpers import PYCOR, host_overlays, run, tree_checksum
 
 BAD_NAMES = ["..", "a/b", "a,b", "a:b", "", "x" * 65, "-lead", "sp ace"]

@@ -10,9 +10,8 @@ import subprocess
 import uuid
 
 import pytest
-from helpers import PYCOR, run
 
-from pycor_hooks.store import Store
+from helpers import PYCOR, run
 
 
 def pycor(env, *args, check=True):
@@ -117,19 +116,6 @@ def test_held_version_is_kept_and_listed_until_unheld(base, env, lxcpath):
     assert proc.returncode == 1 and "is not held" in proc.stderr
 
 
-def test_layers_of_lxd_and_incus_instances_and_snapshots_are_found_in_their_pool_folders(tmp_path):
-    from pycor_hooks.layers_seen import daemon_layers, layer_versions
-    from pycor_hooks.layer import LayerMeta
-
-    pools = tmp_path / "lxd" / "storage-pools"
-    wanted = [pools / "default/containers/web/rootfs", pools / "fast/containers/p_db/rootfs",
-              pools / "default/containers-snapshots/web/snap0/rootfs"]
-    for path in wanted + [pools / "default/images/abc/rootfs", pools / "default/custom/vol"]:
-        path.mkdir(parents=True)
-    assert sorted(daemon_layers([str(tmp_path / "lxd"), str(tmp_path / "incus")])) == sorted(map(str, wanted))
-    assert layer_versions(LayerMeta("b", "3")) == {"3"} and layer_versions(LayerMeta("b", None)) == set()
-
-
 # -- damage ---------------------------------------------------------------------------------
 
 
@@ -169,35 +155,6 @@ def test_gc_reports_a_damaged_base_and_collects_the_others(env, store, installed
 
 
 # -- recovery of leftovers ------------------------------------------------------------------------
-
-
-def test_taking_the_store_lock_clears_leftovers_but_never_a_live_commands_staging(tmp_path):
-    from pycor_hooks import store as store_mod
-
-    store = Store(str(tmp_path / "store"))
-    first = store.new_staging("one")
-    os.makedirs(os.path.join(first, "rootfs", "etc"))
-    store.publish_base("b", first, "test", 1, [])
-    store.end_staging(first)  # published: only its lock file was left to go
-    live = store.new_staging("live")  # this process holds its flock, as a running command does
-    dead = store.new_staging("dead")
-    os.close(store_mod._staging_locks.pop(dead))  # as if its owner was killed
-    bdir = os.path.join(store.bases_dir, "b")
-    leftovers = [os.path.join(store.bases_dir, ".x.new123"), os.path.join(store.bases_dir, ".x.rm999999999"),
-                 os.path.join(bdir, "versions", ".3.rm"), os.path.join(bdir, "versions", ".4.rm999999999")]
-    for path in leftovers:
-        os.makedirs(os.path.join(path, "etc"))
-    os.symlink("versions/1", os.path.join(bdir, "current.new77"))
-    running_removal = os.path.join(store.bases_dir, f".y.rm{os.getpid()}")  # being removed by a live command
-    os.makedirs(running_removal)
-    assert len(store.leftovers()) == 10
-    with store.lock():
-        pass
-    assert os.path.isdir(live) and os.path.isdir(running_removal)
-    assert sorted(store.leftovers()) == sorted([live, live + ".lock", running_removal])
-    store.end_staging(live)
-    os.rmdir(running_removal)
-    assert store.check() == []
 
 
 def fill(path: str) -> None:

@@ -11,9 +11,9 @@ import subprocess
 import uuid
 
 import pytest
-from helpers import PYCOR, host_overlays, layer_of, run, view_mounts, wait_for
 
-from pycor_hooks import cli, driver as driver_mod, locks, runstate
+from helpers import PYCOR, host_overlays, layer_of, run, view_mounts, wait_for
+from pycor_hooks import cli, locks, runstate
 
 SUID_SOURCE = r"""
 #include <stdio.h>
@@ -378,17 +378,6 @@ def test_a_second_rollout_of_one_base_refuses_while_the_first_runs(env, busybox_
         proc = pycor(env, "rollout", busybox_base, check=False)
     assert proc.returncode == 1 and f"rollout of base {busybox_base}" in proc.stderr, proc.stderr
     pycor(env, "rollout", busybox_base)  # and runs once the first is done
-
-
-def test_an_old_record_of_a_container_that_no_longer_exists_is_stale(tmp_path):
-    from pycor_hooks.runstate import RunState, is_live
-
-    gone = RunState("old", str(tmp_path / "gone" / "rootfs"), "b", "1", [], 0.0, None, [], 0, 0, None)
-    assert not is_live(gone)  # pycor 0.1 wrote no monitor: its container's layer is what tells
-    here = tmp_path / "here" / "rootfs"
-    (here / ".pycor").mkdir(parents=True)
-    (here / ".pycor" / "layer.json").write_text('{"base": "b"}')
-    assert is_live(RunState("old", str(here), "b", "1", [], 0.0, None, [], 0, 0, None))
 
 
 def test_a_container_leaves_no_lock_file_behind(make_container, busybox_base, lxcpath):

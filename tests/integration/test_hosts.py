@@ -11,12 +11,13 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
-from helpers import PYCOR, layer_of, run, view_suffix
 from second_lxd import LxdCluster, SecondLxd, mounts_under
+
+from helpers import PYCOR, layer_of, run, view_suffix
 
 
 def version_json(store: str, base: str, version: str = "1") -> dict:
@@ -78,42 +79,6 @@ def export_to(env: dict[str, str], store: str, path: str, *args: str) -> None:
 
 
 # -- pure logic ------------------------------------------------------------------------------
-
-
-def test_first_difference_names_the_path_and_what_differs():
-    from pycor_hooks.digest import first_difference
-
-    old = b"/ d 755 0:0\n/etc/a f 644 0:0 3:aaa\n/etc/b l 777 0:0 ->x\n"
-    assert first_difference(old, old) is None
-    assert first_difference(old, old.replace(b"3:aaa", b"3:bbb")) == "/etc/a: content differs (recorded 3:aaa, now 3:bbb)"
-    assert first_difference(old, old.replace(b"644 0:0 3", b"600 0:0 3")).startswith("/etc/a: mode differs")
-    assert first_difference(old, old + b"/etc/c p 644 0:0\n") == "/etc/c: not in the recorded manifest (added)"
-    assert first_difference(old, old.replace(b"/etc/b l 777 0:0 ->x\n", b"")).startswith("/etc/b: in the recorded")
-
-
-def test_layer_metadata_keeps_a_digest_and_refuses_one_that_is_not_sha256():
-    from pycor_hooks.errors import PycorError
-    from pycor_hooks.layer import LayerMeta, parse_meta
-
-    d = "ab" * 32
-    assert parse_meta(json.dumps({"base": "b", "pin": None, "based_on": "2", "digest": d}).encode(), "x") == LayerMeta("b", None, "2", d)
-    assert parse_meta(b'{"base": "b"}', "x").digest is None
-    with pytest.raises(PycorError):
-        parse_meta(json.dumps({"base": "b", "based_on": "2", "digest": "../etc"}).encode(), "x")
-
-
-def test_export_reader_refuses_a_stream_that_is_not_an_export_or_is_cut():
-    import io
-
-    from pycor_hooks.errors import Damaged
-    from pycor_hooks.export import MAGIC, _Reader, read_header
-
-    with pytest.raises(Damaged, match="not a pycor export"):
-        read_header(_Reader(io.BytesIO(b"GARBAGE-AT-THE-START\n")))
-    with pytest.raises(Damaged, match="ends early"):
-        read_header(_Reader(io.BytesIO(MAGIC + b"H\x00\x00")))
-    with pytest.raises(Damaged, match="frame"):
-        read_header(_Reader(io.BytesIO(MAGIC + b"Q" + bytes(8))))
 
 
 # -- digests, export and import (stores only) --------------------------------------------------

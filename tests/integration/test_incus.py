@@ -7,20 +7,17 @@ import json
 import os
 import socketserver
 import subprocess
-import tarfile
 import tempfile
 import threading
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
-from typing import Iterator
 
 import pytest
-from helpers import PYCOR, layer_of, run, tree_checksum, view_mounts
 
-from pycor_hooks import daemon as lxd, hooks
-from pycor_hooks.errors import Conflict, NotFound
+from helpers import PYCOR, run
 
 # -- runtime recognition (pure) --------------------------------------------------------
 
@@ -40,49 +37,6 @@ def write_conf(folder: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
-
-
-@pytest.mark.parametrize("exe,daemon_dir,project,kind", [
-    ("/usr/bin/lxd", "/var/lib/lxd", "default", "lxd"),  # Debian package
-    ("/snap/lxd/29351/bin/lxd", "/var/snap/lxd/common/lxd", "default", "lxd"),  # the snap
-    ("/usr/bin/lxd", "/tmp/lxd-test-dir", "web", "lxd"),  # any LXD_DIR, a named project
-    ("/usr/libexec/incus/incusd", "/var/lib/incus", "default", "incus"),
-    ("/usr/libexec/incus/incusd", "/srv/incus two", "tenant-a", "incus"),  # any INCUS_DIR, even with a space
-])
-def test_hooks_recognise_the_daemon_dir_project_and_instance_from_its_callhook_lines(exe, daemon_dir, project, kind):
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = write_conf(os.path.join(tmp, "web1"), LXD_CONF.format(log="x", dir=daemon_dir, project=project, name="web1", exe=exe))
-        assert hooks.runtime_info(conf) == (kind, daemon_dir, project, "web1")
-        assert hooks.runtime_info(conf)[:2] == (kind, daemon_dir)
-
-
-def test_the_start_hook_alone_is_enough_and_a_raw_lxc_config_is_lxc():
-    with tempfile.TemporaryDirectory() as tmp:
-        text = 'lxc.hook.pre-start = /proc/self/exe callhook /var/lib/incus "default" "c1" start\n'
-        conf = write_conf(os.path.join(tmp, "c1"), text)
-        # /proc/self/exe is this python: the daemon dir names the kind
-        assert hooks.runtime_info(conf) == ("incus", "/var/lib/incus", "default", "c1")
-        lxc_conf = os.path.join(tmp, "lxcpath", "c2", "config")
-        os.makedirs(os.path.dirname(lxc_conf))
-        with open(lxc_conf, "w") as f:
-            f.write("lxc.rootfs.path = dir:/x\nlxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n")
-        assert hooks.runtime_info(lxc_conf)[:2] == ("lxc", os.path.join(tmp, "lxcpath"))
-        assert hooks.runtime_info(None)[:2] == ("lxc", None)
-        assert hooks.daemon_log(lxc_conf) is None
-
-
-def test_hook_failures_go_to_the_right_lxc_log_of_each_daemon():
-    with tempfile.TemporaryDirectory() as tmp:
-        lxd_conf = write_conf(os.path.join(tmp, "lxd", "logs", "p_c1"), LXD_CONF.format(
-            log="", dir=os.path.join(tmp, "lxd"), project="p", name="c1", exe="/usr/bin/lxd"))
-        assert hooks.daemon_log(lxd_conf) == os.path.join(tmp, "lxd", "logs", "p_c1", "lxc.log")
-        # Incus: lxc.conf under the run dir, the log under logs/ (or /var/log/incus for the default dir)
-        incus_conf = write_conf(os.path.join(tmp, "incus", "run", "p_c1"), LXD_CONF.format(
-            log="", dir=os.path.join(tmp, "incus"), project="p", name="c1", exe="/usr/libexec/incus/incusd"))
-        assert hooks.daemon_log(incus_conf) == os.path.join(tmp, "incus", "logs", "p_c1", "lxc.log")
-        default_conf = write_conf(os.path.join(tmp, "run-incus", "c1"), LXD_CONF.format(
-            log="", dir="/var/lib/incus", project="default", name="c1", exe="/usr/libexec/incus/incusd"))
-        assert hooks.daemon_log(default_conf) == "/var/log/incus/c1/lxc.log"
 
 
 # -- the one client, two dialects, against a fake socket (pure) ---------------------------
@@ -136,66 +90,6 @@ def fake_daemon(routes: dict) -> Iterator[tuple[str, FakeDaemon]]:
         finally:
             server.shutdown()
             server.server_close()
-
-
-@pytest.mark.parametrize("dialect,header", [(lxd.LXD, "X-LXD-properties"), (lxd.INCUS, "X-Incus-properties")])
-def test_client_finds_the_daemon_by_its_dir_and_speaks_its_dialect(dialect, header, monkeypatch):
-    routes = {
-        ("GET", "/1.0"): (200, {"api_version": "1.0"}),
-        ("POST", "/1.0/images"): (200, {"metadata": {"fingerprint": "f1"}}),
-        ("POST", "/1.0/images/aliases"): (200, {}),
-    }
-    with fake_daemon(routes) as (daemon_dir, server):
-        monkeypatch.setenv(dialect.dir_env, daemon_dir)
-        monkeypatch.setenv(dialect.project_env, "tenant")
-        client = lxd.daemon(dialect.kind)
-        assert client is not None and client.socket_path == os.path.join(daemon_dir, "unix.socket")
-        assert client.kind == dialect.kind and client.project == "tenant"
-        assert client.ensure_image("deb", "/srv/store") == "added"
-        upload = next(s for s in server.seen if s[0] == "POST" and s[1].startswith("/1.0/images?"))
-        assert "project=tenant" in upload[1]
-        assert urllib.parse.parse_qs(upload[2][header]) == {"pycor.base": ["deb"], "pycor.store": ["/srv/store"]}
-        other = "X-Incus-properties" if header == "X-LXD-properties" else "X-LXD-properties"
-        assert other not in upload[2]
-        with tarfile.open(fileobj=__import__("io").BytesIO(upload[3])) as tar:
-            meta = tar.extractfile("metadata.yaml").read().decode()  # type: ignore[union-attr]
-        assert 'pycor.store: "/srv/store"' in meta
-        alias = json.loads(next(s for s in server.seen if s[1].startswith("/1.0/images/aliases?"))[3])
-        assert alias == {"name": "pycor/deb", "target": "f1", "description": "pycor base deb"}
-        assert client.instance_rootfs({"name": "c1", "project": "tenant", "expanded_devices": {"root": {"pool": "p"}}}) == \
-            os.path.join(daemon_dir, "storage-pools", "p", "containers", "tenant_c1", "rootfs")
-
-
-def test_not_found_is_a_type_and_another_stores_image_and_profile_are_left_alone():
-    image = {"fingerprint": "f9", "properties": {"pycor.base": "deb", "pycor.store": "/srv/a"}}
-    profile = {"name": "overlay", "config": {"raw.lxc": "lxc.hook.pre-start = /h/pycor-pre-start --store /srv/a"}}
-    routes = {
-        ("GET", "/1.0"): (200, {}),
-        ("GET", "/1.0/images/aliases/pycor%2Fdeb"): (200, {"target": "f9"}),
-        ("GET", "/1.0/images/f9"): (200, image),
-        ("GET", "/1.0/profiles/overlay"): (200, profile),
-    }
-    with fake_daemon(routes) as (daemon_dir, server):
-        client = lxd.Daemon(lxd.INCUS, daemon_dir)
-        assert client.instance("nope") is None
-        with pytest.raises(NotFound):
-            client.request("GET", "/1.0/instances/nope")
-        assert client.image("other") is None
-        assert client.ensure_image("deb", "/srv/b") == "other"
-        assert client.remove_image("deb", "/srv/b") is False
-        assert not client.is_set_up_for("/srv/b") and client.is_set_up_for("/srv/a")  # older profiles: the hooks' --store
-        with pytest.raises(Conflict) as e:
-            client.ensure_profile("lxc.hook.pre-start = /h/pycor-pre-start --store /srv/b", "/srv/b")
-        assert "belongs to pycor store /srv/a" in str(e.value) and "PYCOR_INCUS_PROJECT" in str(e.value)
-        assert [s[0] for s in server.seen if s[0] != "GET"] == []  # nothing written
-        assert lxd.image_store({"properties": {}}) == "/var/lib/pycor"
-
-
-def test_a_daemon_that_does_not_run_is_not_listed(monkeypatch):
-    with tempfile.TemporaryDirectory() as tmp:
-        monkeypatch.setenv("INCUS_DIR", tmp)
-        assert lxd.Daemon(lxd.INCUS).available() is False
-        assert all(d.dir != tmp for d in lxd.daemons(("incus",)))
 
 
 # -- a real Incus daemon -------------------------------------------------------------------
@@ -304,35 +198,6 @@ def launched_once(c, base: str):  # type: ignore[no-untyped-def]
         yield c
     finally:
         subprocess.run(["incus", "delete", "-f", c.name, "--project", c.project], capture_output=True)
-
-
-def test_an_idmapped_rootfs_is_refused_with_the_fix_in_the_daemons_log(monkeypatch, capsys):
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon_dir = os.path.join(tmp, "incus")
-        conf = write_conf(os.path.join(daemon_dir, "run", "p_c1"), LXD_CONF.format(
-            log="", dir=daemon_dir, project="p", name="c1", exe="/usr/libexec/incus/incusd")
-            + "lxc.rootfs.options = idmap=container\n")
-        log = os.path.join(daemon_dir, "logs", "p_c1", "lxc.log")
-        os.makedirs(os.path.dirname(log))
-        open(log, "w").close()
-        rootfs = os.path.join(daemon_dir, "rootfs")
-        os.makedirs(rootfs)
-        monkeypatch.setenv("LXC_NAME", "p_c1")
-        monkeypatch.setenv("LXC_ROOTFS_PATH", rootfs)
-        monkeypatch.setenv("LXC_CONFIG_FILE", conf)
-        monkeypatch.setenv("LXC_HOOK_TYPE", "pre-start")
-        assert hooks.main("pre-start", ["--store", os.path.join(tmp, "store")]) == 1
-        assert "INCUS_IDMAPPED_MOUNTS_DISABLE=1" in capsys.readouterr().err
-        text = open(log).read()
-        assert "pycor-pre-start: container p_c1: incus mounts this container's rootfs idmapped" in text
-        assert os.listdir(rootfs) == []  # nothing made
-
-
-def test_the_store_a_container_runs_on_is_read_from_its_hook_lines():
-    assert lxd.hooks_store("lxc.hook.pre-start = /h/pycor-pre-start --store /srv/s\nlxc.hook.post-stop = /x --store /no\n") == "/srv/s"
-    assert lxd.hooks_store("lxc.hook.pre-start = '/h dir/pycor-pre-start' --store '/srv/a b'") == "/srv/a b"
-    assert lxd.hooks_store("lxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n") == "/var/lib/pycor"
-    assert lxd.hooks_store("") == "/var/lib/pycor"
 
 
 def test_rollout_and_gc_see_incus_containers_as_lxd_ones(incus_env, incus_project):

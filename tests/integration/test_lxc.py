@@ -7,6 +7,7 @@ import os
 import stat
 
 import pytest
+
 from helpers import PYCOR, host_overlays, layer_of, run, tree_checksum, tree_paths
 
 

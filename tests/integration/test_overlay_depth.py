@@ -14,11 +14,10 @@ import subprocess
 import uuid
 
 import pytest
-from helpers import PYCOR, run
 from test_versions import container_view
 
+from helpers import PYCOR, run
 from pycor_hooks import linux, overlay
-from pycor_hooks.errors import Unsupported
 from pycor_hooks.store import Store
 
 DEPTH = 400
@@ -142,21 +141,6 @@ def test_commit_of_a_container_on_400_layers_reproduces_its_view(app_base, make_
 
 
 # -- pure: no mount, no container -------------------------------------------------------
-
-
-def test_option_string_fallback_refuses_more_than_a_page_clearly():
-    fds = list(range(100, 100 + DEPTH))  # never opened: the check comes before any syscall
-    with pytest.raises(Unsupported) as e:
-        overlay.legacy_options(fds)
-    assert f"{DEPTH} lower layers" in e.value.message and "mount(2) takes at most" in e.value.message
-    assert "squash" in (e.value.hint or "") and "6.8" in (e.value.hint or "")
-    assert overlay.legacy_options([3, 4]) == "lowerdir=/proc/self/fd/3:/proc/self/fd/4"
-
-
-def test_more_lower_layers_than_overlayfs_takes_is_refused_clearly():
-    with pytest.raises(Unsupported) as e:
-        overlay.mount_overlay(list(range(100, 100 + overlay.OVL_MAX_STACK + 1)), read_only=True)
-    assert "501 lower layers" in e.value.message and "squash" in (e.value.hint or "")
 
 
 def test_legacy_fallback_mounts_attached_and_detached(tmp_path, monkeypatch):

@@ -17,10 +17,11 @@ import shutil
 import subprocess
 import sys
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from conftest import REPO, TEST_ROOT, destroy, private_lxd_project
+
 from helpers import PYCOR, run, tree_checksum
 
 HOOKS = ("pycor-pre-start", "pycor-pre-mount", "pycor-post-stop")

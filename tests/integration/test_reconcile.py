@@ -7,6 +7,7 @@ import os
 import uuid
 
 import pytest
+
 from helpers import PYCOR, layer_of, run
 
 pytestmark = pytest.mark.slow

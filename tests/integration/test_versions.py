@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+
 from helpers import PYCOR, layer_of, run, tree_checksum
 
 
