@@ -100,7 +100,7 @@ def test_size_limit_holds_privileged_and_unprivileged_and_neighbour_keeps_writin
     row = ls_row(env, path, limited[0].name)
     assert row["quota"]["limit"] == 20 * MiB and row["quota"]["used"] >= 19 * MiB
     table = run(PYCOR + ["ls", "-P", path], env=env).stdout
-    assert "USED/LIMIT" in table and "/20.0MiB" in table
+    assert "USED/LIMIT" in table and "/20.0 MiB" in table
     # reset still works on a container at its limit, and frees its space
     limited[0].stop()
     run(PYCOR + ["reset", limited[0].name, "-P", path], env=env)
