@@ -263,6 +263,14 @@ class Driver:
         if idmap is not None:
             for fd in (lay.upper_fd, lay.work_fd):
                 check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+        if not layer.has_room(lay.rootfs_fd):
+            # before LXC pins a privileged rootfs (a file it creates there) and overlayfs its workdir
+            # (it falls back to read-only): a full layer gets pycor's message, with the fix
+            from . import quota
+
+            error = quota.room_error(name, rootfs, lay.meta)
+            if error is not None:
+                raise error
         with self.store.lock(exclusive=False):
             self.recover_volume(lay)
             meta = lay.meta
