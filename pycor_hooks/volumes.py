@@ -213,8 +213,9 @@ def blame(under_fd: int, rootfs: str, where: str) -> str:
     if mine:
         return (f"the container's own changes put a symlink or file at {where} (on the host: {rootfs}/{layer.UPPER}{where}); "
                 "remove it there, or discard the changes with 'pycor reset'")
-    return (f"its base has a symlink or file at {where}: a volume needs directories all the way; "
-            "give the container a volume path that is a directory in the base (pycor create checks it)")
+    return (f"its base, in the version it starts on, has a symlink or file at {where}, and a volume is mounted on "
+            "directories only: pin the container to a version where it is a directory ('pycor pin NAME VERSION'), "
+            "or make it one in the base ('pycor base update')")
 
 
 def detached_mount(fstype: str, options: dict[str, str]) -> int:

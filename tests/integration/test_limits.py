@@ -129,6 +129,28 @@ def test_volume_under_a_directory_of_the_base_or_missing_from_it_is_accepted(mak
     assert open(os.path.join(c.rootfs, ".pycor/volumes/1/f")).read() == "b\n"
 
 
+def test_a_base_version_that_puts_a_symlink_on_a_volume_path_is_blamed_not_the_container(lxcpath, env, store,
+                                                                                         busybox_base, session_dir):
+    base, tree = f"sl{uuid.uuid4().hex[:6]}", os.path.join(session_dir, f"tree-{uuid.uuid4().hex[:6]}")
+    run(["cp", "-a", os.path.join(store, "bases", busybox_base, "versions", "1", "rootfs"), tree])
+    run(PYCOR + ["base", "import", base, "--from-dir", tree], env=env)
+    c = Container(f"b{uuid.uuid4().hex[:6]}", lxcpath, env)
+    try:
+        run(PYCOR + ["create", c.name, "--base", base, "-P", lxcpath, "--network", "none", "--volume", "/srv/v"], env=env)
+        run(PYCOR + ["base", "update", base, "--", "sh", "-c", "mkdir -p /srv && ln -s /tmp /srv/v"], env=env)
+        assert c.lxc("lxc-start", "-l", "DEBUG", "-o", c.log, check=False).returncode != 0
+        log = open(c.log).read()
+        assert "cannot mount volume at /srv/v" in log and "its base, in the version it starts on, has a symlink" in log
+        assert "pycor pin" in log and "container's own changes" not in log
+        run(PYCOR + ["pin", c.name, "1", "-P", lxcpath], env=env)  # the fix it names
+        c.start()
+        assert c.sh("echo ok > /srv/v/f && cat /srv/v/f").stdout == "ok\n"
+    finally:
+        destroy(c.name, lxcpath)
+        subprocess.run(PYCOR + ["base", "rm", base], env=env, capture_output=True)
+        subprocess.run(["rm", "-rf", tree])
+
+
 # -- at the limit: pycor's message, and the fix works -------------------------------------------
 @pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
 def test_full_volume_stops_the_start_with_pycors_message_and_raising_the_limit_fixes_it(btrfs_path, env, busybox_base,
