@@ -151,12 +151,16 @@ def usage(rootfs: str) -> tuple[int, int | None] | None:
 
 
 def has_room(rootfs: str) -> bool:
-    """Whether the container's layer has room for the files every start creates (layer.has_room)."""
-    fd = layer.open_rootfs(rootfs)
+    """Whether the container's layer has room for the files every start creates (layer.has_room); a layer
+    that cannot be probed (damaged: its start says why) is not reported full."""
     try:
-        return layer.has_room(fd)
-    finally:
-        os.close(fd)
+        fd = layer.open_rootfs(rootfs)
+        try:
+            return layer.has_room(fd)
+        finally:
+            os.close(fd)
+    except (OSError, PycorError):
+        return True
 
 
 def settled_room(rootfs: str) -> bool:
