@@ -21,11 +21,11 @@ import stat
 from . import flatjson, linux
 from .errors import PycorError
 from .flatjson import Record
+from .names import check_name, check_version
 
 TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
 if TYPE_CHECKING:
     from typing import Any
-from .names import check_name, check_version
 
 PYCOR_DIR = ".pycor"
 META = f"{PYCOR_DIR}/layer.json"
@@ -219,6 +219,28 @@ def secure_pycor_dir(rootfs_fd: int, rootfs: str, mapped_root: tuple[int, int] |
                          "the container's layer must be on a filesystem that keeps owners and modes") from None
     finally:
         os.close(dfd)
+
+
+def has_room(rootfs_fd: int) -> bool:
+    """Whether a new file fits in the layer: every start creates some (LXC pins a privileged rootfs with one,
+    overlayfs remakes its workdir's), and a layer at its quota, or a full disk, refuses them.
+
+    The probe is an unnamed file (O_TMPFILE) in .pycor: it allocates an inode as
+    a create does, and leaves nothing behind, even when killed.
+    """
+    pfd = linux.open_beneath(rootfs_fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    except OSError as e:
+        if e.errno in (errno.EDQUOT, errno.ENOSPC):
+            return False
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return True  # a filesystem without O_TMPFILE: not probed
+        raise
+    finally:
+        os.close(pfd)
+    os.close(fd)
+    return True
 
 
 def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
