@@ -145,7 +145,7 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
     failing command publishes nothing and leaves 'current' as it was.
     """
     if not argv:
-        raise PycorError("no command to run", f"e.g. pycor base update {base} -- apt-get -y upgrade")
+        raise PycorError("no command to run", f"e.g. pycor base update {base} -- sh -c 'apt-get update && apt-get -y upgrade'")
     with _builder_on_current(store, base, "update") as (current, stack, staging, lxcpath):
         proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
