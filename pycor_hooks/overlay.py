@@ -284,9 +284,16 @@ def stat_is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(dir_fd: int) -> bool:
-    """Whether a directory (an O_RDONLY fd) in a layer hides everything below it."""
-    for name in OPAQUE_XATTRS:
+def is_opaque(dir_fd: int, userxattr: bool | None = None) -> bool:
+    """Whether a directory (an O_RDONLY fd) in a layer hides everything below it.
+
+    userxattr: how the overlay that wrote the layer was mounted, so which xattr marks opacity:
+    False (real root) reads trusted.overlay.opaque only, True (in a user namespace) user.overlay.opaque
+    only: a privileged copy-up copies a base layer's user.overlay.opaque as a plain xattr, which marks
+    nothing there. None (a base layer, which carries both) reads either.
+    """
+    names = OPAQUE_XATTRS if userxattr is None else (OPAQUE_XATTRS[1] if userxattr else OPAQUE_XATTRS[0],)
+    for name in names:
         try:
             if os.getxattr(dir_fd, name) == b"y":
                 return True

@@ -48,12 +48,14 @@ def _shift_caps(raw: bytes, idmap: IdMap) -> bytes:
     return raw
 
 
-def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
+def normalize_layer(root: str | int, idmap: IdMap | None = None, *, userxattr: bool) -> None:
     """Make an upper directory fit to be a lower layer for every kind of overlay mount.
 
-    - an opaque directory carries both trusted.overlay.opaque (read by
-      privileged mounts) and user.overlay.opaque (read by userxattr mounts
-      inside user namespaces);
+    - a directory the overlay that wrote root marked opaque (in the namespace
+      userxattr names: see overlay.is_opaque) carries both trusted.overlay.opaque
+      (read by privileged mounts) and user.overlay.opaque (read by userxattr
+      mounts inside user namespaces); a mark of the other namespace, copied up
+      from a base layer as a plain xattr, goes with the rest;
     - other overlay xattrs (origin, impure, redirect...) are dropped: they
       describe the old upper, not this layer;
     - with the idmap of an unprivileged container, host ids become what the
@@ -63,21 +65,21 @@ def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
     """
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(root, str) else os.dup(root)
     try:
-        _normalize_entry(top, ".", os.fstat(top), idmap)
+        _normalize_entry(top, ".", os.fstat(top), idmap, userxattr)
         for _, st, parent, name in walk(top):
-            _normalize_entry(parent, name, st, idmap)
+            _normalize_entry(parent, name, st, idmap, userxattr)
     finally:
         os.close(top)
 
 
-def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None) -> None:
+def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None, userxattr: bool) -> None:
     is_dir, is_reg = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
     caps = None
     if is_dir or is_reg:  # overlay xattrs live on directories and files; whiteouts and links carry none
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
         fd = os.open(name, flags, dir_fd=parent)
         try:
-            opaque = is_dir and overlay.is_opaque(fd)
+            opaque = is_dir and overlay.is_opaque(fd, userxattr)
             for attr in os.listxattr(fd):
                 if attr.startswith(("trusted.overlay.", "user.overlay.")):
                     os.removexattr(fd, attr)
@@ -143,11 +145,14 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
     failing command publishes nothing and leaves 'current' as it was.
     """
     if not argv:
-        raise PycorError("no command to run", f"e.g. pycor base update {base} -- apt-get -y upgrade")
+        raise PycorError("no command to run", f"e.g. pycor base update {base} -- sh -c 'apt-get update && apt-get -y upgrade'")
     with _builder_on_current(store, base, "update") as (current, stack, staging, lxcpath):
-        proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
         try:
             faults.point("update.builder")  # killed here, the builder goes on running the command
+            assert proc.stderr is not None
+            unreached = builder.relay_stderr(proc.stderr)
             proc.wait()
         finally:
             if proc.poll() is None:
@@ -155,10 +160,14 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
                 proc.wait()
         faults.point("update.built")
         rc = proc.returncode
-        if rc != 0:
+        if rc != 0 or unreached:
+            why = (f"the update command exited with status {rc}{'; apt could not fetch ' if unreached else ''}" if rc != 0 else
+                   "apt in the builder could not fetch ")
             raise PycorError(
-                f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
-                "fix the command and run 'pycor base update' again",
+                f"{why}{', '.join(unreached)}: no new version, base {base} stays at version {current}",
+                "fix the command and run 'pycor base update' again" if not unreached else
+                "the builder uses the host's network and name servers (/etc/resolv.conf): make every source in the base's "
+                "/etc/apt reachable from the host, or remove the one it cannot reach in the command; then run 'pycor base update' again",
             )
         return _publish_builder(store, base, staging, lxcpath, current, stack, f"update: {shlex.join(argv)}", keep_apt_lists)
 
@@ -167,9 +176,9 @@ def _publish_builder(store: Store, base: str, staging: str, lxcpath: str, versio
                      source: str, keep_apt_lists: bool) -> Version | None:
     """The builder's upper, made lean and normalised, published as the next version (None if nothing changed)."""
     upper = os.path.join(lxcpath, builder.BUILDER, "rootfs", layers.UPPER)
-    if not builder.finish_layer(upper, stack, keep_apt_lists):
+    if not builder.finish_layer(upper, stack, keep_apt_lists, staging):
         return None
-    normalize_layer(upper)
+    normalize_layer(upper, userxattr=False)  # a builder is a privileged container
     os.rename(upper, os.path.join(staging, "rootfs"))
     remove_tree(lxcpath)
     faults.point("update.staged")
@@ -288,7 +297,9 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
                     with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
                         faults.point("commit.mounted")
                         copy_tree(merged, new, progress or Progress())
-                normalize_layer(new, idmap)
+                # the overlay xattrs that count: those of the container's upper (on top), or none through
+                # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
+                normalize_layer(new, idmap, userxattr=idmap is not None)
                 faults.point("commit.staged")
                 source = f"commit of {rootfs}"
                 if as_base:

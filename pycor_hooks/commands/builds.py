@@ -34,7 +34,7 @@ def base_edit(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "base name")
     lxcpath = edit_base(driver.store, name)
     print(f"base {name}: a builder runs on version {driver.store.current(name)}; provision it with LXC's tools, e.g.\n"
-          f"  lxc-attach -n builder -P {lxcpath} -- apt-get -y install PACKAGE\n"
+          f"  lxc-attach -n builder -P {lxcpath} -- sh -c 'apt-get update && apt-get -y install PACKAGE'\n"
           f"then 'pycor base publish {name}' (or 'pycor base discard {name}')")
 
 
