@@ -347,7 +347,7 @@ def verify(store: Store, name: str, version: str | None = None) -> Verified:
     findings: list[Finding] = []
     if refused or (raw is not None and not isinstance(raw, list)):
         findings.append(Finding(stack[-1].version, f"base.json holds LXC config a base may not carry, left out of every "
-                                                   f"container's config: {refused[0] if refused else raw!r}"))
+                                                   f"container's config: {refused[0] if refused else raw!r}"[:600]))
     lxc_covered = True
     parent_digest: str | None = None
     for v in reversed(stack):  # lowest first: the chain needs parents' digests

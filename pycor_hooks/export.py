@@ -378,7 +378,7 @@ def _extract(r: _Reader, store: Store, rootfs: str, label: str, limit: int) -> i
             text = tail(err)
             if tario.no_space(text, rootfs):
                 raise _store_full(store, label)
-            raise Damaged(f"{label}: the layer's archive is damaged or refused (tar: {text[:600]})", _AGAIN)
+            raise Damaged(f"{label}: the layer's archive is damaged or refused:\n{text[:600]}", _AGAIN)
     return got
 
 
@@ -462,14 +462,13 @@ def import_export(store: Store, name: str, src: IO[bytes]) -> list[tuple[str, st
         r.end()
         faults.point("import-staged")
         _publish(store, name, header, lxc, stagings)
-        stagings.clear()
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _store_full(store, label) from None
         raise
     finally:
         for staging in stagings.values():
-            store.end_staging(staging)  # the directory and its lock file
+            store.end_staging(staging)  # its lock file, and the directory unless it was published
     return done
 
 
