@@ -202,12 +202,17 @@ def _xattrs(path: str) -> list[str]:
     return out
 
 
+def manifest_path(rel: str) -> str:
+    """How a manifest names the entry at rel (relative to the layer's root, '' for the root)."""
+    return "/" + _quote(os.fsencode(rel)) if rel else "/"
+
+
 def entry_line(rel: str, st: os.stat_result, parent: int, name: str, plain: frozenset[str] = frozenset(),
                untrusted: bool = False) -> str:
     """The manifest line of one entry (parent: an fd of its directory, name: its name there); plain: paths
     whose content was recorded plainly (plain_paths())."""
     kind = _kind(st.st_mode)
-    path = "/" + _quote(os.fsencode(rel)) if rel else "/"
+    path = manifest_path(rel)
     fields = [path, kind, f"{stat.S_IMODE(st.st_mode):o}", f"{st.st_uid}:{st.st_gid}"]
     if kind == "f":
         fields.append(_content(parent, name, st.st_size, path in plain, untrusted))

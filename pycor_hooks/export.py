@@ -10,14 +10,23 @@ size in advance::
          parent, source, size and digest, and 'since' (the version the receiver must have)
       per version, in the header's order:
       M  the layer's manifest (see digest.py)
-      D  a chunk of the layer as a GNU tar archive (POSIX format: xattrs, ACLs,
-         numeric owners; whiteouts are character devices, opaque dirs xattrs)
+      D  a chunk of the layer as a GNU tar archive (tario's one command line: POSIX
+         format, xattrs, ACLs, numeric owners, holes kept; whiteouts are character
+         devices, opaque dirs xattrs)
       E  end of that layer
-      Z  end of the stream (a truncated stream has none)
+      Z  end of the stream (a truncated stream has none), and nothing after it
 
-Import extracts each new version into staging, recomputes its manifest and
-checks the digest chain before anything is published; any failure removes
-the staging directories, so a damaged stream leaves the store as it was.
+A stream comes from another host: nothing in it is trusted but what the
+digest chain covers (each layer's manifest, and a first version's LXC
+lines, which must be ones a base may carry: lxcconfig.BASE_KEYS). The
+header is read only through parse_header(), which checks every field's type
+and range; every frame is bounded before its payload is read, a layer's
+archive by what its manifest lists. Import extracts each new version into
+staging with GNU tar (which strips leading '/', refuses '..' members and
+links that lead out, and never writes through a symlink it extracted),
+recomputes its manifest and checks the digest chain before anything is
+published; any failure removes the staging directories, so a damaged,
+hostile or cut stream, or a full disk, leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -94,7 +103,7 @@ def _holes_recorded_plain(rootfs: str, manifest: bytes) -> bool:
     from .fsutil import walk
 
     for rel, st, parent, name in walk(rootfs):
-        if st.st_blocks * 512 < st.st_size and "/" + dg._quote(os.fsencode(rel)) in plain:
+        if st.st_blocks * 512 < st.st_size and dg.manifest_path(rel) in plain:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
             try:
                 if os.lseek(fd, 0, os.SEEK_HOLE) < st.st_size:

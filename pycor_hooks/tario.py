@@ -25,8 +25,12 @@ from .proc import Progress, pump, running, tail
 # (on extraction GNU tar otherwise restores only user.*).
 TAR_METADATA = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 TAR_CREATE = ["tar", "--create", "--file=-", "--format=posix", "--sparse", *TAR_METADATA]
-# No --absolute-names: GNU tar strips a leading '/', refuses members with '..'
-# and defers symlinks that could lead outside the target.
+# No --absolute-names: GNU tar strips a leading '/' (of names and hard-link
+# targets), refuses members with '..', and extracts a symlink that is absolute
+# or holds '..' as a placeholder file until the end, so nothing is written or
+# linked through it; it never replaces the target directory itself ('.' as a
+# file or symlink fails: File exists). tests/integration/test_hostile_stream.py
+# proves each with hand-made archives.
 TAR_EXTRACT = ["tar", "--extract", "--file=-", "--same-owner", "--same-permissions", *TAR_METADATA]
 
 COMPRESSION_MAGIC: list[tuple[bytes, str, str]] = [

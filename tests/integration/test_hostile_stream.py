@@ -186,6 +186,13 @@ def _existing_number(t: Target) -> bytes:
     return new_base(manifest, tar)
 
 
+def _other_lines(t: Target) -> bytes:
+    manifest, tar = layer_of(small_tree(t))
+    lines = ["lxc.init.cmd = /bin/sh"]
+    return stream(header([entry("2", None, digest=dg.chain(dg.layer_digest(manifest), None, lines))], lxc=lines),
+                  [(manifest, tar)])
+
+
 REFUSED: list[tuple[str, Callable[[Target], bytes], str, str]] = [
     # (case, stream, base imported into, message)
     ("an lxc hook line", _lxc("lxc.hook.pre-start = /bin/sh -c 'touch OUT/pwned'"), "evil",
@@ -245,6 +252,8 @@ REFUSED: list[tuple[str, Callable[[Target], bytes], str, str]] = [
      "base bb version 1 here is not the tree the export builds on"),
     ("a version number that exists here with another digest", _existing_number, "bb",
      "base bb version 1 exists here with another digest"),
+    ("a first version with other LXC lines than the base here", _other_lines, "bb",
+     "base bb here carries other LXC config lines than the export's first version was made with"),
 ]
 
 
@@ -432,6 +441,22 @@ def test_verify_says_what_it_covered_and_catches_changed_lxc_lines(target):
         assert "base bb version 1: base.json's LXC lines (2) are not the ones its digest" in proc.stdout.decode()
     finally:
         with open(path, "w") as f:
+            json.dump(kept, f)
+    # a digest recorded before digests covered LXC lines: the layer verifies, and the lines are said not covered
+    vjson = os.path.join(target.store, "bases", "bb", "versions", "1", "version.json")
+    with open(vjson) as f:
+        meta = json.load(f)
+    kept = dict(meta)
+    with open(os.path.join(target.store, "bases", "bb", "versions", "1", "manifest"), "rb") as f:
+        meta["digest"] = dg.chain(dg.layer_digest(f.read()), None)
+    with open(vjson, "w") as f:
+        json.dump(meta, f)
+    try:
+        out = target.pycor("base", "verify", "bb").stdout.decode()
+        assert "intact" in out and "not covered: the base's 2 LXC config line(s) (base.json): this base's first version " \
+                                   "was given its digest before digests covered them" in out
+    finally:
+        with open(vjson, "w") as f:
             json.dump(kept, f)
 
 
