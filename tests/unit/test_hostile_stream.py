@@ -306,6 +306,9 @@ def test_a_header_field_of_the_wrong_type_or_range_is_refused_naming_it(label, v
     "lxc.init.cmd = /sbin/init\u2028lxc.hook.pre-start = /bin/evil",
     "lxc.signal.halt = SIGUSR1 # \x1b[2J",
     "lxc.environment = A=1\rlxc.hook.start-host = /bin/evil",
+    "lxc.environment = AWS_SECRET_ACCESS_KEY",  # no '=': LXC copies the variable from whoever runs lxc-start
+    "lxc.tty.max = 100000",  # LXC sets up each tty at every start
+    "lxc.signal.halt = \u0663",  # an Arabic-Indic three: a digit to Python, not to LXC
     5,
 ])
 def test_a_header_whose_lxc_lines_a_base_may_not_carry_is_refused(line):
