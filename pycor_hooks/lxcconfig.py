@@ -42,6 +42,8 @@ def check_value(value: str, what: str = "value") -> str:
     if bad is not None:
         raise PycorError(f"{what} {value!r} holds the control character {bad!r}",
                          "LXC would read what follows a line end as another config key: give it without control characters")
+    if any(0xD800 <= ord(c) < 0xE000 for c in value):
+        raise PycorError(f"{what} {value!r} is not valid UTF-8 text", "a config file holds UTF-8: give it as text")
     if value != value.strip(" \t"):
         raise PycorError(f"{what} {value!r} starts or ends with a blank", "LXC trims config values: give it without them")
     return value

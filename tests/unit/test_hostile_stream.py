@@ -309,6 +309,7 @@ def test_a_header_field_of_the_wrong_type_or_range_is_refused_naming_it(label, v
     "lxc.environment = AWS_SECRET_ACCESS_KEY",  # no '=': LXC copies the variable from whoever runs lxc-start
     "lxc.tty.max = 100000",  # LXC sets up each tty at every start
     "lxc.signal.halt = \u0663",  # an Arabic-Indic three: a digit to Python, not to LXC
+    "lxc.init.cmd = /sbin/init\udc80",  # a lone surrogate: no UTF-8 config file can hold it
     5,
 ])
 def test_a_header_whose_lxc_lines_a_base_may_not_carry_is_refused(line):
@@ -346,7 +347,7 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("cut in the header", MAGIC + header_frame(header())[:-3], "ends early"),
     ("an unknown tag", MAGIC + b"Q" + bytes(8), "a frame b'Q' of 0 bytes"),
     ("a layer before the header", MAGIC + frame(b"M", b"/ d 755 0:0\n"), "expected frame b'H', got b'M'"),
-    ("a header over its limit", MAGIC + b"H" + (5 << 20).to_bytes(8, "big"), "a frame b'H' of 5242880 bytes"),
+    ("a header over its limit", MAGIC + b"H" + (17 << 20).to_bytes(8, "big"), "a frame b'H' of 17825792 bytes"),
     ("a length of 2**64-1", MAGIC + b"H" + b"\xff" * 8, "of 18446744073709551615 bytes"),
 ]
 
