@@ -205,8 +205,11 @@ class Driver:
         except PycorError:
             aside = [d for d in (layer.UPPER, layer.WORK) if os.path.lexists(os.path.join(rootfs, d + layer.RESET_ASIDE))]
             if aside:
-                raise PycorError(f"container {name}: a 'pycor reset' was interrupted ({rootfs}/{aside[0]}{layer.RESET_ASIDE} "
-                                 "holds the changes it was discarding)", f"finish it: 'pycor reset {name}'") from None
+                owner = name
+                if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):  # a clone's start: the original's layer
+                    owner = os.path.basename(os.path.dirname(rootfs))
+                raise PycorError(f"container {owner}: a 'pycor reset' was interrupted ({rootfs}/{aside[0]}{layer.RESET_ASIDE} "
+                                 "holds the changes it was discarding)", f"finish it: 'pycor reset {owner}'") from None
             raise
 
     def stopped_layer(self, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,

@@ -16,9 +16,9 @@ import tempfile
 import uuid
 
 import pytest
+from conftest import Container, destroy
 
 from helpers import PYCOR, run, wait_for
-from conftest import Container, destroy
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 
