@@ -414,7 +414,21 @@ def reset(held: StoppedLayer) -> None:
         if e.errno not in (errno.EDQUOT, errno.ENOSPC):
             raise
         _empty_layer(rootfs)
-        _reset(rootfs)
+        try:
+            _reset(rootfs)
+        except OSError as again:
+            if again.errno not in (errno.EDQUOT, errno.ENOSPC):
+                raise
+            if _set_aside(rootfs):
+                raise PycorError(f"cannot finish discarding the changes in {rootfs}: its quota is full even for a rename "
+                                 f"({again.strerror})", "raise its limit ('pycor set NAME size=...'), then reset again") from None
+            # what fills the quota is not the changes (its volumes): even a rename needs room, but upper and
+            # work were emptied where they are, which is all a reset does
+
+
+def _set_aside(rootfs: str) -> bool:
+    """Whether a reset left upper or work renamed aside (the container does not start then)."""
+    return any(os.path.lexists(os.path.join(rootfs, layers.PYCOR_DIR, name + RESET_ASIDE)) for name in ("upper", "work"))
 
 
 def _empty_layer(rootfs: str) -> None:
