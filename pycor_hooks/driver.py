@@ -465,7 +465,8 @@ class Driver:
         idmap_mod.release_unused(in_use)
 
     def clear_stale(self) -> list[RunState]:
-        """Remove stale run records, the idmapped views only they used and the lock files nobody holds (for gc and doctor --fix)."""
+        """Remove stale run records, the idmapped views only they used, the marks of moves whose start died and the
+        lock files nobody holds (for gc and doctor --fix)."""
         with self.store.lock():
             cleared = runstate.clear_stale_records()
             self.release_views()
