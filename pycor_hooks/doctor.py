@@ -180,6 +180,26 @@ def stale_record_check(driver: Driver) -> Check:
                  "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
 
 
+def interrupted_check(driver: Driver) -> Check:
+    """Registered layers a killed command left half-way: a reset (upper or work set aside) or a move (a
+    reconciliation plan staged or committed), each with the command that finishes it."""
+    from . import layer
+    from .reconcile import RECONCILE_DIR
+
+    found = []
+    for reg in driver.registrations():
+        pycor = os.path.join(reg.rootfs, layer.PYCOR_DIR)
+        aside = [d for d in ("upper", "work") if os.path.lexists(os.path.join(pycor, d + layer.RESET_ASIDE))]
+        if aside:
+            found.append(f"{reg.name}: a reset was interrupted ({pycor}/{aside[0]}{layer.RESET_ASIDE}): 'pycor reset {reg.name}' "
+                         "finishes it")
+        elif os.path.lexists(os.path.join(pycor, RECONCILE_DIR)):
+            found.append(f"{reg.name}: a move to another base version was interrupted ({pycor}/{RECONCILE_DIR}): "
+                         f"'pycor rebase {reg.name}' or its next start finishes it, 'pycor reset {reg.name}' discards it")
+    return Check("interrupted layer operations", not found, "; ".join(found) or "none",
+                 "run the command named for each container", required=False)
+
+
 def room_check(driver: Driver) -> Check:
     """Containers that cannot start for lack of room: at their disk limit (their volumes or their changes fill it),
     or on a full filesystem. Every start creates files in the layer; quota.room_error gives each one's fixes."""
@@ -245,6 +265,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
     checks.append(limits_check())
     if driver is not None:
         checks.append(stale_record_check(driver))
+        checks.append(interrupted_check(driver))
         checks.append(room_check(driver))
     return checks
 

@@ -27,6 +27,8 @@ from .store import Store, setting
 
 TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .daemon import Daemon
     from .idmap import IdMap
     from .reconcile import Plan
@@ -182,15 +184,41 @@ class Driver:
         return runstate.stale_states()
 
     def require_stopped(self, name: str, rootfs: str, runtime_state: str, what: str, how: str) -> None:
-        """Refuse unless the container is stopped: no live run state, and its runtime says STOPPED.
-
-        Call it holding locks.layer_lock(rootfs), and act before letting go:
-        a start waits for that lock in pre-start.
-        """
+        """Refuse unless the container is stopped (no live run state, its runtime says STOPPED) and no overlay
+        clone of it runs on its layer. Holding locks.layer_lock(rootfs): StoppedLayer is the one caller."""
         state = runstate.read(name, rootfs)
         if (state is not None and is_live(state)) or runtime_state != "STOPPED":
             shown = "running" if runtime_state == "STOPPED" else runtime_state.lower()
             raise InUse(f"container {name} is {shown}: pycor {what} needs it stopped", f"stop it first ({how})")
+        clones = self.layer_users(rootfs, name)
+        if clones:
+            raise InUse(f"container {name} is stopped, but {clones[0].name} runs on its layer (an LXC overlay clone of it): "
+                        f"pycor {what} needs that stopped too", f"stop {clones[0].name} first (lxc-stop -n {clones[0].name})")
+
+    def layer_users(self, rootfs: str, other_than: str) -> list[RunState]:
+        """Live starts of other containers on this layer: LXC overlay clones, whose lowerdir it is."""
+        real = os.path.realpath(rootfs)
+        return [s for s in runstate.running_states()
+                if s.name != other_than and os.path.realpath(s.rootfs) == real and is_live(s)]
+
+    def open_layer(self, name: str, rootfs: str) -> layer.OpenLayer:
+        """layer.OpenLayer, whose failure names an interrupted reset and the command that finishes it."""
+        try:
+            return layer.OpenLayer(rootfs)
+        except PycorError:
+            aside = [d for d in (layer.UPPER, layer.WORK) if os.path.lexists(os.path.join(rootfs, d + layer.RESET_ASIDE))]
+            if aside:
+                owner = name
+                if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):  # a clone's start: the original's layer
+                    owner = os.path.basename(os.path.dirname(rootfs))
+                raise PycorError(f"container {owner}: a 'pycor reset' was interrupted ({rootfs}/{aside[0]}{layer.RESET_ASIDE} "
+                                 "holds the changes it was discarding)", f"finish it: 'pycor reset {owner}'") from None
+            raise
+
+    def stopped_layer(self, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,
+                      shown: str | None = None, open_layer: bool = True) -> StoppedLayer:
+        """The one way to a writer of a container's layer (rebase, resolve --base, reset, commit): see StoppedLayer."""
+        return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer)
 
     def register(self, reg: Registration) -> None:
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
@@ -235,7 +263,7 @@ class Driver:
         idmap = parse_idmap(config_text)
         # The layer lock is held from reading the layer to writing the run
         # state: a reset, commit or diff either finishes first or sees the start.
-        with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
+        with locks.layer_lock(rootfs), self.open_layer(name, rootfs) as lay:
             return self._prepare_start(lay, name, runtime, lxcpath, idmap, runstate.hook_monitor())
 
     def start_privileged(self, name: str, rootfs: str, lxcpath: str | None, config_text: str | None) -> None:
@@ -252,14 +280,17 @@ class Driver:
                 "(pre-mount --prepare is for privileged containers)",
                 "add lxc.hook.pre-start = .../pycor-pre-start and drop --prepare, or create it again with lxc-create -t pycor",
             )
-        with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
+        with locks.layer_lock(rootfs), self.open_layer(name, rootfs) as lay:
             state = self._prepare_start(lay, name, "lxc", lxcpath, None, runstate.hook_monitor(in_pre_mount=True))
             self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
 
     def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap: IdMap | None,
                        monitor: tuple[int, int]) -> RunState:
         rootfs = lay.rootfs
-        layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
+        # LXC's overlay clone (lxc-copy -e, -s -B overlay): lay is its origin's layer, a lowerdir here, never written
+        clone = layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", ""))
+        if not clone:
+            layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
         if idmap is not None:
             for fd in (lay.upper_fd, lay.work_fd):
                 check_layer_owner(os.fstat(fd), idmap, name, rootfs)
@@ -271,8 +302,13 @@ class Driver:
             error = quota.room_error(name, rootfs, lay.meta)
             if error is not None:
                 raise error
+        move: _Move | None = None
+        held = None
         with self.store.lock(exclusive=False):
-            self.recover_volume(lay)
+            if clone:
+                self._check_clone_origin(lay, name)
+            else:
+                self.recover_volume(lay)
             meta = lay.meta
             if not self.store.exists(meta.base):
                 on = f" (its changes were made on version {meta.based_on})" if meta.based_on else ""
@@ -282,45 +318,63 @@ class Driver:
                     f"it came from); the container's changes in {rootfs}/{layer.UPPER} are intact",
                 )
             check_layer_digest(self.store, name, meta)  # its changes must land on the tree they were made on
-            version = meta.pin or self.store.current(meta.base)
-            held = None
-            if meta.based_on != version:
-                try:
-                    self.move_volume(lay, version)
+            version = self._clone_version(meta, name) if clone else (meta.pin or self.store.current(meta.base))
+            if meta.based_on != version and not clone:
+                clones = self.layer_users(rootfs, name) if meta.based_on else []
+                if clones:  # its upper is their lowerdir: changing it under their overlays is undefined behaviour
+                    held, version = self._hold_for_clones(lay, version, clones), str(meta.based_on)
+                else:
+                    move = _Move(self.store, meta.base, meta.based_on, version)  # gc keeps both until it is closed
+            if move is None:
+                state = self._record_start(lay, name, idmap, monitor, version, held)
+        if move is not None:
+            try:
+                try:  # the merge runs without the store lock: other containers start and stop meanwhile
+                    self.move_volume(lay, version, move=move)
                 except Conflict as e:
                     # the move would hand one id to two names: stay where the changes were made
                     held, version = e.message, str(meta.based_on)
-            lowers = self.store.lower_stack(meta.base, version)
-            views: list[str] = []
-            if idmap is not None:
-                from . import idmap as idmap_mod
-
-                if setting("idmapped_layers", "PYCOR_IDMAPPED_LAYERS", "auto") == "off":
-                    raise PycorError(
-                        f"container {name} is unprivileged, and idmapped layers are turned off (idmapped_layers = off)",
-                        "pycor never copies or chowns a base per idmap: turn them on (kernel 5.12+, store on ext4, xfs, "
-                        "btrfs or tmpfs) or run the container privileged",
-                    )
-                ids = [layer_id(meta.base, path) for path in lowers]
-                key = idmap.key
-
-                def unused(lid: str) -> bool:  # a view no running container uses may be remade
-                    return not any(st.idmap == key and lid in st.views for st in runstate.running_states() if is_live(st))
-
-                made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
-                lowers, views = [made[i] for i in ids], ids
-            state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
-                             idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
-            os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
-            own = runstate.record_path(name, rootfs)
-            if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
-                # its views are released under the exclusive lock: by the next stop (or gc, doctor --fix)
-                os.close(os.open(runstate.VIEWS_STALE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-            write_json(own, state.to_json())
-            os.makedirs(runstate.RUN_MONITORS, mode=0o700, exist_ok=True)
-            os.close(os.open(os.path.join(runstate.RUN_MONITORS, runstate.monitor_entry(state, own)),
-                             os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+                with self.store.lock(exclusive=False):
+                    state = self._record_start(lay, name, idmap, monitor, version, held)
+            finally:
+                move.close()
         self.register(Registration(name, rootfs, runtime, lxcpath))
+        return state
+
+    def _record_start(self, lay: layer.OpenLayer, name: str, idmap: IdMap | None, monitor: tuple[int, int],
+                      version: str, held: str | None) -> RunState:
+        """The lower stack (the version must still exist), idmapped views, the run record; under the store's shared lock."""
+        rootfs, meta = lay.rootfs, lay.meta
+        lowers = self.store.lower_stack(meta.base, version)
+        views: list[str] = []
+        if idmap is not None:
+            from . import idmap as idmap_mod
+
+            if setting("idmapped_layers", "PYCOR_IDMAPPED_LAYERS", "auto") == "off":
+                raise PycorError(
+                    f"container {name} is unprivileged, and idmapped layers are turned off (idmapped_layers = off)",
+                    "pycor never copies or chowns a base per idmap: turn them on (kernel 5.12+, store on ext4, xfs, "
+                    "btrfs or tmpfs) or run the container privileged",
+                )
+            ids = [layer_id(meta.base, path) for path in lowers]
+            key = idmap.key
+
+            def unused(lid: str) -> bool:  # a view no running container uses may be remade
+                return not any(st.idmap == key and lid in st.views for st in runstate.running_states() if is_live(st))
+
+            made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
+            lowers, views = [made[i] for i in ids], ids
+        state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
+                         idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
+        os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
+        own = runstate.record_path(name, rootfs)
+        if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
+            # its views are released under the exclusive lock: by the next stop (or gc, doctor --fix)
+            os.close(os.open(runstate.VIEWS_STALE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        write_json(own, state.to_json())
+        os.makedirs(runstate.RUN_MONITORS, mode=0o700, exist_ok=True)
+        os.close(os.open(os.path.join(runstate.RUN_MONITORS, runstate.monitor_entry(state, own)),
+                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         return state
 
     def mount_volume(self, name: str, rootfs: str) -> None:
@@ -411,10 +465,12 @@ class Driver:
         idmap_mod.release_unused(in_use)
 
     def clear_stale(self) -> list[RunState]:
-        """Remove stale run records, the idmapped views only they used and the lock files nobody holds (for gc and doctor --fix)."""
+        """Remove stale run records, the idmapped views only they used, the marks of moves whose start died and the
+        lock files nobody holds (for gc and doctor --fix)."""
         with self.store.lock():
             cleared = runstate.clear_stale_records()
             self.release_views()
+            self.moves_in_flight(sweep=True)
         locks.sweep()
         return cleared
 
@@ -469,34 +525,48 @@ class Driver:
         remove_tree(doomed)
 
     # -- moving a layer's changes between versions (reconciliation) -------------------
-    def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False) -> Plan | None:
-        """Bring a layer's changes from the version they were made against to target.
+    def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False,
+                    move: _Move | None = None) -> Plan | None:
+        """Bring a layer's changes from the version they were made against to target: the one path a layer
+        takes between versions.
 
-        The caller holds the layer lock and the store's lock (the container is
-        not running). Returns the reconciliation plan, or None when there was
-        nothing to reconcile. A layer that does not know its version (made by
-        pycor 0.1), or whose version is gone, is recorded as being on target.
-        Raises Conflict (an id collision) unless forced; nothing is changed then.
+        The caller holds the layer lock (the container is not running: a start,
+        or a StoppedLayer). Both versions are resolved and marked in flight
+        under the store's shared lock (move, or made here), and merged without
+        it. Returns the reconciliation plan, or None when there was nothing to
+        reconcile. A layer that does not know its version (made by pycor 0.1),
+        or whose version is gone, is recorded as being on target. Raises
+        Conflict (an id collision) unless forced; nothing is changed then.
         """
         meta = lay.meta
         old = meta.based_on
         if old == target:
             return None
-        result = None
-        if old is not None:
-            try:
-                a = self.store.lower_stack(meta.base, old)
-            except PycorError:
-                a = None  # that version is gone: no common ancestor to merge against
-            if a is not None:
+        own = move is None
+        if move is None:
+            with self.store.lock(exclusive=False):
+                move = _Move(self.store, meta.base, old, target)
+        try:
+            result = None
+            if old is not None and move.a is not None:
                 from . import reconcile
 
-                result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, a,
-                                             self.store.lower_stack(meta.base, target), force, dry_run)
-        if not dry_run:
-            lay.meta = meta.but(based_on=target, digest=self.store.recorded_digest(meta.base, target))
-            layer.write_meta(lay.rootfs, lay.meta)
-        return result
+                result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, move.a, move.b, force, dry_run)
+            if not dry_run:
+                self._moved(lay, target)
+            return result
+        finally:
+            if own:
+                move.close()
+
+    def _moved(self, lay: layer.OpenLayer, target: str) -> None:
+        """The one writer of a layer's based_on: its changes were reconciled with target (move_volume, recover_volume)."""
+        try:
+            digest = self.store.recorded_digest(lay.meta.base, target)
+        except NotFound:
+            digest = None
+        lay.meta = lay.meta.but(based_on=target, digest=digest)
+        layer.write_meta(lay.rootfs, lay.meta)
 
     def recover_volume(self, lay: layer.OpenLayer) -> None:
         """Finish (or discard) a reconciliation a crash interrupted; cheap when there is none."""
@@ -508,24 +578,58 @@ class Driver:
 
         target = reconcile.recover(lay.rootfs_fd, lay.upper_fd)
         if target:
-            lay.meta = lay.meta.but(based_on=target, digest=self.store.recorded_digest(lay.meta.base, target))
-            layer.write_meta(lay.rootfs, lay.meta)
+            self._moved(lay, target)
 
-    def rebase_volume(self, rootfs: str, to: str | None = None, force: bool = False, dry_run: bool = False,
-                      locked: bool = False) -> tuple[str, Plan | None]:
-        """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan).
+    def _check_clone_origin(self, lay: layer.OpenLayer, name: str) -> None:
+        """An overlay clone runs on its origin's layer as it is: refuse one whose move was interrupted."""
+        try:
+            os.stat(f"{layer.PYCOR_DIR}/reconcile", dir_fd=lay.rootfs_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        raise PycorError(f"container {name} is an overlay clone of the container in {lay.rootfs}, whose move to another "
+                         "base version was interrupted", "start that container once (or 'pycor rebase' it), then this clone")
 
-        locked: the caller holds the layer lock (and checked the container is stopped under it).
-        """
-        with locks.Held() if locked else locks.layer_lock(rootfs):
-            with layer.OpenLayer(rootfs) as lay:
-                if not dry_run:
-                    self.recover_volume(lay)
-                with self.store.lock(exclusive=False):
-                    self.store.require(lay.meta.base)
-                    target = to or lay.meta.pin or self.store.current(lay.meta.base)
-                    self.store.version(lay.meta.base, target)
-                    return target, self.move_volume(lay, target, force, dry_run)
+    def _clone_version(self, meta: LayerMeta, name: str) -> str:
+        """An overlay clone runs on the version its origin's changes were made on (they are not moved for it)."""
+        if not meta.based_on:
+            return meta.pin or self.store.current(meta.base)
+        try:
+            self.store.version(meta.base, meta.based_on)
+        except NotFound:
+            raise NotFound(f"container {name} is an overlay clone of a container whose changes were made on base {meta.base} "
+                           f"version {meta.based_on}, which is gone from this store",
+                           "start the original container once (or 'pycor rebase' it) so its changes move to a version "
+                           "this store has, then start the clone") from None
+        return meta.based_on
+
+    def _hold_for_clones(self, lay: layer.OpenLayer, target: str, clones: list[RunState]) -> str:
+        """A start that would move a layer its running overlay clones read stays where it is, and says why."""
+        from . import reconcile
+
+        why = (f"not moved to version {target}: {', '.join(c.name for c in clones)} runs on this layer "
+               "(an LXC overlay clone); it moves at a start once they stopped")
+        plan = reconcile.Plan()
+        plan.findings.append(reconcile.Finding("/", "held", why))
+        reconcile.record_move(lay.rootfs_fd, str(lay.meta.based_on), target, plan, held_back=True)
+        return why
+
+    def rebase_volume(self, held: StoppedLayer, to: str | None = None, force: bool = False) -> tuple[str, Plan | None]:
+        """Move a stopped container's changes to version `to` (default: its pin, else current); returns (target, plan)."""
+        lay = held.layer
+        with self.store.lock(exclusive=False):
+            self.store.require(lay.meta.base)
+            target = to or lay.meta.pin or self.store.current(lay.meta.base)
+            self.store.version(lay.meta.base, target)
+        return target, self.move_volume(lay, target, force)
+
+    def rebase_plan(self, rootfs: str, to: str | None = None) -> tuple[str, Plan | None]:
+        """What rebase_volume would do (running or not); changes nothing."""
+        with layer.OpenLayer(rootfs) as lay:
+            with self.store.lock(exclusive=False):
+                self.store.require(lay.meta.base)
+                target = to or lay.meta.pin or self.store.current(lay.meta.base)
+                self.store.version(lay.meta.base, target)
+            return target, self.move_volume(lay, target, dry_run=True)
 
     def volume_conflicts(self, rootfs: str) -> dict:
         """What the layer's reconciliations found: {"from", "to", "findings": [{"path", "kind", "detail"}]}."""
@@ -544,40 +648,165 @@ class Driver:
         except (PycorError, OSError):
             return 0
 
-    def resolve_conflict(self, rootfs: str, path: str, take_base: bool, locked: bool = False) -> None:
-        """Settle one reported conflict: take the base's version (drop the container's copy) or keep the container's.
-
-        locked: the caller holds the layer lock (and checked the container is stopped under it).
-        """
+    def resolve_conflict(self, held: StoppedLayer, path: str) -> None:
+        """Settle one reported conflict with the base's version: drop the container's copy."""
         import shutil
 
+        lay = held.layer
+        rel = self._settle(lay, path)
+        head, _, name = rel.rpartition("/")
+        try:
+            parent = linux.open_beneath(lay.upper_fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.dup(lay.upper_fd)
+        except FileNotFoundError:
+            return
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
+            else:
+                os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(parent)
+
+    def keep_conflict(self, rootfs: str, path: str) -> None:
+        """Settle one reported conflict with the container's version: only the record changes (running or not)."""
+        with locks.layer_lock(rootfs), layer.OpenLayer(rootfs) as lay:
+            self._settle(lay, path)
+
+    def _settle(self, lay: layer.OpenLayer, path: str) -> str:
+        """Remove path's conflicts from the layer's record; the path relative to upper."""
         from . import reconcile
 
         rel = path.strip("/")
-        with locks.Held() if locked else locks.layer_lock(rootfs):
-            with layer.OpenLayer(rootfs) as lay:
-                record = reconcile.read_findings(lay.rootfs_fd)
-                findings = record.get("findings", [])
-                hits = [f for f in findings if f.get("path") == "/" + rel and f.get("kind") in ("conflict", "collision")]
-                if not rel or not hits:
-                    raise NotFound(f"container layer {rootfs} has no conflict at /{rel}", "'pycor conflicts NAME' lists them")
-                if take_base:
-                    head, _, name = rel.rpartition("/")
-                    try:
-                        parent = linux.open_beneath(lay.upper_fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.dup(lay.upper_fd)
-                    except FileNotFoundError:
-                        parent = -1
-                    if parent >= 0:
-                        try:
-                            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                            if stat.S_ISDIR(st.st_mode):
-                                shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
-                            else:
-                                os.unlink(name, dir_fd=parent)
-                        except FileNotFoundError:
-                            pass
-                        finally:
-                            os.close(parent)
-                record["findings"] = [f for f in findings if f not in hits]
-                reconcile.write_findings(lay.rootfs_fd, record)
+        record = reconcile.read_findings(lay.rootfs_fd)
+        findings = record.get("findings", [])
+        hits = [f for f in findings if f.get("path") == "/" + rel and f.get("kind") in ("conflict", "collision")]
+        if not rel or not hits:
+            raise NotFound(f"container layer {lay.rootfs} has no conflict at /{rel}", "'pycor conflicts NAME' lists them")
+        record["findings"] = [f for f in findings if f not in hits]
+        reconcile.write_findings(lay.rootfs_fd, record)
+        return rel
 
+    # -- moves in flight: what gc keeps while a merge runs without the store lock -------------------
+    def moves_in_flight(self, sweep: bool = False) -> dict[str, set[str]]:
+        """base -> versions of moves running now. sweep: remove the marks of movers that died (only under the
+        store's exclusive lock: a mark is made and flocked under the shared one)."""
+        import fcntl
+
+        used: dict[str, set[str]] = {}
+        try:
+            entries = os.listdir(MOVES_DIR)
+        except FileNotFoundError:
+            return used
+        for entry in entries:
+            path = os.path.join(MOVES_DIR, entry)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # its mover runs
+                    base, *versions = os.read(fd, 4096).decode().split()
+                    used.setdefault(base, set()).update(versions)
+                    continue
+                if sweep:
+                    os.unlink(path)  # its mover died
+            except (OSError, ValueError):
+                continue
+            finally:
+                os.close(fd)
+        return used
+
+
+MOVES_DIR = os.path.join(runstate.RUN_DIR, "moves")
+
+
+class _Move:
+    """A move in flight: both versions' lower stacks (a: None when the old version is gone), resolved under
+    the store's shared lock (make it there), and marked in MOVES_DIR (a file its maker holds flocked) so gc
+    keeps both versions until close(), while the merge runs without the store lock."""
+
+    def __init__(self, store: Store, base: str, old: str | None, target: str) -> None:
+        import fcntl
+
+        self.b = store.lower_stack(base, target)
+        self.a: list[str] | None = None
+        if old is not None:
+            try:
+                self.a = store.lower_stack(base, old)
+            except PycorError:
+                pass  # that version is gone: no common ancestor to merge against
+        os.makedirs(MOVES_DIR, mode=0o700, exist_ok=True)
+        self.path = os.path.join(MOVES_DIR, f"{os.getpid()}.{time.monotonic_ns()}")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.write(self.fd, " ".join([base, *(v for v in (old, target) if v)]).encode() + b"\n")  # checked names
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class StoppedLayer:
+    """A stopped container's layer, held: the one way to a writer of it (Driver.rebase_volume, resolve_conflict,
+    versions.reset, versions.commit take this, never a path).
+
+    runtime_state() is asked first, outside the lock (a start waiting for the
+    lock in pre-start holds up its monitor, which answers lxc-info and LXD);
+    then, under the layer lock held until exit, Driver.require_stopped: the
+    container does not run, nor does an overlay clone of it. With open_layer,
+    the layer is opened (naming an interrupted reset and what finishes it)
+    and an interrupted reconciliation is finished first.
+    """
+
+    def __init__(self, driver: Driver, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,
+                 shown: str, open_layer: bool) -> None:
+        self.driver, self.name, self.rootfs, self.shown = driver, name, rootfs, shown
+        self._runtime_state, self._what, self._how, self._open = runtime_state, what, how, open_layer
+        self._lock: locks.Flock | None = None
+        self._layer: layer.OpenLayer | None = None
+
+    @property
+    def layer(self) -> layer.OpenLayer:
+        if self._layer is None:
+            raise PycorError(f"internal: the layer of {self.name} was held without being opened")
+        return self._layer
+
+    def __enter__(self) -> StoppedLayer:
+        runtime_state = self._runtime_state()
+        self._lock = locks.layer_lock(self.rootfs)
+        self._lock.__enter__()
+        try:
+            self.driver.require_stopped(self.name, self.rootfs, runtime_state, self._what, self._how)
+            if self._open:
+                self._layer = self.driver.open_layer(self.shown, self.rootfs)
+                self.driver.recover_volume(self._layer)
+        except BaseException as e:
+            self.__exit__(type(e))
+            raise
+        return self
+
+    def __exit__(self, exc_type: object = None, *exc: object) -> None:
+        try:
+            if self._layer is not None:
+                self._layer.__exit__()
+                self._layer = None
+        finally:
+            if self._lock is not None:
+                self._lock.__exit__(exc_type)
+                self._lock = None

@@ -32,6 +32,7 @@ META = f"{PYCOR_DIR}/layer.json"
 UPPER = f"{PYCOR_DIR}/upper"
 WORK = f"{PYCOR_DIR}/work"
 META_LIMIT = 4096
+RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (versions.reset), emptied, renamed back
 
 
 class LayerMeta(Record):
@@ -253,7 +254,7 @@ def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
             except OSError as e:
                 raise PycorError(
                     f"cannot open {os.path.join(rootfs, rel)}: {e.strerror}",
-                    "a 'pycor reset' of this container was interrupted: run it again" if e.errno == errno.ENOENT
+                    f"a 'pycor reset' of this container was interrupted ({rel}{RESET_ASIDE}): run it again" if e.errno == errno.ENOENT
                     else "the container's layer is damaged or a symlink was planted there",
                 ) from None
     except BaseException:

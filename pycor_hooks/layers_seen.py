@@ -88,8 +88,9 @@ def all_layers(driver: Driver, lxcpaths: Iterable[str]) -> list[str]:
 
 
 def referenced_versions(driver: Driver, lxcpaths: Iterable[str]) -> tuple[dict[str, set[str]], list[str]]:
-    """base -> versions some layer references (running on, pinned to), and the layers that could not be read."""
-    used: dict[str, set[str]] = {}
+    """base -> versions some layer references (running on, pinned to, moving between), and the layers that could not
+    be read. Called under the store's exclusive lock (gc): no start resolves a version or begins a move meanwhile."""
+    used: dict[str, set[str]] = driver.moves_in_flight()  # a start merges without the store lock: both its versions stay
     problems: list[str] = []
     for state in driver.running_states():
         used.setdefault(state.base, set()).add(state.version)

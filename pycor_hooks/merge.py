@@ -51,6 +51,23 @@ from typing import NamedTuple
 
 from .errors import Damaged
 
+# --- limits: what a container's copy of a database may hold before it is not merged -----------------
+
+# A container's root writes these files, and host root parses them at the container's next move: each
+# is bounded in bytes (checked on the open file before a byte is read: reconcile.read_bounded), in
+# records, and in the numbers it holds. A file past a limit is not merged: it stays the container's
+# and is reported as a conflict (Damaged). Sizes are far above real systems (a Debian desktop's
+# dpkg status: 3 MiB, 4,000 packages; its debconf templates.dat: 2 MiB) and bound a merge to a few
+# seconds on this machine.
+_MiB = 1 << 20
+SIZE_LIMITS: dict[str, int] = {
+    "passwd": 8 * _MiB, "group": 8 * _MiB, "shadow": 8 * _MiB, "gshadow": 8 * _MiB, "subid": 1 * _MiB,
+    "lines": 1 * _MiB, "dpkg-status": 32 * _MiB, "apt-extended-states": 8 * _MiB, "debconf": 32 * _MiB,
+    "dpkg-diversions": 1 * _MiB, "dpkg-statoverride": 1 * _MiB, "ucf-registry": 1 * _MiB, "ucf-hashfile": 1 * _MiB,
+}
+MAX_RECORDS = 100_000  # accounts, packages, debconf questions, lines: per file
+MAX_ID = 2**32 - 2  # the kernel's largest uid and gid ((uid_t)-1 means "no id")
+
 # --- what reconciliation does with a path -------------------------------------------------------------
 
 DATABASES: dict[str, str] = {
@@ -221,12 +238,19 @@ def _damaged(what: str, line: int, expected: str) -> Damaged:
                    "the whole file is kept as the container's and reported as a conflict; fix the file, then rebase")
 
 
-def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+def _split_lines(data: bytes, what: str) -> tuple[list[bytes], bytes]:
     if not data:
         return [], b"\n"
+    _count(data.count(b"\n"), what)  # before splitting: a million empty lines cost no list
     if data.endswith(b"\n"):
         return data[:-1].split(b"\n"), b"\n"
     return data.split(b"\n"), b""
+
+
+def _count(n: int, what: str) -> None:
+    if n > MAX_RECORDS:
+        raise Damaged(f"{what}: more than {MAX_RECORDS} records",
+                      "the whole file is kept as the container's and reported as a conflict")
 
 
 def _unique(records: list[_Record], what: str) -> None:
@@ -241,7 +265,7 @@ def _unique(records: list[_Record], what: str) -> None:
 
 def _keyed_lines(key_of: Callable[[bytes], bytes | None], expected: str) -> Callable[[bytes, str], _File]:
     def parse(data: bytes, what: str) -> _File:
-        lines, trailer = _split_lines(data)
+        lines, trailer = _split_lines(data, what)
         records = []
         for n, line in enumerate(lines, 1):
             key = key_of(line)
@@ -253,16 +277,25 @@ def _keyed_lines(key_of: Callable[[bytes], bytes | None], expected: str) -> Call
     return parse
 
 
-def _colon(fields: int, name: str) -> Callable[[bytes, str], _File]:
+def is_id(field: bytes) -> bool:
+    """A uid or gid as the kernel takes it: decimal, 0 to MAX_ID (a 5,000-digit number is not parsed)."""
+    return 0 < len(field) <= 10 and field.isdigit() and int(field) <= MAX_ID
+
+
+def _colon(fields: int, name: str, ids: tuple[int, ...] = ()) -> Callable[[bytes, str], _File]:
+    # ids: the fields that hold a uid or gid (checked in range), or a subordinate id range's start and count
     def key_of(line: bytes) -> bytes | None:
         parts = line.split(b":")
-        return parts[0] if len(parts) == fields else None
-    return _keyed_lines(key_of, f"a {name} entry ({fields} fields separated by ':')")
+        if len(parts) != fields or not all(is_id(parts[i]) for i in ids):
+            return None
+        return parts[0]
+    numbers = f", {' and '.join(('field ' + str(i + 1)) for i in ids)} a number from 0 to {MAX_ID}" if ids else ""
+    return _keyed_lines(key_of, f"a {name} entry ({fields} fields separated by ':'{numbers})")
 
 
 def _line_set(data: bytes, what: str) -> _File:
     # The line is its own key; a repeated line (blank, comment) is told apart by its occurrence.
-    lines, trailer = _split_lines(data)
+    lines, trailer = _split_lines(data, what)
     seen: dict[bytes, int] = {}
     records = []
     for line in lines:
@@ -285,7 +318,7 @@ def _after(sep: bytes) -> Callable[[bytes], bytes | None]:
 
 def _diversions(data: bytes, what: str) -> _File:
     # Groups of three lines: the diverted path, where it went, the diverting package (":" = local).
-    lines, trailer = _split_lines(data)
+    lines, trailer = _split_lines(data, what)
     if len(lines) % 3 or not all(lines):
         bad = next((n for n, line in enumerate(lines) if not line), len(lines) - len(lines) % 3)
         raise _damaged(what, bad + 1, "part of a diversion (3 non-empty lines)")
@@ -337,6 +370,7 @@ def _deb822(key_fields: tuple[bytes, ...], dpkg_order: bool) -> Callable[[bytes,
 
     def parse(data: bytes, what: str) -> _File:
         parsed = []
+        _count(data.count(b"\n\n"), what)
         for offset, text in _paragraphs(data):
             f = _fields(data, offset, text, wanted, what)
             if not f.get(first):
@@ -414,17 +448,17 @@ def _field_merge(member_fields: tuple[int, ...] = ()) -> Callable[[bytes, bytes,
 
 def _deb822_fields(text: bytes) -> dict[bytes, bytes] | None:
     """A paragraph's fields, name -> the field's lines (continuations included), in order."""
-    fields: dict[bytes, bytes] = {}
+    fields: dict[bytes, list[bytes]] = {}
     name = b""
     for line in text.split(b"\n"):
         if line.startswith((b" ", b"\t")):
-            fields[name] += b"\n" + line
+            fields[name].append(line)  # joined once below: a million continuation lines stay linear
             continue
         name = line.partition(b":")[0]
         if name in fields:
             return None  # a field twice: no field-wise merge
-        fields[name] = line
-    return fields
+        fields[name] = [line]
+    return {k: b"\n".join(v) for k, v in fields.items()}
 
 
 def _deb822_merge(set_fields: tuple[bytes, ...] = ()) -> Callable[[bytes, bytes, bytes], bytes | None]:
@@ -473,11 +507,11 @@ def _package_merge(a: bytes, b: bytes, o: bytes) -> bytes | None:
 
 
 _FORMATS: dict[str, _Format] = {
-    "passwd": _Format(_colon(7, "passwd"), b"\n", False, _field_merge()),
-    "group": _Format(_colon(4, "group"), b"\n", False, _field_merge((3,))),
+    "passwd": _Format(_colon(7, "passwd", (2, 3)), b"\n", False, _field_merge()),
+    "group": _Format(_colon(4, "group", (2,)), b"\n", False, _field_merge((3,))),
     "shadow": _Format(_colon(9, "shadow"), b"\n", False, _field_merge()),
     "gshadow": _Format(_colon(4, "gshadow"), b"\n", False, _field_merge((2, 3))),
-    "subid": _Format(_colon(3, "subordinate id"), b"\n", False),
+    "subid": _Format(_colon(3, "subordinate id", (1, 2)), b"\n", False),
     "lines": _Format(_line_set, b"\n", False),
     "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _package_merge),
     # apt appends new entries at the end and keeps the file's order: no sort.
@@ -496,7 +530,7 @@ KINDS: tuple[str, ...] = tuple(_FORMATS)
 
 def _show(key: bytes) -> str:
     line, _, n = key.partition(b"\0")
-    text = line.decode("utf-8", "backslashreplace")
+    text = line[:80].decode("utf-8", "backslashreplace") + ("..." if len(line) > 80 else "")  # a container's key: bounded
     return f"{text} (#{int(n) + 1})" if n else text
 
 
@@ -642,7 +676,7 @@ def _ids(data: bytes, kind: str) -> dict[int, list[str]]:
     by_id: dict[int, list[str]] = {}
     for r in _FORMATS[kind].parse(data, f"/etc/{kind}").records:
         field = r.data.split(b":")[2]
-        if not field.isdigit():
+        if not is_id(field):  # checked when parsed; kept for a caller's own parse
             raise Damaged(f"/etc/{kind}: {_show(r.key)!r} has the id {_show(field)!r}",
                           "an id is a decimal number; fix the entry, then rebase")
         by_id.setdefault(int(field), []).append(_show(r.key))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 
 from . import linux, merge
@@ -46,7 +47,9 @@ from .overlay import stat_is_whiteout
 RECONCILE_DIR = "reconcile"  # in .pycor/: staged files and the plan
 PLAN = "plan"
 CONFLICTS = "conflicts.json"  # in .pycor/: what the last reconciliations found, until resolved
-READ_LIMIT = 64 << 20  # a shared database larger than this is not merged (reported instead)
+READ_LIMIT = 64 << 20  # a base's file larger than this is not merged (a container's: merge.SIZE_LIMITS)
+MERGE_SECONDS = 30  # a move merges databases for this long at most; the rest stay the container's, reported
+REPORTED_RECORDS = 20  # record conflicts listed per file (then one line counts the rest)
 
 
 class Finding:
@@ -71,6 +74,8 @@ class Plan:
         self.replace: dict[str, tuple[bytes, os.stat_result]] = {}  # rel -> (new content, the container's copy)
         self.drop: list[str] = []
         self.findings: list[Finding] = []
+        self.read: dict[str, bytes] = {}  # the container's files as the plan read them (read once)
+        self.deadline = time.monotonic() + MERGE_SECONDS
 
     @property
     def conflicts(self) -> list[Finding]:
@@ -84,18 +89,43 @@ class Plan:
 # -- reading the two base versions -------------------------------------------------
 
 
-def _read_beneath(dirfd: int, rel: str) -> bytes:
-    fd = linux.open_beneath(dirfd, rel, os.O_RDONLY | os.O_NONBLOCK)
+class TooLarge(Damaged):
+    """A file past the limit of its kind: not read."""
+
+
+def read_bounded(dirfd: int, rel: str, limit: int = READ_LIMIT) -> bytes:
+    """The one reader of a file reconciliation merges, from a container's upper or a base layer.
+
+    Opened below dirfd without following any symlink (an O_PATH fd: a FIFO or
+    a device node planted there is never opened for reading), checked on that
+    fd to be a regular file of at most `limit` bytes, then read once, through
+    that same fd (re-opened by /proc/self/fd), to at most limit + 1 bytes: a
+    file swapped or grown meanwhile is not followed. Raises Damaged (TooLarge
+    past the limit), or OSError when it cannot be opened.
+    """
+    path_fd = linux.open_beneath(dirfd, rel, os.O_PATH)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Damaged(f"{rel} is not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(READ_LIMIT + 1)
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Damaged(f"{rel} is not a regular file ({file_type(st.st_mode)})")
+        if st.st_size > limit:
+            raise TooLarge(f"{rel} is larger than {limit >> 20} MiB ({st.st_size} bytes), the limit for it")
+        fd = os.open(linux.fd_path(path_fd), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(path_fd)
+    try:
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     finally:
         os.close(fd)
-    if len(data) > READ_LIMIT:
-        raise Damaged(f"{rel} is larger than {READ_LIMIT >> 20} MiB")
-    return data
+    if size > limit:
+        raise TooLarge(f"{rel} grew past {limit >> 20} MiB while it was read")
+    return b"".join(chunks)
 
 
 def _read_link(dirfd: int, rel: str) -> str:
@@ -258,10 +288,16 @@ def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, 
         what = "added here and in the base" if a is None else "changed here; the base changed it too"
         result.findings.append(Finding(path, "conflict", f"{what} ({file_type(st.st_mode)} kept)"))
         return
+    if time.monotonic() > result.deadline:
+        result.findings.append(Finding(path, "conflict", f"not merged: this move's {MERGE_SECONDS} s for merging ran out; "
+                                                         "kept as it was"))
+        return
+    limit = merge.SIZE_LIMITS.get(kind, READ_LIMIT)
     try:
-        ours = _read_at(parent, name)
-        ancestor = _read_beneath(a[0], rel) if a else None
-        theirs = _read_beneath(b[0], rel) if b else None
+        ours = read_bounded(parent, name, limit)
+        result.read[rel] = ours
+        ancestor = read_bounded(a[0], rel, READ_LIMIT) if a else None
+        theirs = read_bounded(b[0], rel, READ_LIMIT) if b else None
         merged = merge.merge3(kind, ancestor, theirs, ours)
     except (Damaged, OSError) as e:
         result.findings.append(Finding(path, "conflict", f"could not merge ({e}); kept as it was"))
@@ -279,33 +315,29 @@ def _plan_path(result: Plan, versions: _Versions, rel: str, st: os.stat_result, 
     if merged.merged:
         result.findings.append(Finding(path, "merged", "from the base: " + ", ".join(merged.merged[:20])
                                        + (f" and {len(merged.merged) - 20} more" if len(merged.merged) > 20 else "")))
-    for c in merged.conflicts:
+    for c in merged.conflicts[:REPORTED_RECORDS]:
         result.findings.append(Finding(path, "conflict", f"record {c.key}: {c.base} in the base, {c.ours} here; the container's kept"))
-
-
-def _read_at(parent: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(READ_LIMIT + 1)
-    if len(data) > READ_LIMIT:
-        raise Damaged(f"larger than {READ_LIMIT >> 20} MiB")
-    return data
+    if len(merged.conflicts) > REPORTED_RECORDS:
+        result.findings.append(Finding(path, "conflict", f"and {len(merged.conflicts) - REPORTED_RECORDS} more records "
+                                                         "changed both here and in the base; the container's kept"))
 
 
 def _final_view(upper_fd: int, b: LowerStack, rel: str, result: Plan) -> bytes | None:
     """The content rel will have in the container after the plan, or None if it will not be a readable file."""
     if rel in result.replace:
         return result.replace[rel][0]
+    if rel in result.read and rel not in result.drop:
+        return result.read[rel]
     try:
         if rel not in result.drop and upper_fd >= 0:
-            return _read_beneath(upper_fd, rel)
+            return read_bounded(upper_fd, rel, merge.SIZE_LIMITS[merge.DATABASES[rel]])
     except FileNotFoundError:
         pass
     except (OSError, Damaged):
         return None
     found = b.find(rel)
     try:
-        return _read_beneath(found[0], rel) if found else None
+        return read_bounded(found[0], rel) if found else None
     except (OSError, Damaged):
         return None
 
@@ -322,7 +354,8 @@ def _check_ids(result: Plan, upper_fd: int, b_layers: list[str]) -> None:
             known = set(merge.id_collisions(base_own[0] or b"", base_own[1] or b""))  # the base's own: not this move's doing
             found = merge.id_collisions(passwd or b"", group or b"")
         except Damaged as e:
-            result.findings.append(Finding("/etc/passwd", "conflict", f"cannot check ids: {e}"))
+            if not any(f.path in ("/etc/passwd", "/etc/group") and f.kind == "conflict" for f in result.findings):
+                result.findings.append(Finding("/etc/passwd", "conflict", f"cannot check ids: {e}"))
             return
     finally:
         stack.close()

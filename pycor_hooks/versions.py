@@ -20,6 +20,7 @@ import stat
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from . import builder, faults, linux, overlay
 from . import layer as layers
@@ -32,6 +33,9 @@ from .staging import staging as _staging
 from .staging import stop_builders
 from .store import Store, Version
 from .tario import copy_tree
+
+if TYPE_CHECKING:
+    from .driver import StoppedLayer
 
 OPAQUE = b"y"
 SQUASH_ADVISED_DEPTH = 32  # benchmarks/stack_depth.py: cold lookups 1.8x one layer at 32, 2.6x at 64
@@ -262,50 +266,60 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
                                          disk_usage(rootfs), expected_current=current)
 
 
-def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | None, to_base: str | None,
+def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: str | None, to_base: str | None,
            progress: Progress | None = None) -> Version:
     """Publish a stopped container's view (its base version plus its layer) as a base or a base version.
 
     With --to the container's own base at its current version, the container's
     layer becomes one more layer on top (cheap, shares every base inode);
     otherwise the merged view is copied into one layer. The layer is read
-    through the fds checked when it was opened, never by path.
+    through the fds checked when it was opened, never by path. Changes made
+    on another version than the one they would be published over are
+    refused: the shared databases of the versions in between would be lost
+    (they move through reconciliation only: 'pycor rebase').
     """
     target = as_base or to_base
     assert target is not None
     parsed = IdMap.parse_lxc_config(idmap_text or "")
     idmap = None if parsed.is_empty else parsed.check()
-    with layers.OpenLayer(rootfs) as lay:
-        meta = lay.meta
-        store.require(meta.base)
-        if as_base and store.exists(as_base):
-            raise PycorError(f"base {as_base!r} already exists", f"use --to {as_base} to add a version to it, or pick a new name")
+    lay, rootfs = held.layer, held.rootfs
+    meta = lay.meta
+    store.require(meta.base)
+    if as_base and store.exists(as_base):
+        raise PycorError(f"base {as_base!r} already exists", f"use --to {as_base} to add a version to it, or pick a new name")
+    if to_base:
+        store.require(to_base)
+    with _base_update_lock(store, to_base) if to_base else contextlib.nullcontext():
         if to_base:
-            store.require(to_base)
-        with _base_update_lock(store, to_base) if to_base else contextlib.nullcontext():
-            if to_base:
-                builder.require_no_edit(store, to_base)
-            version = meta.pin or store.current(meta.base)
-            stack = store.lower_stack(meta.base, version)
-            on_top = to_base == meta.base and version == store.current(to_base)
-            with _staging(store, f"{target}.commit") as staging:
-                new = os.path.join(staging, "rootfs")
-                os.mkdir(new)
-                if on_top:
-                    copy_tree(lay.upper, new, progress or Progress())
-                else:
-                    with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
-                        faults.point("commit.mounted")
-                        copy_tree(merged, new, progress or Progress())
-                # the overlay xattrs that count: those of the container's upper (on top), or none through
-                # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
-                normalize_layer(new, idmap, userxattr=idmap is not None)
-                faults.point("commit.staged")
-                source = f"commit of {rootfs}"
-                if as_base:
-                    return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
-                return store.publish_version(target, staging, version if on_top else None, source, disk_usage(new),
-                                             expected_current=store.current(target))
+            builder.require_no_edit(store, to_base)
+        version = meta.pin or store.current(meta.base)
+        if meta.based_on and meta.based_on != version:
+            raise PycorError(
+                f"container {held.shown}: its changes were made on base {meta.base} version {meta.based_on}, not on "
+                f"version {version} they would be committed over: what versions after {meta.based_on} added to its "
+                "shared databases (/etc/passwd, dpkg's status...) would be lost",
+                f"move its changes first: 'pycor rebase {held.shown}' (or start it once), then commit",
+            )
+        stack = store.lower_stack(meta.base, version)
+        on_top = to_base == meta.base and version == store.current(to_base)
+        with _staging(store, f"{target}.commit") as staging:
+            new = os.path.join(staging, "rootfs")
+            os.mkdir(new)
+            if on_top:
+                copy_tree(lay.upper, new, progress or Progress())
+            else:
+                with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
+                    faults.point("commit.mounted")
+                    copy_tree(merged, new, progress or Progress())
+            # the overlay xattrs that count: those of the container's upper (on top), or none through
+            # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
+            normalize_layer(new, idmap, userxattr=idmap is not None)
+            faults.point("commit.staged")
+            source = f"commit of {rootfs}"
+            if as_base:
+                return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
+            return store.publish_version(target, staging, version if on_top else None, source, disk_usage(new),
+                                         expected_current=store.current(target))
 
 
 # -- garbage collection and reset ----------------------------------------------------------------
@@ -398,12 +412,13 @@ def gc(store: Store, used: Callable[[], dict[str, set[str]]]) -> GcResult:
     return result
 
 
-RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset, emptied, renamed back
+RESET_ASIDE = layers.RESET_ASIDE
 
 
-def reset(rootfs: str) -> None:
+def reset(held: StoppedLayer) -> None:
     """Discard a stopped container's changes, also at its quota: see _reset, and _empty_layer when even
     that hits the limit."""
+    rootfs = held.rootfs
     try:
         _reset(rootfs)
     except OSError as e:
@@ -468,11 +483,27 @@ def _reset(rootfs: str) -> None:
             if not _lexists_at(dfd, aside):
                 os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
                 faults.point(f"reset.{name}-aside")
+            if name == "upper":
+                _discard_moves(dfd)  # with upper aside no start runs: a plan left by a killed move must not refill it
             _empty_dir_at(dfd, aside)
             faults.point(f"reset.{name}-emptied")
             os.rename(aside, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
         os.close(dfd)
+
+
+def _discard_moves(pycor_dfd: int) -> None:
+    """Drop what reconciliations left in .pycor: a staged or committed plan, and the conflicts of changes now gone."""
+    from .reconcile import CONFLICTS, RECONCILE_DIR
+
+    if _lexists_at(pycor_dfd, RECONCILE_DIR):
+        _empty_dir_at(pycor_dfd, RECONCILE_DIR)
+        os.rmdir(RECONCILE_DIR, dir_fd=pycor_dfd)
+    for name in (CONFLICTS, CONFLICTS + ".new"):
+        try:
+            os.unlink(name, dir_fd=pycor_dfd)
+        except FileNotFoundError:
+            pass
 
 
 def _lexists_at(dfd: int, name: str) -> bool:

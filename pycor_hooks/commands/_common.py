@@ -6,14 +6,12 @@ Never imports a command module.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 
-from .. import locks, lxc, runtime
-from ..driver import Driver
+from .. import lxc, runtime
+from ..driver import Driver, StoppedLayer
 from ..errors import PycorError
 from ..names import printable
 from ..store import Version
@@ -56,18 +54,10 @@ def find_container(driver: Driver, args: argparse.Namespace, name: str | None = 
     return runtime.find_container(driver, lxcpath_of(args), name if name is not None else args.name)
 
 
-@contextlib.contextmanager
-def stopped(driver: Driver, c: runtime.Container, what: str) -> Iterator[None]:
-    """Hold the container's layer lock across 'is it stopped' and the action: a start waits in pre-start.
-
-    The runtime is asked first, outside the lock: a start waiting for the
-    lock in pre-start holds up its monitor, which answers lxc-info and LXD.
-    A start that got past pre-start before the lock left a live run state.
-    """
-    runtime_state = c.rt.state(c.name)
-    with locks.layer_lock(c.rootfs):
-        driver.require_stopped(c.lxc_name, c.rootfs, runtime_state, what, c.rt.stop_hint(c.name))
-        yield
+def stopped(driver: Driver, c: runtime.Container, what: str, open_layer: bool = True) -> StoppedLayer:
+    """The container's layer, locked and checked stopped (Driver.stopped_layer), for a command that writes it."""
+    return driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), what, c.rt.stop_hint(c.name),
+                                shown=c.name, open_layer=open_layer)
 
 
 def used_versions(driver: Driver, args: argparse.Namespace, problems: list[str] | None = None) -> dict[str, set[str]]:

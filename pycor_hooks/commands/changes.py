@@ -66,8 +66,8 @@ def commit(args: argparse.Namespace, driver: Driver) -> None:
     c = find_container(driver, args)
     idmap_text = c.rt.idmap(c.name)  # before the lock: LXD may wait on a start that waits on it
     note_volumes(driver, c.rootfs, "commit")
-    with stopped(driver, c, "commit"):
-        v = commit_layer(driver.store, c.rootfs, idmap_text, args.as_base and target, args.to_base and target)
+    with stopped(driver, c, "commit") as held:
+        v = commit_layer(driver.store, held, idmap_text, args.as_base and target, args.to_base and target)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
     if args.as_base:
         add_images(driver, target)
@@ -78,8 +78,8 @@ def reset(args: argparse.Namespace, driver: Driver) -> None:
     from ..versions import reset as reset_layer
 
     c = find_container(driver, args)
-    with stopped(driver, c, "reset"):
-        reset_layer(c.rootfs)
+    with stopped(driver, c, "reset", open_layer=False) as held:  # an interrupted reset cannot be opened: this finishes it
+        reset_layer(held)
         meta = driver.volume_meta(c.rootfs)
     full = room_error(c.name, c.rootfs, meta, after="changes discarded")  # its volumes may still fill its limit
     if full is not None:

@@ -39,7 +39,7 @@ def rollout_dry_run(args: argparse.Namespace, driver: Driver, base: str, contain
     target = driver.store.current(base)
     out: list[dict] = []
     for c, meta in followers(driver, base, containers):
-        _, plan = driver.rebase_volume(c.rootfs, target, dry_run=True)
+        _, plan = driver.rebase_plan(c.rootfs, target)
         out.append({"container": c.name, "state": c.state, "from": meta.based_on, "to": target,
                     "findings": [f.to_json() for f in plan.findings] if plan else []})
     if args.format == "json":
@@ -58,13 +58,13 @@ def rebase(args: argparse.Namespace, driver: Driver) -> None:
     to = check_version(args.to) if args.to is not None else None
     meta = driver.volume_meta(c.rootfs)
     if args.dry_run:
-        target, plan = driver.rebase_volume(c.rootfs, to, args.force, dry_run=True)
+        target, plan = driver.rebase_plan(c.rootfs, to)
     else:
-        with stopped(driver, c, "rebase"):
-            target, plan = driver.rebase_volume(c.rootfs, to, args.force, locked=True)
-    if not args.dry_run and to is not None and to != driver.store.current(meta.base) and meta.pin != to:
-        layer.write_meta(c.rootfs, driver.volume_meta(c.rootfs).but(pin=to))  # a move off current stays there: pin it
-        print(f"container {c.name} pinned to {meta.base} version {to} ('pycor unpin {c.name}' to follow current again)")
+        with stopped(driver, c, "rebase") as held:
+            target, plan = driver.rebase_volume(held, to, args.force)
+            if to is not None and to != driver.store.current(meta.base) and meta.pin != to:
+                layer.write_meta(c.rootfs, held.layer.meta.but(pin=to))  # a move off current stays there: pin it
+                print(f"container {c.name} pinned to {meta.base} version {to} ('pycor unpin {c.name}' to follow current again)")
     rows = [f.to_json() for f in plan.findings] if plan else []
     if args.format == "json":
         emit(args, [{"container": c.name, "from": meta.based_on, "to": target, "dry_run": args.dry_run, "findings": rows}], [])
@@ -78,7 +78,7 @@ def rebase(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def print_findings(rows: list[dict]) -> None:
-    marks = {"merged": "M", "dropped": "D", "conflict": "C", "collision": "!"}
+    marks = {"merged": "M", "dropped": "D", "conflict": "C", "collision": "!", "held": "H"}
     for r in rows:
         print(f"  {marks.get(r['kind'], '?')} {r['path']}: {r['detail']}")
     if not rows:
@@ -93,11 +93,12 @@ def conflicts(args: argparse.Namespace, driver: Driver) -> None:
         return
     rows = record.get("findings", [])
     if args.format == "json":
-        emit(args, [{"container": c.name, "from": record.get("from"), "to": record.get("to"), "findings": rows}], [])
+        emit(args, [{"container": c.name, "from": record.get("from"), "to": record.get("to"),
+                     "held_back": bool(record.get("held_back")), "findings": rows}], [])
         return
     open_ = [r for r in rows if r.get("kind") in ("conflict", "collision")]
     if record.get("held_back"):
-        print(f"container {c.name}: held back on version {record.get('from')}: moving to {record.get('to')} would give two names one id")
+        print(f"container {c.name}: held back on version {record.get('from')}, not moved to {record.get('to')}:")
     elif record.get("to"):
         print(f"container {c.name}: last moved from version {record.get('from')} to {record.get('to')}")
     print_findings(rows)
@@ -140,10 +141,10 @@ def print_base_diff(driver: Driver, c: Container, path: str) -> None:
 def resolve(args: argparse.Namespace, driver: Driver) -> None:
     c = find_container(driver, args)
     if args.base:
-        with stopped(driver, c, "resolve --base"):
-            driver.resolve_conflict(c.rootfs, args.path, take_base=True, locked=True)
+        with stopped(driver, c, "resolve --base") as held:
+            driver.resolve_conflict(held, args.path)
     else:
-        driver.resolve_conflict(c.rootfs, args.path, take_base=False)
+        driver.keep_conflict(c.rootfs, args.path)
     print(f"container {c.name}: {args.path} " + ("now shows the base's version" if args.base else "keeps the container's version"))
 
 

@@ -663,3 +663,124 @@ def test_reconcile_says_what_to_do_with_each_path():
         merge.Decision("keep", None, [], [], "changed in the container and in the base")
     assert merge.reconcile("var/log/syslog", b"a", b"b", b"c") == merge.Decision("keep", None, [], [], "")
     assert merge.reconcile("etc/ld.so.cache", b"a", b"b", b"c").action == "drop"
+
+
+# --- hostile input: what a container's root can put in a database host root merges ---------------------------
+
+ACCOUNTS = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+BASE_NEW = ACCOUNTS + b"sys2:x:102:102::/:/bin/false\n"
+
+
+@pytest.mark.parametrize("bad", [
+    b"x:x:" + b"9" * 5000 + b":0::/:/bin/sh\n",  # int() of it raises ValueError past 4300 digits
+    b"x:x:4294967295:0::/:/bin/sh\n",  # (uid_t)-1
+    b"x:x:0:99999999999::/:/bin/sh\n",
+    b"x:x:-1:0::/:/bin/sh\n",
+    b"x:x:\xd9\xa3:0::/:/bin/sh\n",  # a non-ASCII digit
+    b"x:x::0::/:/bin/sh\n",
+])
+def test_an_id_out_of_the_kernels_range_makes_the_file_damaged(bad):
+    with pytest.raises(Damaged, match="number from 0 to 4294967294"):
+        merge3("passwd", ACCOUNTS, BASE_NEW, ACCOUNTS + bad)
+
+
+def test_the_largest_id_still_merges():
+    ours = ACCOUNTS + b"x:x:4294967294:4294967294::/:/bin/sh\n"
+    assert merge3("passwd", ACCOUNTS, BASE_NEW, ours).data == BASE_NEW + b"x:x:4294967294:4294967294::/:/bin/sh\n"
+
+
+def test_id_collisions_refuse_an_id_past_the_range():
+    with pytest.raises(Damaged):
+        merge.id_collisions(ACCOUNTS + b"x:x:" + b"9" * 5000 + b":0::/:/bin/sh\n", b"")
+
+
+@pytest.mark.parametrize("kind, data", [
+    ("passwd", ACCOUNTS + b"".join(b"u%d:x:%d:100::/:/bin/sh\n" % (i, 40000 + i) for i in range(merge.MAX_RECORDS))),
+    ("lines", b"\n" * (merge.MAX_RECORDS + 1)),
+    ("dpkg-status", b"".join(b"Package: p%d\nStatus: install ok installed\n\n" % i for i in range(merge.MAX_RECORDS + 1))),
+])
+def test_more_records_than_the_limit_make_the_file_damaged(kind, data):
+    base = {"passwd": ACCOUNTS, "lines": b"x\n", "dpkg-status": b"Package: q\nStatus: install ok installed\n"}[kind]
+    with pytest.raises(Damaged, match="more than"):
+        merge3(kind, None, base, data)
+
+
+def test_a_huge_key_is_shown_bounded_in_a_report():
+    long = b"a" * 100_000
+    with pytest.raises(Damaged) as e:
+        merge3("passwd", ACCOUNTS, BASE_NEW, ACCOUNTS + long + b":x:1:1::/:/bin/sh\n" + long + b":x:2:2::/:/bin/sh\n")
+    assert len(str(e.value)) < 500
+
+
+def test_a_million_continuation_lines_merge_field_by_field():
+    para = b"Package: p\nStatus: install ok installed\nVersion: 1\nDescription: d\n"
+    ours = para.replace(b"Version: 1", b"Version: 1\nDepends: a") + b" x\n" * 1_000_000
+    got = merge3("dpkg-status", para, para.replace(b"Version: 1", b"Version: 2"), ours)
+    assert got.data is not None and b"Version: 2\n" in got.data and b"Depends: a\n" in got.data
+    assert got.data.count(b"\n x") == 1_000_000 and not got.conflicts
+
+
+def test_every_kind_has_a_size_limit():
+    assert set(merge.SIZE_LIMITS) == set(merge.KINDS)
+    assert all(0 < n <= 64 << 20 for n in merge.SIZE_LIMITS.values())
+
+
+# --- the one bounded reader (reconcile.read_bounded) ------------------------------------------------------------
+
+
+def test_read_bounded_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path):
+    from pycor_hooks.reconcile import read_bounded
+
+    os.mkfifo(tmp_path / "fifo")  # a FIFO opened for reading would block (or read nothing) as host root
+    os.symlink("/etc/hostname", tmp_path / "link")
+    os.mkdir(tmp_path / "dir")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dev = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("fifo", "dir"):
+            with pytest.raises(Damaged, match="not a regular file"):
+                read_bounded(fd, name)
+        with pytest.raises(Damaged, match="not a regular file"):
+            read_bounded(dev, "null")  # a device node: never opened (opening one can act: a tape, a watchdog)
+        with pytest.raises(OSError):
+            read_bounded(fd, "link")  # never followed
+    finally:
+        os.close(fd)
+        os.close(dev)
+
+
+def test_read_bounded_refuses_a_file_past_the_limit_before_reading(tmp_path):
+    from pycor_hooks.reconcile import TooLarge, read_bounded
+
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(1 << 40)  # a terabyte of nothing: reading it would take hours
+    (tmp_path / "small").write_bytes(b"x" * 100)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(TooLarge):
+            read_bounded(fd, "sparse", 8 << 20)
+        with pytest.raises(TooLarge):
+            read_bounded(fd, "small", 99)
+        assert read_bounded(fd, "small", 100) == b"x" * 100
+    finally:
+        os.close(fd)
+
+
+def test_read_bounded_reads_the_file_it_checked_when_it_is_swapped(tmp_path, monkeypatch):
+    from pycor_hooks import linux, reconcile
+
+    (tmp_path / "passwd").write_bytes(b"checked\n")
+    os.mkfifo(tmp_path / "swap")
+    real = linux.open_beneath
+
+    def open_then_swap(dirfd: int, rel: str, flags: int = 0) -> int:
+        fd = real(dirfd, rel, flags)
+        os.rename(tmp_path / "swap", tmp_path / "passwd")  # the container swaps in a FIFO after the check
+        return fd
+
+    monkeypatch.setattr(linux, "open_beneath", open_then_swap)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert reconcile.read_bounded(fd, "passwd") == b"checked\n"
+    finally:
+        os.close(fd)
