@@ -46,12 +46,6 @@ import os
 import stat
 import struct
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
-from .errors import Damaged
-
-if TYPE_CHECKING:
-    from .store import Store
 
 MANIFEST = "manifest"
 VERSION_JSON = "version.json"
@@ -311,73 +305,3 @@ def first_difference(recorded_manifest: bytes, actual: bytes) -> str | None:
                 what = names[i] if i < len(names) and not x.startswith("x:") and not y.startswith("x:") else "xattrs"
                 return f"{path}: {what} differs (recorded {x}, now {y})"
     return "the manifest's text differs (same entries)"
-
-
-class Finding:
-    def __init__(self, version: str, problem: str) -> None:
-        self.version, self.problem = version, problem
-
-
-class Verified:
-    """What verify() found, and what it covered: the layers of the stack, and the base's LXC lines when the
-    digest covers them (lxc_covered False: a first version recorded before digests covered them)."""
-
-    def __init__(self, version: str, digest: str, findings: list[Finding], layers: int, lxc: list[str],
-                 lxc_covered: bool) -> None:
-        self.version, self.digest, self.findings = version, digest, findings
-        self.layers, self.lxc, self.lxc_covered = layers, lxc, lxc_covered
-
-
-def verify(store: Store, name: str, version: str | None = None) -> Verified:
-    """Recompute every layer of a version's stack against its recorded manifest and the digest chain, and the
-    base's LXC lines (base.json) against what its first version's digest covers.
-
-    A layer with no recorded manifest (published before digests) gets one now.
-    """
-    from .flatjson import read_json
-    from .lxcconfig import base_lines
-
-    store.require(name)
-    top = version or store.current(name)
-    stack: list = []
-    current: str | None = top
-    while current is not None:
-        if len(stack) > 1000 or any(v.version == current for v in stack):
-            raise Damaged(f"base {name!r}: the parents of version {top} loop", "the store is damaged; import the base again")
-        v = store.version(name, current)
-        stack.append(v)
-        current = v.parent
-    raw = read_json(os.path.join(store.base_dir(name), "base.json")).get("lxc")
-    lxc, refused = base_lines(raw if isinstance(raw, list) else [])
-    findings: list[Finding] = []
-    if refused or (raw is not None and not isinstance(raw, list)):
-        findings.append(Finding(stack[-1].version, f"base.json holds LXC config a base may not carry, left out of every "
-                                                   f"container's config: {refused[0] if refused else raw!r}"[:600]))
-    lxc_covered = True
-    parent_digest: str | None = None
-    for v in reversed(stack):  # lowest first: the chain needs parents' digests
-        vdir = os.path.dirname(v.rootfs)
-        if not os.path.isdir(v.rootfs):
-            raise Damaged(f"base {name!r}: layer {v.rootfs} is missing", "the store is damaged; import the base again")
-        try:
-            with open(os.path.join(vdir, MANIFEST), "rb") as f:
-                kept = f.read()
-        except FileNotFoundError:
-            store.version_digest(name, v.version)  # published before digests: recorded now
-            with open(os.path.join(vdir, MANIFEST), "rb") as f:
-                kept = f.read()
-        diff = first_difference(kept, layer_manifest(v.rootfs, recorded=kept))
-        if diff:
-            findings.append(Finding(v.version, diff))
-        expect = chain(layer_digest(kept), parent_digest, lxc if parent_digest is None else ())
-        rec = store.recorded_digest(name, v.version)
-        if rec and rec != expect:
-            if parent_digest is None and rec == chain(layer_digest(kept), None):
-                lxc_covered = not lxc  # recorded before digests covered LXC lines
-            elif parent_digest is None and not diff:
-                findings.append(Finding(v.version, f"base.json's LXC lines ({len(lxc)}) are not the ones its digest "
-                                                   f"{rec[:16]} covers"))
-            else:
-                findings.append(Finding(v.version, f"recorded digest {rec[:16]} does not match its manifest's {expect[:16]}"))
-        parent_digest = rec or expect
-    return Verified(top, parent_digest or "", findings, len(stack), lxc, lxc_covered)

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
-from . import debian, faults, staging
+from . import debian, faults
 from .debian import write_file
 from .errors import PycorError
 from .fsutil import disk_usage, lexists_inside, resolve_inside
@@ -133,7 +133,7 @@ def _import(store: Store, name: str, source: str, build: Callable[[str], list[st
             progress: Progress, hint: str | None = None) -> Version:
     """Build staging/rootfs with build (which returns the base's LXC lines), check it, publish it."""
     try:
-        with staging.staging(store, name) as work:
+        with store.staging(name) as work:
             rootfs = os.path.join(work, "rootfs")
             faults.point("import.staging")
             lxc = build(rootfs)

@@ -16,26 +16,11 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .fsutil import remove_tree
 from .linux import MNT_DETACH, mounts_under, umount2
 
-if TYPE_CHECKING:
-    from .store import Store
-
 log = logging.getLogger("pycor")
-
-
-@contextlib.contextmanager
-def staging(store: Store, label: str) -> Iterator[str]:
-    """A staging directory, removed on the way out unless the body published it (renamed it into the store)."""
-    path = store.new_staging(label)
-    try:
-        yield path
-    finally:
-        store.end_staging(path)  # stops a builder, unmounts anything left below it, removes it
 
 
 def discard(path: str) -> None:

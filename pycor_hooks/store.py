@@ -160,6 +160,20 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+class Staging:
+    """Store.staging(): the path of a fresh staging directory while the with block runs."""
+
+    def __init__(self, store: Store, label: str) -> None:
+        self.store, self.label, self.path = store, label, ""
+
+    def __enter__(self) -> str:
+        self.path = self.store.new_staging(self.label)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.end_staging(self.path)  # stops a builder, unmounts anything left below it, removes it
+
+
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = store_root(root)
@@ -506,6 +520,11 @@ class Store:
         return stack
 
     # -- writing -------------------------------------------------------------
+    def staging(self, label: str) -> Staging:
+        """A staging directory for a with block: removed on the way out unless the body published it
+        (renamed it into the store); a builder in it is stopped and mounts below it detached first."""
+        return Staging(self, label)
+
     def new_staging(self, label: str) -> str:
         """A fresh directory on the store's filesystem for building a layer.
 

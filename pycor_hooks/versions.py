@@ -1,4 +1,4 @@
-"""Base versions: update through a builder container, squash, gc, commit, reset.
+"""Base versions: update through a builder container, squash, gc, commit, reset, verify.
 
 A new version is one layer stacked above its parent (lowerdir order), so the
 files it does not change keep their inodes and stay shared in the page cache
@@ -22,14 +22,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from . import builder, faults, linux, overlay
+from . import builder, digest, faults, linux, overlay
 from . import layer as layers
-from .errors import PycorError
+from .errors import Damaged, PycorError
+from .flatjson import read_json
 from .fsutil import disk_usage, remove_tree, walk
 from .idmap import IdMap
+from .lxcconfig import base_lines
 from .overlay import merged_view
 from .proc import Progress
-from .staging import staging as _staging
 from .staging import stop_builders
 from .store import Store, Version
 from .tario import copy_tree
@@ -123,7 +124,7 @@ def _builder_on_current(store: Store, base: str, label: str) -> Iterator[tuple[s
         builder.require_no_edit(store, base)
         current = store.current(base)
         stack = store.lower_stack(base, current)
-        with _staging(store, f"{base}.{label}") as staging:
+        with store.staging(f"{base}.{label}") as staging:
             yield current, stack, staging, builder.prepare(store, base, staging, current, stack)
 
 
@@ -255,7 +256,7 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
         stack = store.lower_stack(base, current)
         if len(stack) == 1:
             raise PycorError(f"base {base} version {current} is already one layer", "nothing to squash")
-        with _staging(store, f"{base}.squash") as staging:
+        with store.staging(f"{base}.squash") as staging:
             rootfs = os.path.join(staging, "rootfs")
             os.mkdir(rootfs)
             with merged_view(stack, os.path.join(staging, "merged")) as merged:
@@ -302,7 +303,7 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
             )
         stack = store.lower_stack(meta.base, version)
         on_top = to_base == meta.base and version == store.current(to_base)
-        with _staging(store, f"{target}.commit") as staging:
+        with store.staging(f"{target}.commit") as staging:
             new = os.path.join(staging, "rootfs")
             os.mkdir(new)
             if on_top:
@@ -320,6 +321,76 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
                 return store.publish_base(as_base, staging, source, disk_usage(new), store.base(meta.base).lxc)
             return store.publish_version(target, staging, version if on_top else None, source, disk_usage(new),
                                          expected_current=store.current(target))
+
+
+# -- verify: a version against its recorded manifests and digest chain ------------------------------------
+
+
+class Finding:
+    def __init__(self, version: str, problem: str) -> None:
+        self.version, self.problem = version, problem
+
+
+class Verified:
+    """What verify() found, and what it covered: the layers of the stack, and the base's LXC lines when the
+    digest covers them (lxc_covered False: a first version recorded before digests covered them)."""
+
+    def __init__(self, version: str, digest: str, findings: list[Finding], layers: int, lxc: list[str],
+                 lxc_covered: bool) -> None:
+        self.version, self.digest, self.findings = version, digest, findings
+        self.layers, self.lxc, self.lxc_covered = layers, lxc, lxc_covered
+
+
+def verify(store: Store, name: str, version: str | None = None) -> Verified:
+    """Recompute every layer of a version's stack against its recorded manifest and the digest chain, and the
+    base's LXC lines (base.json) against what its first version's digest covers.
+
+    A layer with no recorded manifest (published before digests) gets one now.
+    """
+    store.require(name)
+    top = version or store.current(name)
+    stack: list[Version] = []
+    current: str | None = top
+    while current is not None:
+        if len(stack) > 1000 or any(v.version == current for v in stack):
+            raise Damaged(f"base {name!r}: the parents of version {top} loop", "the store is damaged; import the base again")
+        v = store.version(name, current)
+        stack.append(v)
+        current = v.parent
+    raw = read_json(os.path.join(store.base_dir(name), "base.json")).get("lxc")
+    lxc, refused = base_lines(raw if isinstance(raw, list) else [])
+    findings: list[Finding] = []
+    if refused or (raw is not None and not isinstance(raw, list)):
+        findings.append(Finding(stack[-1].version, f"base.json holds LXC config a base may not carry, left out of every "
+                                                   f"container's config: {refused[0] if refused else raw!r}"[:600]))
+    lxc_covered = True
+    parent_digest: str | None = None
+    for v in reversed(stack):  # lowest first: the chain needs parents' digests
+        vdir = os.path.dirname(v.rootfs)
+        if not os.path.isdir(v.rootfs):
+            raise Damaged(f"base {name!r}: layer {v.rootfs} is missing", "the store is damaged; import the base again")
+        try:
+            with open(os.path.join(vdir, digest.MANIFEST), "rb") as f:
+                kept = f.read()
+        except FileNotFoundError:
+            store.version_digest(name, v.version)  # published before digests: recorded now
+            with open(os.path.join(vdir, digest.MANIFEST), "rb") as f:
+                kept = f.read()
+        diff = digest.first_difference(kept, digest.layer_manifest(v.rootfs, recorded=kept))
+        if diff:
+            findings.append(Finding(v.version, diff))
+        expect = digest.chain(digest.layer_digest(kept), parent_digest, lxc if parent_digest is None else ())
+        rec = store.recorded_digest(name, v.version)
+        if rec and rec != expect:
+            if parent_digest is None and rec == digest.chain(digest.layer_digest(kept), None):
+                lxc_covered = not lxc  # recorded before digests covered LXC lines
+            elif parent_digest is None and not diff:
+                findings.append(Finding(v.version, f"base.json's LXC lines ({len(lxc)}) are not the ones its digest "
+                                                   f"{rec[:16]} covers"))
+            else:
+                findings.append(Finding(v.version, f"recorded digest {rec[:16]} does not match its manifest's {expect[:16]}"))
+        parent_digest = rec or expect
+    return Verified(top, parent_digest or "", findings, len(stack), lxc, lxc_covered)
 
 
 # -- garbage collection and reset ----------------------------------------------------------------

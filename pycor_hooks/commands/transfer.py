@@ -39,7 +39,7 @@ def base_export(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def base_verify(args: argparse.Namespace, driver: Driver) -> None:
-    from ..digest import verify
+    from ..versions import verify
 
     name = check_name(args.name, "base name")
     found = verify(driver.store, name, check_version(args.version) if args.version else None)
