@@ -180,6 +180,14 @@ def stale_record_check(driver: Driver) -> Check:
                  "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
 
 
+def layer_mount_check(driver: Driver) -> Check:
+    """Idmapped mounts of layers (daemons' idmapped rootfs) no running container uses: a stale record's, or a
+    killed pre-start's. They hold the container's storage busy."""
+    left = driver.stale_layer_mounts()
+    return Check("leftover layer mounts", not left, "none" if not left else ", ".join(left),
+                 "pycor doctor --fix detaches them (or 'pycor base gc')", required=False)
+
+
 # LXD's and Incus's production-setup values; below MIN, a few dozen booted system containers exhaust them
 CONTAINER_LIMITS = {"fs.inotify.max_user_instances": (1048576, 1024), "fs.inotify.max_user_watches": (1048576, 65536)}
 
@@ -221,6 +229,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
     checks.append(limits_check())
     if driver is not None:
         checks.append(stale_record_check(driver))
+        checks.append(layer_mount_check(driver))
     return checks
 
 

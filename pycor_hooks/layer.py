@@ -21,11 +21,11 @@ import stat
 from . import flatjson, linux
 from .errors import PycorError
 from .flatjson import Record
+from .names import check_name, check_version
 
 TYPE_CHECKING = False  # typing costs a start 2 ms; type checkers read this as True
 if TYPE_CHECKING:
     from typing import Any
-from .names import check_name, check_version
 
 PYCOR_DIR = ".pycor"
 META = f"{PYCOR_DIR}/layer.json"

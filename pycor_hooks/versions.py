@@ -254,13 +254,15 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
 
 
 def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | None, to_base: str | None,
-           progress: Progress | None = None) -> Version:
+           progress: Progress | None = None, shifted: bool = True) -> Version:
     """Publish a stopped container's view (its base version plus its layer) as a base or a base version.
 
     With --to the container's own base at its current version, the container's
     layer becomes one more layer on top (cheap, shares every base inode);
     otherwise the merged view is copied into one layer. The layer is read
-    through the fds checked when it was opened, never by path.
+    through the fds checked when it was opened, never by path. shifted False:
+    an unprivileged container's layer holds its ids unshifted (a daemon's
+    idmapped rootfs), written with userxattr all the same.
     """
     target = as_base or to_base
     assert target is not None
@@ -288,7 +290,7 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
                     with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
                         faults.point("commit.mounted")
                         copy_tree(merged, new, progress or Progress())
-                normalize_layer(new, idmap)
+                normalize_layer(new, idmap if shifted else None)
                 faults.point("commit.staged")
                 source = f"commit of {rootfs}"
                 if as_base:
