@@ -414,18 +414,16 @@ class Driver:
                 self.release_views()
 
     def release_views(self) -> None:
-        """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
-        from .idmap import RUN_VIEWS
-
-        runstate.remove(runstate.VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
-        if not os.path.isdir(RUN_VIEWS):
-            return
+        """Remove idmapped views that no live recorded start uses, and layer mounts of starts whose monitor is
+        gone: a stale record's, or a killed pre-start's (caller holds the store lock)."""
         from . import idmap as idmap_mod
 
+        runstate.remove(runstate.VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
+        idmap_mod.release_layer_mounts(runstate.monitor_runs)
+        if not os.path.isdir(idmap_mod.RUN_VIEWS):
+            return
         in_use = {(s.idmap, v) for s in runstate.running_states() if s.idmap and is_live(s) for v in s.views}
         idmap_mod.release_unused(in_use)
-        # and layer mounts of starts whose monitor is gone: a stale record's, or a killed pre-start's
-        idmap_mod.release_layer_mounts(runstate.monitor_runs)
 
     def clear_stale(self) -> list[RunState]:
         """Remove stale run records, the idmapped views only they used and the lock files nobody holds (for gc and doctor --fix)."""

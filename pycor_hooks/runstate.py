@@ -7,7 +7,8 @@ A start writes its record under the store's lock; its post-stop removes it.
 A container that died without a post-stop (a killed monitor, a host crash)
 leaves a stale record, told apart by its monitor process being gone (pid
 and start time), and cleared by the next start, stop, gc or doctor --fix,
-each re-checked under the container's layer lock.
+each re-checked under the container's layer lock; the idmapped mount of its
+layer (layer_mount, for a layer unshifted on disk) goes with it.
 
 Hot path: hooks import this. Imports stay minimal.
 """
@@ -68,11 +69,18 @@ def run_state_from_json(raw: dict) -> RunState:
 
 
 def release_layer_mount(state: RunState) -> None:
-    """Detach the idmapped mount of the container's layer its start made, if it made one (idempotent)."""
+    """Detach the idmapped mount of the container's layer its start made, if it made one (idempotent).
+
+    One that cannot be detached now never fails the start or stop that found
+    it: release_views() tries again, and 'pycor doctor' lists it.
+    """
     if state.layer_mount:
         from .idmap import remove_layer_mount
 
-        remove_layer_mount(state.layer_mount)
+        try:
+            remove_layer_mount(state.layer_mount)
+        except OSError:
+            pass
 
 
 def monitor_entry(state: "RunState", record: str) -> str:

@@ -359,3 +359,49 @@ def test_a_network_that_does_not_come_up_is_an_error_naming_what_holds_its_addre
             holder.kill()
             holder.wait()
         d.down()
+
+
+def test_a_start_on_storage_shifted_on_disk_makes_no_layer_mount(lxd_launch, make_container):
+    """LXD 5.0 and unprivileged LXC containers keep their start as it was: views only."""
+    inst = lxd_launch()
+    assert inst.sh("cat /proc/self/uid_map").stdout.split()[1] != "0"
+    with open(runstate.record_path(f"{inst.project}_{inst.name}", inst.rootfs)) as f:
+        assert json.load(f)["layer_mount"] is None
+    c = make_container(extra=("--unprivileged",))
+    c.start()
+    with open(runstate.record_path(c.name, c.rootfs)) as f:
+        assert json.load(f)["layer_mount"] is None
+    c.stop()
+
+
+def test_doctor_fix_detaches_the_layer_mount_of_a_killed_start_and_keeps_a_starting_ones(env, tmp_path):
+    """A pre-start killed between mounting the layer and recording the start leaves a mount no record names:
+    doctor lists it and --fix detaches it, told by the monitor its name records; a mount whose monitor
+    still runs (a start recording itself right now, on any store) stays."""
+    from pycor_hooks import idmap
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / ".pycor").mkdir(parents=True)
+    os.chmod(tmp_path, 0o755)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    idmap_ = idmap.IdMap.parse_lxc_config("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n")
+    me = (os.getpid(), runstate.proc_start_time(os.getpid()) or 0)
+    fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+    paths = []
+    try:
+        for monitor in ((dead.pid, 1), me):
+            path = idmap.layer_mount_path(f"t{uuid.uuid4().hex[:6]}-00000000", monitor)
+            paths.append(idmap.mount_layer(idmap_, fd, str(rootfs), path))
+        killed, starting = paths
+        assert os.stat(os.path.join(starting, ".pycor")).st_uid == 100000  # the map is on it
+        report = json.loads(run(PYCOR + ["doctor", "--format", "json"], env=env, check=False).stdout)
+        detail = next(r["detail"] for r in report if r["name"] == "leftover layer mounts")
+        assert killed in detail and starting not in detail
+        run(PYCOR + ["doctor", "--fix"], env=env, check=False)
+        assert killed not in mount_points(LAYER_MOUNTS) and not os.path.exists(killed)
+        assert starting in mount_points(LAYER_MOUNTS)
+    finally:
+        os.close(fd)
+        for path in paths:
+            idmap.remove_layer_mount(path)

@@ -36,3 +36,14 @@ def test_only_a_path_under_the_layer_mounts_root_is_ever_detached(tmp_path):
     remove_layer_mount(f"{RUN_LAYERS}/../views")
     assert elsewhere.is_dir()
     assert layer_mount_path("p_c1-1a2b3c4d", (7, 8)) == f"{RUN_LAYERS}/p_c1-1a2b3c4d.7.8"
+
+
+def test_a_layer_mount_names_the_monitor_of_its_start_whatever_the_container_is_called():
+    from pycor_hooks.idmap import layer_mount_monitor, layer_mount_path
+    from pycor_hooks.runstate import volume_key
+
+    for name in ("c1", "web.1-a", "proj_x-y.z", "a-b-c"):
+        path = layer_mount_path(volume_key(name, f"/p/{name}/rootfs"), (4321, 98765))
+        assert layer_mount_monitor(path) == (4321, 98765), path
+    assert layer_mount_monitor("/run/pycor/layers/lock") is None
+    assert layer_mount_monitor("/run/pycor/layers/c1-00000000.x.1") is None
