@@ -224,6 +224,14 @@ def room_check(driver: Driver) -> Check:
                  "limit: 'pycor set NAME size=...' (its start says which)", required=False)
 
 
+def layer_mount_check(driver: Driver) -> Check:
+    """Idmapped mounts of layers (daemons' idmapped rootfs) no running container uses: a stale record's, or a
+    killed pre-start's. They hold the container's storage busy."""
+    left = driver.stale_layer_mounts()
+    return Check("leftover layer mounts", not left, "none" if not left else ", ".join(left),
+                 "pycor doctor --fix detaches them (or 'pycor base gc')", required=False)
+
+
 # LXD's and Incus's production-setup values; below MIN, a few dozen booted system containers exhaust them
 CONTAINER_LIMITS = {"fs.inotify.max_user_instances": (1048576, 1024), "fs.inotify.max_user_watches": (1048576, 65536)}
 
@@ -267,6 +275,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
         checks.append(stale_record_check(driver))
         checks.append(interrupted_check(driver))
         checks.append(room_check(driver))
+        checks.append(layer_mount_check(driver))
     return checks
 
 

@@ -89,10 +89,19 @@ def layer_id(base: str, layer_path: str) -> str:
     return f"{base}.{os.path.basename(os.path.dirname(layer_path))}.{st.st_dev:x}.{st.st_ino:x}"
 
 
-def check_layer_owner(st: os.stat_result, idmap: IdMap, name: str, rootfs: str) -> None:
-    """upper and work must belong to container root, or the overlay mounted in its namespace cannot write."""
-    root_uid, root_gid = idmap.root()
+def check_layer_owner(st: os.stat_result, idmap: IdMap, name: str, rootfs: str, unshifted: bool = False) -> None:
+    """upper and work must belong to container root, or the overlay mounted in its namespace cannot write.
+
+    unshifted: the daemon mounts the rootfs idmapped, so container root's files are host root's on disk.
+    """
+    root_uid, root_gid = (0, 0) if unshifted else idmap.root()
     if (st.st_uid, st.st_gid) != (root_uid, root_gid):
+        if unshifted:
+            raise PycorError(
+                f"container {name}: {rootfs}/.pycor/upper and work belong to {st.st_uid}:{st.st_gid}, but the daemon "
+                "mounts this container's rootfs idmapped, so its root's files are 0:0 on disk",
+                "the layer was shifted by hand or by another daemon: shift it back to 0:0, or create the container again",
+            )
         raise PycorError(
             f"container {name}: {rootfs}/.pycor/upper and work belong to {st.st_uid}:{st.st_gid}, "
             f"not to container root {root_uid}:{root_gid} of its idmap",
@@ -253,18 +262,27 @@ class Driver:
 
     # -- starting and stopping -----------------------------------------------
     def prepare_start(self, name: str, rootfs: str, runtime: str = "lxc", lxcpath: str | None = None,
-                      config_text: str | None = None) -> RunState:
+                      config_text: str | None = None, unshifted: bool = False) -> RunState:
         """pre-start: resolve the base version and its lower stack, record the start.
 
         For an unprivileged container (lxc.idmap lines in its config, a file
         the container cannot write) the lower stack is made of idmapped views
         of the base layers, shared by every container with the same map.
+        unshifted: its daemon mounts the rootfs idmapped and left the layer's
+        ids unshifted on disk; the start then also gets a layer mount (mount_layer).
         """
         idmap = parse_idmap(config_text)
+        unshifted = unshifted and idmap is not None  # privileged: nothing to map
+        monitor = runstate.hook_monitor()
         # The layer lock is held from reading the layer to writing the run
         # state: a reset, commit or diff either finishes first or sees the start.
         with locks.layer_lock(rootfs), self.open_layer(name, rootfs) as lay:
-            return self._prepare_start(lay, name, runtime, lxcpath, idmap, runstate.hook_monitor())
+            try:
+                return self._prepare_start(lay, name, runtime, lxcpath, idmap, monitor, unshifted)
+            except BaseException:
+                if unshifted:  # a start that fails after mounting its layer leaves no mount behind
+                    self._unmount_layer(name, rootfs, monitor)
+                raise
 
     def start_privileged(self, name: str, rootfs: str, lxcpath: str | None, config_text: str | None) -> None:
         """pre-mount --prepare: a privileged LXC container's whole start in one hook process.
@@ -285,15 +303,15 @@ class Driver:
             self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
 
     def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap: IdMap | None,
-                       monitor: tuple[int, int]) -> RunState:
+                       monitor: tuple[int, int], unshifted: bool = False) -> RunState:
         rootfs = lay.rootfs
         # LXC's overlay clone (lxc-copy -e, -s -B overlay): lay is its origin's layer, a lowerdir here, never written
         clone = layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", ""))
         if not clone:
-            layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None else None)
+            layer.secure_pycor_dir(lay.rootfs_fd, rootfs, idmap.root() if idmap is not None and not unshifted else None)
         if idmap is not None:
             for fd in (lay.upper_fd, lay.work_fd):
-                check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+                check_layer_owner(os.fstat(fd), idmap, name, rootfs, unshifted)
         if not layer.has_room(lay.rootfs_fd):
             # before LXC pins a privileged rootfs (a file it creates there) and overlayfs its workdir
             # (it falls back to read-only): a full layer gets pycor's message, with the fix
@@ -326,7 +344,7 @@ class Driver:
                 else:
                     move = _Move(self.store, meta.base, meta.based_on, version)  # gc keeps both until it is closed
             if move is None:
-                state = self._record_start(lay, name, idmap, monitor, version, held)
+                state = self._record_start(lay, name, idmap, monitor, version, held, unshifted)
         if move is not None:
             try:
                 try:  # the merge runs without the store lock: other containers start and stop meanwhile
@@ -335,14 +353,14 @@ class Driver:
                     # the move would hand one id to two names: stay where the changes were made
                     held, version = e.message, str(meta.based_on)
                 with self.store.lock(exclusive=False):
-                    state = self._record_start(lay, name, idmap, monitor, version, held)
+                    state = self._record_start(lay, name, idmap, monitor, version, held, unshifted)
             finally:
                 move.close()
         self.register(Registration(name, rootfs, runtime, lxcpath))
         return state
 
     def _record_start(self, lay: layer.OpenLayer, name: str, idmap: IdMap | None, monitor: tuple[int, int],
-                      version: str, held: str | None) -> RunState:
+                      version: str, held: str | None, unshifted: bool = False) -> RunState:
         """The lower stack (the version must still exist), idmapped views, the run record; under the store's shared lock."""
         rootfs, meta = lay.rootfs, lay.meta
         lowers = self.store.lower_stack(meta.base, version)
@@ -365,7 +383,8 @@ class Driver:
             made = idmap_mod.ensure_views(idmap, dict(zip(ids, lowers)), remake_if=unused)
             lowers, views = [made[i] for i in ids], ids
         state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
-                         idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held)
+                         idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held,
+                         self._mount_layer(lay, name, idmap, monitor) if unshifted and idmap is not None else None)
         os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
         own = runstate.record_path(name, rootfs)
         if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
@@ -387,8 +406,14 @@ class Driver:
             )
         fds = [layer.open_rootfs(rootfs)]
         try:
-            fds.extend(layer.open_layer_dirs(fds[0], rootfs))
-            meta = layer.read_meta(fds[0], rootfs)
+            # upper, work and layer.json: through the layer mount pre-start made, if the layer is unshifted on disk
+            src = self._open_layer_mount(state) if state.layer_mount else fds[0]
+            try:
+                fds.extend(layer.open_layer_dirs(src, rootfs))
+                meta = layer.read_meta(src, rootfs)
+            finally:
+                if src != fds[0]:
+                    os.close(src)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -447,20 +472,21 @@ class Driver:
             runstate.remove(own)
             if state is not None:
                 runstate.remove(os.path.join(runstate.RUN_MONITORS, runstate.monitor_entry(state, own)))
+                runstate.release_layer_mount(state)
             cleared = runstate.sweep_stale_records(skip=own)
             # only idmapped starts use views: a privileged stop reads no other record
             if any(s is not None and s.idmap for s in [state, *cleared]) or os.path.lexists(runstate.VIEWS_STALE):
                 self.release_views()
 
     def release_views(self) -> None:
-        """Remove idmapped views that no live recorded start uses (caller holds the store lock)."""
-        from .idmap import RUN_VIEWS
-
-        runstate.remove(runstate.VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
-        if not os.path.isdir(RUN_VIEWS):
-            return
+        """Remove idmapped views that no live recorded start uses, and layer mounts of starts whose monitor is
+        gone: a stale record's, or a killed pre-start's (caller holds the store lock)."""
         from . import idmap as idmap_mod
 
+        runstate.remove(runstate.VIEWS_STALE)  # before the records are read: a start clearing one after this leaves it again
+        idmap_mod.release_layer_mounts(runstate.monitor_runs)
+        if not os.path.isdir(idmap_mod.RUN_VIEWS):
+            return
         in_use = {(s.idmap, v) for s in runstate.running_states() if s.idmap and is_live(s) for v in s.views}
         idmap_mod.release_unused(in_use)
 
@@ -474,14 +500,43 @@ class Driver:
         locks.sweep()
         return cleared
 
+    # -- layers unshifted on disk (a daemon's idmapped rootfs): their idmapped mounts --------
+    def _mount_layer(self, lay: layer.OpenLayer, name: str, idmap: IdMap, monitor: tuple[int, int]) -> str:
+        """pre-start, unshifted: the idmapped mount of the container's rootfs directory, named by this start."""
+        from . import idmap as idmap_mod
+
+        path = idmap_mod.layer_mount_path(runstate.volume_key(name, lay.rootfs), monitor)
+        return idmap_mod.mount_layer(idmap, lay.rootfs_fd, lay.rootfs, path)
+
+    def _unmount_layer(self, name: str, rootfs: str, monitor: tuple[int, int]) -> None:
+        from . import idmap as idmap_mod
+
+        idmap_mod.remove_layer_mount(idmap_mod.layer_mount_path(runstate.volume_key(name, rootfs), monitor))
+
+    def _open_layer_mount(self, state: RunState) -> int:
+        """pre-mount: the layer mount pre-start recorded (a path under /run/pycor, which only root writes)."""
+        assert state.layer_mount
+        try:
+            return os.open(state.layer_mount, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise PycorError(f"container {state.name}: cannot open the idmapped mount of its layer at {state.layer_mount}: "
+                             f"{e.strerror}", "its pre-start hook makes it: start the container again") from None
+
+    def stale_layer_mounts(self) -> list[str]:
+        """Layer mounts of starts whose monitor is gone (for doctor): a stale record's, or a killed pre-start's."""
+        from . import idmap as idmap_mod
+
+        return [path for path in idmap_mod.list_layer_mounts()
+                if not runstate.monitor_runs(idmap_mod.layer_mount_monitor(path) or (0, 0))]
+
     # -- daemons: LXD's and Incus's overlay profile and images ------------------------
     def daemon_init(self, client: Daemon) -> list[str]:
         """The daemon's overlay profile and one image per base, all of this store; safe to repeat. What it did."""
-        from .lxcconfig import hook_lines
+        from .lxcconfig import profile_lines
         from .store import hooks_dir
 
         done = []
-        if client.ensure_profile("\n".join(hook_lines(hooks_dir(), self.store.hook_arg)), self.store.root):
+        if client.ensure_profile("\n".join(profile_lines(hooks_dir(), self.store.hook_arg)), self.store.root):
             done.append("profile overlay written")
         for base in self.store.base_names():
             outcome = client.ensure_image(base, self.store.root)

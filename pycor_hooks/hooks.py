@@ -64,20 +64,23 @@ def read_config(config_file: str) -> str:
         return f.read()
 
 
-def scan_config(text: str) -> tuple[tuple[str, str, str, str] | None, bool]:
+def scan_config(text: str) -> tuple[tuple[str, str, str, str] | None, bool, bool]:
     """From a container config's text: (exe, daemon dir, project, instance) of the hook lines LXD
-    and Incus write into their lxc.conf, or None; and whether LXC mounts the rootfs idmapped
-    (lxc.rootfs.options idmap=container).
+    and Incus write into their lxc.conf, or None; whether the rootfs was to be mounted idmapped
+    (an `lxc.rootfs.options = idmap=container` line: the daemon left the layer unshifted on disk);
+    and whether LXC still will (the last lxc.rootfs.options line idmaps: no profile cleared it).
 
     Both daemons write `lxc.hook.pre-start = EXE callhook DAEMON_DIR "PROJECT" "NAME" start`
     (EXE is /proc/PID/exe on the start hook, the daemon's binary on the stop
     ones). Raw LXC configs have no such line. Plain string work: hot path.
     """
     found = None
-    idmapped = False
+    requested = idmapped = False
     for line in text.split("\n"):  # LXC's own line ends: splitlines() would also split on \x0b, \x85...
         if line.startswith("lxc.rootfs.options"):
+            # the daemon's own line comes first, the overlay profile's raw.lxc (an empty value: cleared) after it
             idmapped = "idmap=" in line.partition("=")[2]
+            requested = requested or idmapped
         if not line.startswith("lxc.hook.") or " callhook " not in line:
             continue
         value = line.partition("=")[2].strip()
@@ -89,7 +92,7 @@ def scan_config(text: str) -> tuple[tuple[str, str, str, str] | None, bool]:
         hook = (exe.strip(), parts[0], parts[1].strip('"'), parts[2].strip('"'))
         if found is None or found[0].startswith("/proc/"):
             found = hook  # the daemon's own binary (stop hooks) names it best
-    return found, idmapped
+    return found, requested, idmapped
 
 
 def daemon_kind(exe: str, daemon_dir: str) -> str:
@@ -143,16 +146,15 @@ def run(hook: str, argv: list[str]) -> None:
     driver = Driver(Store(store_path))
     if hook == "pre-start":
         text = read_config(config_file) if config_file else ""
-        callhook, idmapped = scan_config(text)
+        callhook, unshifted, idmapped = scan_config(text)
         runtime, where, _, _ = runtime_from(callhook, config_file)
         if runtime != "lxc" and idmapped:
             raise PycorError(
-                f"{runtime} mounts this container's rootfs idmapped (lxc.rootfs.options = idmap=...), "
-                "which hides pycor's overlay, and left its layer unshifted on disk",
-                f"start the daemon with {runtime.upper()}_IDMAPPED_MOUNTS_DISABLE=1 (scripts/incus-up.sh does), "
-                "then create the container again",
+                f"{runtime} would mount this container's rootfs idmapped (lxc.rootfs.options = idmap=...), "
+                "which hides pycor's overlay: its overlay profile does not turn that off",
+                f"update the profile with 'pycor {runtime} init' (its raw.lxc clears lxc.rootfs.options), then start it again",
             )
-        driver.prepare_start(name, rootfs, runtime, where, text)
+        driver.prepare_start(name, rootfs, runtime, where, text, unshifted=runtime != "lxc" and unshifted)
     elif hook == "pre-mount" and prepare:
         try:
             config: str | None = read_config(config_file) if config_file else ""

@@ -674,3 +674,113 @@ def release_unused(in_use: set[tuple[str, str]], root: str = RUN_VIEWS) -> list[
             os.close(lock_fd)
         os.close(root_fd)
     return removed
+
+
+# --- the idmapped mount of a container's own layer -------------------------------------------
+#
+# A daemon that mounts its containers' rootfs idmapped (Incus by default: lxc.rootfs.options =
+# idmap=container) leaves their files unshifted on disk: container root's files belong to host
+# root there. pycor's overlay, mounted in the container's user namespace, could then neither write
+# upper nor work. So each such start gets one idmapped mount of its whole rootfs directory (upper
+# and work must be on one mount for overlayfs), carrying the container's map, under
+# /run/pycor/layers/NAME: through it, host root's files are the mapped root's. NAME is the start's
+# own (its record key, monitor pid and start time), so a stale start's mount is never a new one's.
+
+RUN_LAYERS = "/run/pycor/layers"
+
+
+def layer_mount_path(key: str, monitor: tuple[int, int], root: str = RUN_LAYERS) -> str:
+    """Where the layer mount of one start lives: ROOT/KEY.MONITOR.STARTTIME."""
+    return os.path.join(root, check_layer_id(f"{key}.{monitor[0]}.{monitor[1]}"))
+
+
+def mount_layer(idmap: IdMap, rootfs_fd: int, rootfs: str, path: str) -> str:
+    """Mount the rootfs directory (rootfs_fd) idmapped with idmap at path (layer_mount_path), read-write,
+    nosuid, nodev; returns path. A mount already there (the same start's pre-start run again) is replaced.
+    On a failure nothing is left mounted."""
+    idmap.check()
+    root, name = os.path.split(path)
+    check_layer_id(name)
+    root_fd = _open_root(root, create=True)
+    assert root_fd is not None
+    userns = -1
+    made = False
+    try:
+        _restrict(root_fd, VIEWS_MODE)  # the mapped root passes through to its own mount; nobody lists them
+        if is_mounted(name, root_fd):
+            remove_view(path)
+        try:
+            os.mkdir(name, 0o700, dir_fd=root_fd)
+            made = True
+        except FileExistsError:
+            pass
+        try:
+            userns = userns_fd(idmap)
+            tree = open_tree(rootfs_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)
+            try:
+                # Not AT_RECURSIVE, as for views. nosuid, nodev: through this path on the host, upper's
+                # setuid binaries and device nodes give nothing; inside, the overlay's own flags count.
+                mount_setattr(tree, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                              0, userns, MS_PRIVATE)
+                move_mount(tree, "", root_fd, name, MOVE_MOUNT_F_EMPTY_PATH)
+            finally:
+                os.close(tree)  # closing a tree that was never attached unmounts it
+        except OSError as e:
+            if made:
+                os.rmdir(name, dir_fd=root_fd)
+            raise PycorError(f"cannot mount the layer in {rootfs} idmapped at {path}: {e.strerror}",
+                             "the container's storage must support idmapped mounts (ext4, xfs, btrfs on Linux 5.19+); "
+                             "'pycor doctor' checks them") from e
+    finally:
+        if userns >= 0:
+            os.close(userns)
+        os.close(root_fd)
+    return path
+
+
+def remove_layer_mount(path: str, root: str = RUN_LAYERS) -> None:
+    """Detach a layer mount and remove its directory (idempotent); a path that is not one is left alone."""
+    parent, name = os.path.split(path)
+    if parent != root or not _is_layer_id(name) or ".." in name:
+        return  # not written by mount_layer: never unmount what a record names elsewhere
+    remove_view(path)
+
+
+def layer_mount_monitor(path: str) -> tuple[int, int] | None:
+    """The monitor (pid, start time) a layer mount's name records, or None if it is not such a name."""
+    _, _, rest = os.path.basename(path).rpartition("-")
+    fields = rest.split(".")
+    if len(fields) != 3 or not (fields[1].isdigit() and fields[2].isdigit()):
+        return None
+    return int(fields[1]), int(fields[2])
+
+
+def list_layer_mounts(root: str = RUN_LAYERS) -> list[str]:
+    """Every layer mount under root (and directory left where one was)."""
+    root_fd = _open_root(root, create=False)
+    if root_fd is None:
+        return []
+    try:
+        return sorted(f"{root}/{name}" for name in os.listdir(root_fd) if _is_layer_id(name) and ".." not in name
+                      and stat.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode))
+    finally:
+        os.close(root_fd)
+
+
+def release_layer_mounts(monitor_runs: Callable[[tuple[int, int]], bool], root: str = RUN_LAYERS) -> list[str]:
+    """Detach every layer mount under root whose start's monitor no longer runs; returns them.
+
+    Told by the monitor its name records, not by the run records: a start
+    between making its mount and recording it keeps it, whatever store it
+    runs on, and so does a running container whose record something cleared.
+    """
+    removed = []
+    for path in list_layer_mounts(root):
+        monitor = layer_mount_monitor(path)
+        if monitor is None or not monitor_runs(monitor):
+            try:
+                remove_view(path)
+            except OSError:
+                continue  # 'pycor doctor' lists what is left; the next release tries again
+            removed.append(path)
+    return removed

@@ -56,8 +56,12 @@ def check_key(key: str) -> str:
 
 
 def line(key: str, value: str | int) -> str:
-    """The config line `KEY = VALUE`, refusing anything LXC would read as more than that one key."""
-    return f"{check_key(key)} = {check_value(str(value), key)}"
+    """The config line `KEY = VALUE`, refusing anything LXC would read as more than that one key.
+
+    An empty value (`KEY =`) clears what earlier lines of a list key set, as LXC reads it.
+    """
+    text = check_value(str(value), key)
+    return f"{check_key(key)} = {text}" if text else f"{check_key(key)} ="
 
 
 def comment(text: str) -> str:
@@ -86,6 +90,19 @@ def hook_lines(hooks_dir: str, store_arg: str | None, privileged: bool = False) 
     return [line(f"lxc.hook.{hook}", quote(os.path.join(hooks_dir, f"pycor-{hook}"))
                  + (" --prepare" if privileged and hook == "pre-mount" else "") + extra)
             for hook in hooks]
+
+
+def profile_lines(hooks_dir: str, store_arg: str | None) -> list[str]:
+    """raw.lxc of LXD's and Incus's `overlay` profile: a line clearing lxc.rootfs.options, then the hook lines.
+
+    A daemon that mounts a container's rootfs idmapped (Incus by default) writes
+    `lxc.rootfs.options = idmap=container` before raw.lxc. LXC then idmaps a clone of the rootfs
+    directory taken before pre-mount and attaches that, hiding the overlay pre-mount puts on the
+    directory (and an overlay cannot itself be idmapped). The empty value clears the option, so
+    LXC attaches the overlay; pycor's pre-start mounts the layer idmapped itself (idmap.mount_layer).
+    A daemon that shifts its storage on disk (LXD 5.0) writes no such option: the line changes nothing.
+    """
+    return [line("lxc.rootfs.options", ""), *hook_lines(hooks_dir, store_arg)]
 
 
 # -- what a base may carry ------------------------------------------------------------------

@@ -7,7 +7,8 @@ A start writes its record under the store's lock; its post-stop removes it.
 A container that died without a post-stop (a killed monitor, a host crash)
 leaves a stale record, told apart by its monitor process being gone (pid
 and start time), and cleared by the next start, stop, gc or doctor --fix,
-each re-checked under the container's layer lock.
+each re-checked under the container's layer lock; the idmapped mount of its
+layer (layer_mount, for a layer unshifted on disk) goes with it.
 
 Hot path: hooks import this. Imports stay minimal.
 """
@@ -34,7 +35,8 @@ VIEWS_STALE = os.path.join(RUN_DIR, "views-stale")
 class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
-    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "monitor", "monitor_start", "held")
+    __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "monitor", "monitor_start", "held",
+                 "layer_mount")
     name: str
     rootfs: str
     base: str
@@ -46,6 +48,15 @@ class RunState(Record):
     monitor: int  # pid of the LXC monitor running the container (0: recorded by an older pycor)
     monitor_start: int  # its start time in clock ticks since boot (/proc/PID/stat field 22): pids get reused
     held: str | None  # why it runs on an older version than it follows (a move that conflicts), else None
+    # unprivileged on a daemon's idmapped storage (its layer unshifted on disk): the idmapped mount of its
+    # rootfs directory pre-mount takes upper and work from (idmap.mount_layer), else None
+    layer_mount: str | None
+
+    def __init__(self, name: str, rootfs: str, base: str, version: str, lowerdirs: list[str], started: float,
+                 idmap: str | None, views: list[str], monitor: int, monitor_start: int, held: str | None,
+                 layer_mount: str | None = None) -> None:
+        super().__init__(name, rootfs, base, version, lowerdirs, started, idmap, views, monitor, monitor_start, held,
+                         layer_mount)
 
 
 def run_state_from_json(raw: dict) -> RunState:
@@ -53,7 +64,23 @@ def run_state_from_json(raw: dict) -> RunState:
                     [str(p) for p in raw["lowerdirs"]], float(raw["started"]),
                     str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
                     int(raw.get("monitor", 0)), int(raw.get("monitor_start", 0)),
-                    str(raw["held"]) if raw.get("held") else None)
+                    str(raw["held"]) if raw.get("held") else None,
+                    str(raw["layer_mount"]) if raw.get("layer_mount") else None)
+
+
+def release_layer_mount(state: RunState) -> None:
+    """Detach the idmapped mount of the container's layer its start made, if it made one (idempotent).
+
+    One that cannot be detached now never fails the start or stop that found
+    it: release_views() tries again, and 'pycor doctor' lists it.
+    """
+    if state.layer_mount:
+        from .idmap import remove_layer_mount
+
+        try:
+            remove_layer_mount(state.layer_mount)
+        except OSError:
+            pass
 
 
 def monitor_entry(state: "RunState", record: str) -> str:
@@ -116,7 +143,12 @@ def is_live(state: RunState) -> bool:
     """Whether the container a run state records still runs (its monitor is the same process)."""
     if not state.monitor:  # recorded by pycor 0.1: no monitor to tell by; it counts while its container exists
         return layer.is_layer(state.rootfs)
-    return proc_start_time(state.monitor) == state.monitor_start
+    return monitor_runs((state.monitor, state.monitor_start))
+
+
+def monitor_runs(monitor: tuple[int, int]) -> bool:
+    """Whether a monitor (pid, start time) is still the same process."""
+    return monitor[0] > 0 and proc_start_time(monitor[0]) == monitor[1]
 
 
 def in_host_mount_namespace(monitor: int) -> bool:
@@ -236,6 +268,7 @@ def _clear_if_stale(path: str, state: "RunState | None" = None) -> "RunState | N
             if is_live(again):
                 return None
             os.unlink(path)
+            release_layer_mount(again)  # named by this start alone: no later start of the container uses it
             return again
     except PycorError:
         return None  # busy: its container is being started, reset or committed right now

@@ -101,6 +101,11 @@ class Runtime:
         """The container's lxc.idmap lines, or None for a privileged one."""
         raise NotImplementedError
 
+    def shifted(self, name: str) -> bool:
+        """Whether an unprivileged container's layer holds its ids shifted by its idmap on disk (LXC's, LXD 5.0's),
+        rather than as the container sees them (a daemon that mounts the rootfs idmapped: Incus by default)."""
+        return True
+
     def stop_hint(self, name: str) -> str:
         raise NotImplementedError
 
@@ -264,6 +269,10 @@ class DaemonRuntime(Runtime):
                 if e.get(flag):
                     lines.append(f"lxc.idmap = {kind} {e['Nsid']} {e['Hostid']} {e['Maprange']}")
         return "\n".join(lines)
+
+    def shifted(self, name: str) -> bool:
+        # volatile.last_state.idmap: the map the instance's storage is shifted by on disk, "[]" for none
+        return self.instance(name).get("config", {}).get("volatile.last_state.idmap", "") not in ("[]", "null")
 
     def stop_hint(self, name: str) -> str:
         return f"{self.client.dialect.cli} stop {name}"

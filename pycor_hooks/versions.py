@@ -268,7 +268,7 @@ def squash_base(store: Store, base: str, progress: Progress | None = None) -> Ve
 
 
 def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: str | None, to_base: str | None,
-           progress: Progress | None = None) -> Version:
+           progress: Progress | None = None, shifted: bool = True) -> Version:
     """Publish a stopped container's view (its base version plus its layer) as a base or a base version.
 
     With --to the container's own base at its current version, the container's
@@ -278,6 +278,8 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
     on another version than the one they would be published over are
     refused: the shared databases of the versions in between would be lost
     (they move through reconciliation only: 'pycor rebase').
+    shifted False: an unprivileged container's layer holds its ids unshifted (a daemon's idmapped rootfs),
+    written with userxattr all the same.
     """
     target = as_base or to_base
     assert target is not None
@@ -314,7 +316,7 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
                     copy_tree(merged, new, progress or Progress())
             # the overlay xattrs that count: those of the container's upper (on top), or none through
             # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
-            normalize_layer(new, idmap, userxattr=idmap is not None)
+            normalize_layer(new, idmap if shifted else None, userxattr=idmap is not None)
             faults.point("commit.staged")
             source = f"commit of {rootfs}"
             if as_base:

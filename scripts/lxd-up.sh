@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Starts LXD if it does not run (these machines have no systemd) and
-# initialises it once with a 'dir' storage pool. Idempotent.
+# initialises it once with a 'dir' storage pool and its managed bridge. Idempotent.
+# Also after a crash: a daemon that died with containers running is started
+# again (their monitors keep running), and the dnsmasq it left on its bridge
+# is stopped first, or the new daemon could not bring its network up.
+# LXD_DIR picks another daemon (default /var/lib/lxd), PYCOR_LXD_BRIDGE and
+# PYCOR_LXD_BRIDGE_ADDR its bridge (default lxdbr0, a subnet LXD picks).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/daemon-up-lib.sh"
+export LXD_DIR=${LXD_DIR:-/var/lib/lxd}
+BRIDGE=${PYCOR_LXD_BRIDGE:-lxdbr0}
+LOG=/var/log/lxd-daemon.log
+[ "$LXD_DIR" = /var/lib/lxd ] || LOG=$LXD_DIR/daemon.log
 if ! lxc info >/dev/null 2>&1; then
-    if ! pgrep -x lxd >/dev/null; then
-        mkdir -p /var/log
-        # from /: the daemon outlives this checkout, and its helpers (rsync) need a cwd that exists
-        # Every fd of the daemon away from ours: a caller that reads our output (CI, a test) must see its end.
-        (cd / && exec setsid nohup lxd --group root --logfile /var/log/lxd-daemon.log) </dev/null >/dev/null 2>&1 &
+    if [ -z "$(daemon_pid "$LXD_DIR/unix.socket")" ]; then
+        clear_dead_daemon_networks "$LXD_DIR" lxd-up
+        start_daemon "$LOG" lxd
     fi
     timeout 120 lxd waitready
 fi
@@ -26,13 +34,14 @@ profiles:
       type: disk
 YAML
 fi
-# LXD's usual managed bridge lxdbr0 (DHCP, DNS, NAT) on the default profile's eth0,
+# LXD's usual managed bridge (DHCP, DNS, NAT) on the default profile's eth0,
 # also where LXD was initialised before without a network. LXD's own subnet
 # search fails on some machines (no ping): then a fixed, unused /24.
-if ! lxc network show lxdbr0 >/dev/null 2>&1; then
-    lxc network create lxdbr0 ipv4.address=auto ipv4.nat=true ipv6.address=none 2>/dev/null ||
-        lxc network create lxdbr0 ipv4.address="${PYCOR_LXDBR0_ADDR:-10.0.100.1/24}" ipv4.nat=true ipv6.address=none
+if ! lxc network show "$BRIDGE" >/dev/null 2>&1; then
+    lxc network create "$BRIDGE" ipv4.address="${PYCOR_LXD_BRIDGE_ADDR:-auto}" ipv4.nat=true ipv6.address=none 2>/dev/null ||
+        lxc network create "$BRIDGE" ipv4.address="${PYCOR_LXDBR0_ADDR:-10.0.100.1/24}" ipv4.nat=true ipv6.address=none
 fi
 if ! lxc profile device get default eth0 network >/dev/null 2>&1; then
-    lxc profile device add default eth0 nic name=eth0 network=lxdbr0 >/dev/null
+    lxc profile device add default eth0 nic name=eth0 network="$BRIDGE" >/dev/null
 fi
+require_networks_up lxc lxd-up

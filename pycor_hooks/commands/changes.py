@@ -41,7 +41,8 @@ def diff(args: argparse.Namespace, driver: Driver) -> None:
     from ..idmap import IdMap
 
     c = find_container(driver, args)
-    idmap = IdMap.parse_lxc_config(c.rt.idmap(c.name) or "")
+    # ids as the container saw them: an unshifted layer (a daemon's idmapped rootfs) already holds them
+    idmap = IdMap.parse_lxc_config((c.rt.idmap(c.name) if c.rt.shifted(c.name) else None) or "")
     # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
     with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
         version = driver.volume_version(lay.meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
@@ -65,9 +66,11 @@ def commit(args: argparse.Namespace, driver: Driver) -> None:
     target = check_name(args.as_base or args.to_base, "base name")
     c = find_container(driver, args)
     idmap_text = c.rt.idmap(c.name)  # before the lock: LXD may wait on a start that waits on it
+    shifted = c.rt.shifted(c.name)
     note_volumes(driver, c.rootfs, "commit")
     with stopped(driver, c, "commit") as held:
-        v = commit_layer(driver.store, held, idmap_text, args.as_base and target, args.to_base and target)
+        v = commit_layer(driver.store, held, idmap_text, args.as_base and target, args.to_base and target,
+                         shifted=shifted)
     print(f"container {c.name} committed as base {target} version {v.version} ({human_size(v.size)})")
     if args.as_base:
         add_images(driver, target)

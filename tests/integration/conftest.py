@@ -169,7 +169,8 @@ def bootable_base(installed: None, env: dict[str, str]) -> str:
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-DAEMON_DIRS = {"lxc": "/var/lib/lxd", "incus": "/var/lib/incus"}  # by CLI: lxc talks to LXD
+# by CLI (lxc talks to LXD); LXD_DIR / INCUS_DIR aim the whole run at another daemon (a stock incusd, say)
+DAEMON_DIRS = {"lxc": os.environ.get("LXD_DIR") or "/var/lib/lxd", "incus": os.environ.get("INCUS_DIR") or "/var/lib/incus"}
 
 
 def daemon_project(cli: str, up_script: str) -> Iterator[str]:
@@ -256,6 +257,11 @@ class LxdContainer:
 
     def restore(self, snap: str) -> None:
         self.lxc(*(["restore"] if self.cli == "lxc" else ["snapshot", "restore"]), self.name, snap)
+
+    def shifted(self) -> bool:
+        """Whether the daemon keeps the instance's files shifted to its map on disk (LXD 5.0), rather than as the
+        container sees them (Incus's idmapped rootfs: volatile.last_state.idmap is '[]')."""
+        return self.lxc("config", "get", self.name, "volatile.last_state.idmap").stdout.strip() != "[]"
 
     def other(self, name: str) -> "LxdContainer":
         """Another instance of the same daemon and project (a copy, a rename)."""

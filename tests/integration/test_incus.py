@@ -179,13 +179,13 @@ def incus_default_project(incus_env: dict[str, str], busybox_base: str) -> Itera
 
 
 def test_the_default_project_works_as_a_named_one(incus_default_project, busybox_base):
-    from conftest import LxdContainer
+    from conftest import DAEMON_DIRS, LxdContainer
 
     with launched_once(LxdContainer(f"d{uuid.uuid4().hex[:8]}", "default", "incus"), busybox_base) as c:
         assert c.sh("cat /proc/self/uid_map").stdout.split()[1] != "0"
         c.sh("echo default-project > /root/d")
         assert open(os.path.join(c.upper, "root/d")).read() == "default-project\n"
-        assert c.rootfs == f"/var/lib/incus/storage-pools/default/containers/{c.name}/rootfs"
+        assert c.rootfs == f"{DAEMON_DIRS['incus']}/storage-pools/default/containers/{c.name}/rootfs"
         rows = {r["name"]: r for r in json.loads(run(PYCOR + ["ls", "--format", "json"], env=incus_default_project).stdout)}
         assert rows[c.name]["runtime"] == "incus" and rows[c.name]["state"] == "RUNNING"
 

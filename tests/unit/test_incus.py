@@ -193,7 +193,9 @@ def test_a_daemon_that_does_not_run_is_not_listed(monkeypatch):
         assert all(d.dir != tmp for d in lxd.daemons(("incus",)))
 
 
-def test_an_idmapped_rootfs_is_refused_with_the_fix_in_the_daemons_log(monkeypatch, capsys):
+def test_an_idmapped_rootfs_no_profile_clears_is_refused_with_the_fix_in_the_daemons_log(monkeypatch, capsys):
+    """A profile written by an older pycor has no line clearing the daemon's idmap=container: LXC would
+    idmap a clone of the bare rootfs directory and hide the overlay, so pre-start says to update it."""
     with tempfile.TemporaryDirectory() as tmp:
         daemon_dir = os.path.join(tmp, "incus")
         conf = write_conf(os.path.join(daemon_dir, "run", "p_c1"), LXD_CONF.format(
@@ -209,10 +211,38 @@ def test_an_idmapped_rootfs_is_refused_with_the_fix_in_the_daemons_log(monkeypat
         monkeypatch.setenv("LXC_CONFIG_FILE", conf)
         monkeypatch.setenv("LXC_HOOK_TYPE", "pre-start")
         assert hooks.main("pre-start", ["--store", os.path.join(tmp, "store")]) == 1
-        assert "INCUS_IDMAPPED_MOUNTS_DISABLE=1" in capsys.readouterr().err
+        assert "'pycor incus init'" in capsys.readouterr().err
         text = open(log).read()
-        assert "pycor-pre-start: container p_c1: incus mounts this container's rootfs idmapped" in text
+        assert "pycor-pre-start: container p_c1: incus would mount this container's rootfs idmapped" in text
         assert os.listdir(rootfs) == []  # nothing made
+
+
+@pytest.mark.parametrize("options,unshifted,idmapped", [
+    ([], False, False),  # a daemon that shifts its storage on disk (LXD 5.0, incusd with INCUS_IDMAPPED_MOUNTS_DISABLE)
+    (["idmap=container"], True, True),  # an idmapped rootfs, and a profile that does not clear it
+    (["idmap=container", ""], True, False),  # the overlay profile's raw.lxc comes after the daemon's own line
+    (["idmap=container", "", "idmap=container"], True, True),  # the last line decides, as for LXC
+    (["ro"], False, False),
+])
+def test_the_start_hook_tells_an_unshifted_layer_and_a_rootfs_lxc_would_still_idmap(options, unshifted, idmapped):
+    text = LXD_CONF.format(log="", dir="/var/lib/incus", project="p", name="c1", exe="/usr/libexec/incus/incusd") \
+        + "".join(f"lxc.rootfs.options = {o}\n".replace(" \n", "\n") for o in options)
+    hook, got_unshifted, got_idmapped = hooks.scan_config(text)
+    assert hook is not None and hook[1:] == ("/var/lib/incus", "p", "c1")
+    assert (got_unshifted, got_idmapped) == (unshifted, idmapped)
+
+
+def test_the_overlay_profile_clears_the_rootfs_options_before_its_hooks():
+    from pycor_hooks.lxcconfig import line, profile_lines
+
+    lines = profile_lines("/usr/share/lxc/hooks", "/srv/s")
+    assert lines[0] == "lxc.rootfs.options ="
+    assert lines[1:] == [f"lxc.hook.{h} = /usr/share/lxc/hooks/pycor-{h} --store /srv/s" for h in ("pre-start", "pre-mount", "post-stop")]
+    assert line("lxc.rootfs.options", "idmap=container") == "lxc.rootfs.options = idmap=container"
+    raw = "\n".join(lines)
+    assert lxd.hooks_store(raw) == "/srv/s"
+    # what LXC reads once the daemon's own line came first: the rootfs is no longer idmapped
+    assert hooks.scan_config("lxc.rootfs.options = idmap=container\n" + raw)[1:] == (True, False)
 
 
 def test_the_store_a_container_runs_on_is_read_from_its_hook_lines():

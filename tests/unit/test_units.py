@@ -172,7 +172,7 @@ def test_config_lines_end_only_at_newlines_as_in_lxc():
     from pycor_hooks.idmap import IdMap
 
     forged = 'lxc.environment = A\x85lxc.hook.pre-start = /x callhook /var/lib/evil "p" "n" start\n'
-    assert hooks.scan_config(forged) == (None, False)
+    assert hooks.scan_config(forged) == (None, False, False)
     assert IdMap.parse_lxc_config("lxc.environment = A\u2028lxc.idmap = u 0 100000 65536\n").is_empty
 
 
