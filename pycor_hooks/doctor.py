@@ -15,6 +15,7 @@ import tempfile
 
 from . import overlay
 from .driver import Driver
+from .errors import PycorError
 from .install import HOOKS
 from .store import Store, hooks_dir
 
@@ -180,6 +181,28 @@ def stale_record_check(driver: Driver) -> Check:
                  "pycor doctor --fix removes them (and the idmapped views only they used)", required=False)
 
 
+def rejected_push_check(driver: Driver) -> Check:
+    """Files pushed into stopped containers that their next start could not put in place (kept aside, see inbox.py)."""
+    from .inbox import INBOX, REJECTED, rejected
+    from .layer import open_rootfs
+
+    found = []
+    for reg in driver.registrations():
+        try:
+            fd = open_rootfs(reg.rootfs)
+        except PycorError:  # a layer that went meanwhile
+            continue
+        try:
+            paths = rejected(fd)
+        finally:
+            os.close(fd)
+        if paths:
+            found.append(f"{reg.name}: {len(paths)} (first {paths[0]}) in {reg.rootfs}/{INBOX}/{REJECTED}")
+    return Check("files pushed while stopped, kept aside", not found, "; ".join(found) or "none",
+                 "put each where it belongs in the running container (lxc file push, or inside it), then remove it "
+                 f"from {INBOX}/{REJECTED}", required=False)
+
+
 # LXD's and Incus's production-setup values; below MIN, a few dozen booted system containers exhaust them
 CONTAINER_LIMITS = {"fs.inotify.max_user_instances": (1048576, 1024), "fs.inotify.max_user_watches": (1048576, 65536)}
 
@@ -221,6 +244,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
     checks.append(limits_check())
     if driver is not None:
         checks.append(stale_record_check(driver))
+        checks.append(rejected_push_check(driver))
     return checks
 
 

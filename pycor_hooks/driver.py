@@ -116,7 +116,7 @@ class Driver:
             self.store.version(spec.base, spec.pin)
         on = spec.pin or self.store.current(spec.base)
         meta = LayerMeta(spec.base, spec.pin, on, self.store.version_digest(spec.base, on), spec.volumes, spec.ephemeral,
-                         spec.size if spec.ephemeral else None)
+                         spec.size if spec.ephemeral else None, xattrs="user" if uid else "trusted")
         layer.create_layer(rootfs, meta, uid, gid)
         faults.point("create.layer")
         if spec.volumes:
@@ -260,6 +260,7 @@ class Driver:
         if idmap is not None:
             for fd in (lay.upper_fd, lay.work_fd):
                 check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+        self._settle_layer(lay, name, "user" if idmap is not None else "trusted")
         with self.store.lock(exclusive=False):
             self.recover_volume(lay)
             meta = lay.meta
@@ -312,6 +313,29 @@ class Driver:
         self.register(Registration(name, rootfs, runtime, lxcpath))
         return state
 
+    def _settle_layer(self, lay: layer.OpenLayer, name: str, namespace: str) -> None:
+        """pre-start's care of the layer itself, under its lock: layer.json owned like the layer, its overlay xattrs
+        in the namespace this start mounts with, what was pushed into the stopped container moved to its inbox.
+
+        A start that changes nothing pays one fstat and one listdir.
+        """
+        layer.meta_owner_fixed(lay)
+        if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+            return  # LXC's clone of this container reads the layer, whose own container may run: left as it is
+        if lay.meta.xattrs != namespace and not lay.meta.ephemeral:
+            self.settle_xattrs(lay, namespace, f"container {name}")
+        pushed = layer.beside(lay.rootfs_fd)
+        if pushed:
+            from . import inbox
+
+            inbox.collect(lay.rootfs_fd, pushed)
+
+    def settle_xattrs(self, lay: layer.OpenLayer, namespace: str | None, where: str) -> str | None:
+        """Bring a stopped layer's overlay xattrs into namespace, crash-safe (see ovlxattr.settle)."""
+        from . import ovlxattr
+
+        return ovlxattr.settle(lay, namespace, where)
+
     def mount_volume(self, name: str, rootfs: str) -> None:
         """pre-mount: mount the overlay on rootfs in the current mount namespace, from the run state pre-start wrote."""
         state = runstate.read(name, rootfs)
@@ -356,7 +380,8 @@ class Driver:
                 except OSError as e:
                     raise PycorError(f"cannot open base layer {lower}: {e.strerror}", "check the store with 'pycor base ls'") from None
             try:
-                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=userxattr)
+                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=userxattr,
+                                      options=() if userxattr else overlay.PRIVILEGED_OPTIONS)
             except OSError as e:
                 raise PycorError(
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
@@ -364,9 +389,32 @@ class Driver:
                 ) from None
             if hosting:
                 volumes.mount_volumes(fds[0], rootfs, meta)  # bound over the overlay
+            if not layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+                self._replay_inbox(fds[0], rootfs, name)
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _replay_inbox(self, under_fd: int, rootfs: str, name: str) -> None:
+        """pre-mount, with the overlay (and volumes) mounted: put what was pushed into the stopped container in place.
+
+        One failed stat when nothing was; the inbox module is loaded only when something was.
+        """
+        try:
+            os.stat(f"{layer.PYCOR_DIR}/inbox", dir_fd=under_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        import sys
+
+        from . import inbox
+
+        root = layer.open_rootfs(rootfs)  # now the overlay's root: the container's view
+        try:
+            work = inbox.replay(under_fd, root)
+        finally:
+            os.close(root)
+        if work is not None and (work.done or work.rejected):
+            print(f"pycor: container {name}: {inbox.summary(work)}", file=sys.stderr)
 
     def release(self, name: str, rootfs: str) -> None:
         """post-stop: forget this start, and release idmapped views no running container uses.

@@ -22,6 +22,10 @@ from . import faults, linux
 from .errors import Unsupported
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+# A privileged mount of a container's layer: no redirects, no metadata-only copies, whatever the module's
+# defaults, since an unprivileged (userxattr) mount can read neither and the container may switch (ovlxattr.py).
+# Redirects already in a layer are still followed.
+PRIVILEGED_OPTIONS = ("redirect_dir=follow", "metacopy=off")
 OVL_MAX_STACK = 500  # fs/overlayfs/params.h: the most lower layers one overlay takes
 
 # How this kernel takes layers, found at the first mount and kept for the process:
@@ -284,9 +288,13 @@ def stat_is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(dir_fd: int) -> bool:
-    """Whether a directory (an O_RDONLY fd) in a layer hides everything below it."""
-    for name in OPAQUE_XATTRS:
+def is_opaque(dir_fd: int, ns: str | None = None) -> bool:
+    """Whether a directory (an O_RDONLY fd) in a layer hides everything below it.
+
+    ns: the namespace the layer's overlay xattrs are in ('trusted' or 'user'), for a container's upper;
+    None for a base layer, which carries both.
+    """
+    for name in OPAQUE_XATTRS if ns is None else (f"{ns}.overlay.opaque",):
         try:
             if os.getxattr(dir_fd, name) == b"y":
                 return True

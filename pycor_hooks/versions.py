@@ -48,7 +48,7 @@ def _shift_caps(raw: bytes, idmap: IdMap) -> bytes:
     return raw
 
 
-def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
+def normalize_layer(root: str | int, idmap: IdMap | None = None, namespace: str | None = None) -> None:
     """Make an upper directory fit to be a lower layer for every kind of overlay mount.
 
     - an opaque directory carries both trusted.overlay.opaque (read by
@@ -59,25 +59,27 @@ def normalize_layer(root: str | int, idmap: IdMap | None = None) -> None:
     - with the idmap of an unprivileged container, host ids become what the
       container saw, through every range of its map, keeping setuid bits and
       file capabilities that chown would clear.
+    namespace: the one a container's upper keeps its overlay xattrs in (only
+    its opaque marks count), None for a tree that carries both.
     Works through directory fds; never follows a symlink.
     """
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(root, str) else os.dup(root)
     try:
-        _normalize_entry(top, ".", os.fstat(top), idmap)
+        _normalize_entry(top, ".", os.fstat(top), idmap, namespace)
         for _, st, parent, name in walk(top):
-            _normalize_entry(parent, name, st, idmap)
+            _normalize_entry(parent, name, st, idmap, namespace)
     finally:
         os.close(top)
 
 
-def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None) -> None:
+def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None, namespace: str | None = None) -> None:
     is_dir, is_reg = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
     caps = None
     if is_dir or is_reg:  # overlay xattrs live on directories and files; whiteouts and links carry none
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
         fd = os.open(name, flags, dir_fd=parent)
         try:
-            opaque = is_dir and overlay.is_opaque(fd)
+            opaque = is_dir and overlay.is_opaque(fd, namespace)
             for attr in os.listxattr(fd):
                 if attr.startswith(("trusted.overlay.", "user.overlay.")):
                     os.removexattr(fd, attr)
@@ -267,6 +269,9 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
     parsed = IdMap.parse_lxc_config(idmap_text or "")
     idmap = None if parsed.is_empty else parsed.check()
     with layers.OpenLayer(rootfs) as lay:
+        from .ovlxattr import settle
+
+        namespace = settle(lay, None, f"container layer {rootfs}")  # the one its own mount reads
         meta = lay.meta
         store.require(meta.base)
         if as_base and store.exists(as_base):
@@ -285,10 +290,11 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
                 if on_top:
                     copy_tree(lay.upper, new, progress or Progress())
                 else:
-                    with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
+                    userxattr = namespace == "user" if namespace else idmap is not None
+                    with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=userxattr) as merged:
                         faults.point("commit.mounted")
                         copy_tree(merged, new, progress or Progress())
-                normalize_layer(new, idmap)
+                normalize_layer(new, idmap, namespace if on_top else None)
                 faults.point("commit.staged")
                 source = f"commit of {rootfs}"
                 if as_base:
