@@ -120,6 +120,12 @@ def file_push(args: argparse.Namespace, driver: Driver) -> None:
     print(f"pushed {args.source} to {path} of stopped container {c.name}: in place from its next start")
 
 
+def _id(text: str) -> int:
+    if text.isdigit() and int(text) < 1 << 32:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a uid or gid (a number from 0)")
+
+
 def _mode(text: str) -> str:
     try:
         if 0 <= int(text, 8) <= 0o7777:
@@ -155,7 +161,7 @@ def arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("source", help="the file to push (- for standard input)")
         p.add_argument("name")
         p.add_argument("path", help="its path in the container")
-        p.add_argument("--uid", type=int, default=0, help="its owner inside the container (default 0)")
-        p.add_argument("--gid", type=int, default=0, help="its group inside the container (default 0)")
+        p.add_argument("--uid", type=_id, default=0, help="its owner inside the container (default 0)")
+        p.add_argument("--gid", type=_id, default=0, help="its group inside the container (default 0)")
         p.add_argument("--mode", type=_mode, help="octal (default: the source's)")
         p.set_defaults(func=file_push)

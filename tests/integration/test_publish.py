@@ -198,12 +198,10 @@ def test_pull_from_a_stopped_container_returns_what_it_would_see(launch, denv, s
     assert proc.returncode == 1 and f"{c.cli} file pull" in proc.stderr  # running: the daemon's own command
 
 
-def test_nothing_is_left_behind(launch):
-    """The daemons' own copies and exports of a stopped container still hold only .pycor."""
-    c = launch()
-    c.lxc("stop", "--force", c.name)
-    assert sorted(os.listdir(c.rootfs)) == [".pycor"]
-    assert subprocess.run(["findmnt", "-rn", c.rootfs], capture_output=True).returncode != 0
+def test_publish_of_an_lxc_container_is_refused_with_what_to_do(make_container, env):
+    c = make_container()
+    proc = run(PYCOR + ["publish", c.name, "-P", c.lxcpath], env=env, check=False)
+    assert proc.returncode == 1 and "LXD and Incus images" in proc.stderr and "pycor commit" in proc.stderr
 
 
 # -- crash safety: a start killed half-way, then started again ------------------------------------
