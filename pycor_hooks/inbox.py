@@ -208,7 +208,9 @@ class Replay:
             except OSError:
                 pass  # an owner the container's map lacks: its root's
         else:
-            sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
+            sfd = open_regular(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src))
+            if sfd is None:
+                raise OSError(errno.EINVAL, "not a regular file any more")
             try:
                 wfd = os.open(TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst)
                 try:
@@ -242,6 +244,19 @@ class Replay:
         finally:
             os.close(fd)
         self.rejected.append((where, why))
+
+
+def open_regular(path_fd: int) -> int | None:
+    """An O_RDONLY fd of what an O_PATH fd names if it is a regular file, else None; closes path_fd.
+
+    Nothing else is ever opened for reading (a device node a container made opens the host's device).
+    """
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            return None
+        return os.open(linux.fd_path(path_fd), os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(path_fd)
 
 
 def _own(fd: int, st: os.stat_result) -> None:
@@ -342,12 +357,11 @@ def find_pending(rootfs_fd: int, path: str) -> int | None:
             places += [(inbox, f"{b}/{rel}") for b in reversed(batches(inbox))]
         for dirfd, where in places:
             try:
-                fd = linux.open_beneath(dirfd, where, os.O_RDONLY | os.O_NONBLOCK)
+                fd = open_regular(linux.open_beneath(dirfd, where, os.O_PATH))
             except OSError:
                 continue
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
                 return fd
-            os.close(fd)
         return None
     finally:
         if inbox is not None:

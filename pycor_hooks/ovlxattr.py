@@ -95,23 +95,42 @@ def namespaces(names: list[str]) -> set[str]:
     return {ns for ns in (TRUSTED, USER) if any(ovl_name(ns, n) is not None for n in names)}
 
 
-def _entries(upper_fd: int) -> Iterator[tuple[str, int]]:
-    """(path, O_RDONLY fd) of upper itself and of every directory and regular file below it, never following a link.
+def _entries(upper_fd: int) -> Iterator[tuple[str, str]]:
+    """(path, handle) of upper itself and of every directory and regular file below it, never following a link.
 
-    Symlinks and device nodes are left alone: user.* xattrs cannot be set on
-    them, and what overlayfs puts there (an origin) is harmless in either mode.
+    The handle is /proc/self/fd/N of an O_PATH fd, valid until the next step:
+    xattr calls on it reach the inode without opening it for I/O (a node
+    swapped in meanwhile is never opened). Symlinks and device nodes are left
+    alone: user.* xattrs cannot be set on them, and what overlayfs puts there
+    (an origin) is harmless in either mode.
     """
     from .fsutil import walk
 
-    yield "/", os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=upper_fd)
-    for rel, st, parent, name in walk(upper_fd):
-        if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
-            try:
-                fd = os.open(name, flags, dir_fd=parent)
-            except FileNotFoundError:
-                continue
-            yield "/" + rel, fd
+    def handle(parent: int, name: str) -> int | None:
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+        return None
+
+    def entries() -> Iterator[tuple[str, int, str]]:  # lazily: walk's parent fd is valid only while it yields
+        yield "", upper_fd, "."
+        for rel, st, parent, name in walk(upper_fd):
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                yield rel, parent, name
+
+    for rel, parent, name in entries():
+        fd = handle(parent, name)
+        if fd is None:
+            continue
+        try:
+            yield "/" + rel, linux.fd_path(fd)
+        finally:
+            os.close(fd)
 
 
 def infer(upper_fd: int) -> str | None:
@@ -121,11 +140,8 @@ def infer(upper_fd: int) -> str | None:
     (usually upper itself, which carries overlay.uuid): a walk that stops
     there. None: no such entry, so either namespace reads the layer alike.
     """
-    for _, fd in _entries(upper_fd):
-        try:
-            found = namespaces(os.listxattr(fd))
-        finally:
-            os.close(fd)
+    for _, ref in _entries(upper_fd):
+        found = namespaces(os.listxattr(ref))
         if len(found) == 1:
             return found.pop()
     return None
@@ -134,12 +150,8 @@ def infer(upper_fd: int) -> str | None:
 def check_readable_unprivileged(upper_fd: int, where: str) -> None:
     """Refuse a layer a user-mode overlay cannot read: renamed directories (redirects) and metadata-only copies."""
     hits: list[str] = []
-    for path, fd in _entries(upper_fd):
-        try:
-            names = os.listxattr(fd)
-        finally:
-            os.close(fd)
-        for n in names:
+    for path, ref in _entries(upper_fd):
+        for n in os.listxattr(ref):
             ovl = ovl_name(TRUSTED, n) or (n[len(PRIVATE):] if n.startswith(PRIVATE) else None)
             if ovl in UNREADABLE_UNPRIVILEGED:
                 hits.append(f"{path} ({ovl})")
@@ -155,20 +167,17 @@ def check_readable_unprivileged(upper_fd: int, where: str) -> None:
 def _move_all(upper_fd: int, rename: Callable[[str], str | None], step: str) -> int:
     """Apply rename to every xattr name of every entry: set the new name, then remove the old. How many moved."""
     moved = 0
-    for _, fd in _entries(upper_fd):
-        try:
-            for name in os.listxattr(fd):
-                new = rename(name)
-                if new is None:
-                    continue
-                if new:
-                    os.setxattr(fd, new, os.getxattr(fd, name))  # a crash after this leaves both: the next run repeats it
-                os.removexattr(fd, name)
-                moved += 1
-                if moved == 1:
-                    faults.point(step)
-        finally:
-            os.close(fd)
+    for _, ref in _entries(upper_fd):
+        for name in os.listxattr(ref):
+            new = rename(name)
+            if new is None:
+                continue
+            if new:
+                os.setxattr(ref, new, os.getxattr(ref, name))  # a crash after this leaves both: the next run repeats it
+            os.removexattr(ref, name)
+            moved += 1
+            if moved == 1:
+                faults.point(step)
     return moved
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -269,13 +268,12 @@ def _read_file(root: int, rel: str, name: str, path: str, sink: Callable[[int], 
 
 def _open_file(root: int, rel: str, name: str, path: str) -> int:
     try:
-        fd = linux.open_in_root(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        fd = inbox.open_regular(linux.open_in_root(root, rel, os.O_PATH))
     except FileNotFoundError:
         raise NotFound(f"container {name} has no {path}", f"'pycor diff {name}' lists what it changed") from None
     except OSError as e:
         raise PycorError(f"cannot open {path} in container {name}: {e.strerror}", "give the path of a file") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if fd is None:
         raise PycorError(f"{path} in container {name} is not a regular file", "pull files one at a time")
     return fd
 
