@@ -61,6 +61,14 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _shown(text: str) -> str:
+    """An error's text for the terminal: its own line ends kept, anything else a terminal acts on written out
+    (a message may quote a name or a path from an export stream)."""
+    from .names import printable
+
+    return "\n".join(printable(line, 1 << 16) for line in text.split("\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(argv).parse_args(argv)
@@ -68,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args, Driver(Store(args.store)))
         return 0
     except PycorError as e:
-        print(f"pycor: error: {e.message}", file=sys.stderr)
+        print(f"pycor: error: {_shown(e.message)}", file=sys.stderr)
         if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
+            print(f"  hint: {_shown(e.hint)}", file=sys.stderr)
         return 1
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
-        print(f"pycor: error: {e.strerror or e}:{where}", file=sys.stderr)
+        print(f"pycor: error: {_shown(str(e.strerror or e))}:{_shown(where)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pycor: interrupted", file=sys.stderr)

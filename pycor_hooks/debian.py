@@ -119,6 +119,34 @@ def finish_debian_rootfs(rootfs: str, keep_hostname: bool = True) -> None:
         os.unlink(hostname)  # the base is shared: LXC gives each container its own name
         if keep_hostname:
             write_file(hostname, "localhost\n", 0o644)
+    drop_apt_caches(rootfs)
+
+
+# What debootstrap leaves of apt's work: the .deb files it installed (42 MiB for the bootable
+# base), the package lists of the import day, binary caches. A base carries none of them: lists
+# would go stale under every container, which runs apt-get update for its own (and builders for
+# theirs). apt's folders, its lock files and partial/ stay.
+APT_CACHES = (
+    ("var/cache/apt/archives", lambda name: name.endswith(".deb")),
+    ("var/lib/apt/lists", lambda name: name not in ("lock", "partial", "auxfiles")),
+    ("var/cache/apt", lambda name: name in ("pkgcache.bin", "srcpkgcache.bin")),
+)
+
+
+def drop_apt_caches(rootfs: str) -> int:
+    """Remove apt's downloads, lists and binary caches from a fresh tree (regular files only)."""
+    removed = 0
+    for rel, doomed in APT_CACHES:
+        folder = resolve_inside(rootfs, rel, follow_last=True)
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if doomed(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 

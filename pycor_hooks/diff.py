@@ -149,7 +149,7 @@ def is_opaque_at(parent: int, name: str, namespace: str | None = None) -> bool:
     except OSError:
         return False  # replaced while we looked
     try:
-        return is_opaque(fd, namespace)
+        return is_opaque(fd, None if namespace is None else namespace == "user")
     finally:
         os.close(fd)
 

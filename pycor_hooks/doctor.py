@@ -203,6 +203,30 @@ def rejected_push_check(driver: Driver) -> Check:
                  f"from {INBOX}/{REJECTED}", required=False)
 
 
+def room_check(driver: Driver) -> Check:
+    """Containers that cannot start for lack of room: at their disk limit (their volumes or their changes fill it),
+    or on a full filesystem. Every start creates files in the layer; quota.room_error gives each one's fixes."""
+    from . import quota
+    from .errors import PycorError
+    from .units import human_size
+
+    full = []
+    for reg in driver.registrations():
+        try:
+            meta = driver.volume_meta(reg.rootfs)
+            if meta.ephemeral or quota.settled_room(reg.rootfs):
+                continue
+        except (PycorError, OSError):
+            continue  # damaged layers: 'pycor ls' names them
+        got = quota.usage(reg.rootfs)
+        used = f"uses {human_size(got[0])} of its limit {human_size(got[1])}" if got and got[1] else "its filesystem is full"
+        vols = quota.volume_usage(reg.rootfs, meta)
+        full.append(f"{reg.name} ({used}" + (f", {human_size(sum(n for _, n in vols))} in its volumes" if vols else "") + ")")
+    return Check("room to start", not full, "; ".join(full) or "every container has room for the files a start creates",
+                 "free space in its volumes (ROOTFS/.pycor/volumes/N on the host), 'pycor reset NAME', or raise its "
+                 "limit: 'pycor set NAME size=...' (its start says which)", required=False)
+
+
 # LXD's and Incus's production-setup values; below MIN, a few dozen booted system containers exhaust them
 CONTAINER_LIMITS = {"fs.inotify.max_user_instances": (1048576, 1024), "fs.inotify.max_user_watches": (1048576, 65536)}
 
@@ -245,6 +269,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
     if driver is not None:
         checks.append(stale_record_check(driver))
         checks.append(rejected_push_check(driver))
+        checks.append(room_check(driver))
     return checks
 
 

@@ -115,13 +115,16 @@ class Driver:
         if spec.pin:
             self.store.version(spec.base, spec.pin)
         on = spec.pin or self.store.current(spec.base)
+        if spec.volumes:
+            from . import volumes
+
+            # where the spec meets the store: a volume path the base makes a symlink or a file could never be mounted
+            volumes.check_in_base(spec.volumes, self.store.lower_stack(spec.base, on), f"base {spec.base} version {on}")
         meta = LayerMeta(spec.base, spec.pin, on, self.store.version_digest(spec.base, on), spec.volumes, spec.ephemeral,
                          spec.size if spec.ephemeral else None, xattrs="user" if uid else "trusted")
         layer.create_layer(rootfs, meta, uid, gid)
         faults.point("create.layer")
-        if spec.volumes:
-            from . import volumes
-
+        if spec.volumes and not spec.ephemeral:  # an ephemeral container's volumes live in its in-memory layer
             volumes.create_dirs(rootfs, len(spec.volumes), uid, gid)
         if spec.size and not spec.ephemeral:
             from . import quota
@@ -260,6 +263,14 @@ class Driver:
         if idmap is not None:
             for fd in (lay.upper_fd, lay.work_fd):
                 check_layer_owner(os.fstat(fd), idmap, name, rootfs)
+        if not layer.has_room(lay.rootfs_fd):
+            # before LXC pins a privileged rootfs (a file it creates there) and overlayfs its workdir
+            # (it falls back to read-only): a full layer gets pycor's message, with the fix
+            from . import quota
+
+            error = quota.room_error(name, rootfs, lay.meta)
+            if error is not None:
+                raise error
         self._settle_layer(lay, name, "user" if idmap is not None else "trusted")
         with self.store.lock(exclusive=False):
             self.recover_volume(lay)

@@ -188,7 +188,7 @@ def read_json(path: str, limit: int = 1 << 20) -> dict:
         raise PycorError(f"{path} is larger than {limit} bytes", "it was not written by pycor")
     try:
         return load(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the json module goes
         raise PycorError(f"{path} does not hold a JSON object", "it was not written by pycor") from None
 
 

@@ -300,6 +300,28 @@ def secure_pycor_dir(rootfs_fd: int, rootfs: str, mapped_root: tuple[int, int] |
         os.close(dfd)
 
 
+def has_room(rootfs_fd: int) -> bool:
+    """Whether a new file fits in the layer: every start creates some (LXC pins a privileged rootfs with one,
+    overlayfs remakes its workdir's), and a layer at its quota, or a full disk, refuses them.
+
+    The probe is an unnamed file (O_TMPFILE) in .pycor: it allocates an inode as
+    a create does, and leaves nothing behind, even when killed.
+    """
+    pfd = linux.open_beneath(rootfs_fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    except OSError as e:
+        if e.errno in (errno.EDQUOT, errno.ENOSPC):
+            return False
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return True  # a filesystem without O_TMPFILE: not probed
+        raise
+    finally:
+        os.close(pfd)
+    os.close(fd)
+    return True
+
+
 def open_layer_dirs(rootfs_fd: int, rootfs: str) -> tuple[int, int]:
     """O_PATH fds of upper and work, refusing symlinks and anything outside the rootfs."""
     fds: list[int] = []

@@ -42,6 +42,8 @@ def check_value(value: str, what: str = "value") -> str:
     if bad is not None:
         raise PycorError(f"{what} {value!r} holds the control character {bad!r}",
                          "LXC would read what follows a line end as another config key: give it without control characters")
+    if any(0xD800 <= ord(c) < 0xE000 for c in value):
+        raise PycorError(f"{what} {value!r} is not valid UTF-8 text", "a config file holds UTF-8: give it as text")
     if value != value.strip(" \t"):
         raise PycorError(f"{what} {value!r} starts or ends with a blank", "LXC trims config values: give it without them")
     return value
@@ -90,6 +92,8 @@ def hook_lines(hooks_dir: str, store_arg: str | None, privileged: bool = False) 
 
 
 def _signal(value: str) -> bool:
+    if not value.isascii():
+        return False
     name = value[3:] if value.startswith("SIG") else value
     if name.isdigit():
         return 0 < int(name) < 65
@@ -102,13 +106,19 @@ def _container_path(value: str) -> bool:
 
 
 def _small_int(value: str) -> bool:
-    return value.isdigit() and len(value) <= 10
+    return value.isascii() and value.isdigit() and len(value) <= 10
 
 
 def _environment(value: str) -> bool:
+    """NAME=VALUE only: a bare NAME makes LXC copy that variable from whoever runs lxc-start on the host."""
     name, eq, _ = value.partition("=")
-    return bool(name) and (name[0].isalpha() or name[0] == "_") and all(c.isalnum() or c == "_" for c in name) and \
-        (eq == "=" or name == value)
+    return bool(name) and (name[0].isalpha() or name[0] == "_") and all(c.isascii() and (c.isalnum() or c == "_") for c in name) \
+        and eq == "="
+
+
+def _tty_count(value: str) -> bool:
+    """A few ttys: LXC sets each one up at every start."""
+    return value.isascii() and value.isdigit() and int(value) <= 64
 
 
 def _command(value: str) -> bool:
@@ -121,7 +131,7 @@ BASE_KEYS: dict[str, Callable[[str], bool]] = {
     "lxc.signal.halt": _signal, "lxc.signal.reboot": _signal, "lxc.signal.stop": _signal,
     "lxc.init.cmd": _command, "lxc.execute.cmd": _command, "lxc.init.cwd": _container_path,
     "lxc.init.uid": _small_int, "lxc.init.gid": _small_int, "lxc.environment": _environment,
-    "lxc.tty.max": _small_int, "lxc.pty.max": _small_int,
+    "lxc.tty.max": _tty_count, "lxc.pty.max": _small_int,
 }
 
 

@@ -1,4 +1,4 @@
-"""Name rules for bases, versions and containers (pure logic, hot path)."""
+"""Name rules for bases, versions and containers, and text made safe to show (pure logic, hot path)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def check_version(version: str) -> str:
     if not (0 < len(version) <= 9 and version.isascii() and version.isdigit() and version[0] != "0"):
         raise PycorError(f"invalid version {version!r}", "versions are positive whole numbers, as 'pycor base versions' lists them")
     return version
+
+
+TEXT_MAX = 1024
+
+
+def printable(text: object, limit: int = TEXT_MAX) -> str:
+    """text as it may be shown on a terminal or stored for showing: at most `limit` characters, and every
+    character a terminal could act on (control characters and escapes, Unicode line separators and format
+    characters such as bidirectional overrides) written out as a Python string literal writes it ('\\x1b').
+
+    For what records hold and nobody vouches for: a version's source, a name read back from disk."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) > limit:
+        s = s[:limit] + "..."
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)

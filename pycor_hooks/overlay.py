@@ -288,13 +288,16 @@ def stat_is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(dir_fd: int, ns: str | None = None) -> bool:
+def is_opaque(dir_fd: int, userxattr: bool | None = None) -> bool:
     """Whether a directory (an O_RDONLY fd) in a layer hides everything below it.
 
-    ns: the namespace the layer's overlay xattrs are in ('trusted' or 'user'), for a container's upper;
-    None for a base layer, which carries both.
+    userxattr: how the overlay that wrote the layer was mounted, so which xattr marks opacity:
+    False (real root) reads trusted.overlay.opaque only, True (in a user namespace) user.overlay.opaque
+    only: a privileged copy-up copies a base layer's user.overlay.opaque as a plain xattr, which marks
+    nothing there. None (a base layer, which carries both) reads either.
     """
-    for name in OPAQUE_XATTRS if ns is None else (f"{ns}.overlay.opaque",):
+    names = OPAQUE_XATTRS if userxattr is None else (OPAQUE_XATTRS[1] if userxattr else OPAQUE_XATTRS[0],)
+    for name in names:
         try:
             if os.getxattr(dir_fd, name) == b"y":
                 return True

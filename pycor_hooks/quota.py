@@ -27,6 +27,8 @@ import zlib
 
 from . import layer, linux
 from .errors import PycorError, Unsupported
+from .units import human_size
+from .volumes import VOLUMES_DIR
 
 # include/uapi/linux/fs.h: struct fsxattr (28 bytes) and its ioctls
 FS_IOC_FSGETXATTR = 0x801C581F
@@ -119,9 +121,12 @@ def set_limit(rootfs: str, size: int | None) -> None:
         if not is_subvolume(rootfs):
             raise Unsupported(f"{rootfs} is a plain directory on btrfs, not a subvolume, so it cannot carry a qgroup limit",
                               "create the container with --size (pycor makes its rootfs a subvolume: lxc-create -B btrfs)")
+        point = mount_of(rootfs)[0]
         if not btrfs_quota_on(rootfs):
-            run_btrfs("quota", "enable", mount_of(rootfs)[0])
-        run_btrfs("qgroup", "limit", str(size) if size else "none", rootfs)
+            run_btrfs("quota", "enable", point)
+        # named by its id, through the mount point: through the subvolume itself, btrfs refuses
+        # to change the limit of a subvolume at its limit (EDQUOT), the very time to raise it
+        run_btrfs("qgroup", "limit", str(size) if size else "none", f"0/{subvolume_id(rootfs)}", point)
     else:
         set_project_limit(rootfs, size)
 
@@ -143,6 +148,78 @@ def usage(rootfs: str) -> tuple[int, int | None] | None:
         return project_usage(rootfs)
     except (OSError, PycorError):
         return None
+
+
+def has_room(rootfs: str) -> bool:
+    """Whether the container's layer has room for the files every start creates (layer.has_room); a layer
+    that cannot be probed (damaged: its start says why) is not reported full."""
+    try:
+        fd = layer.open_rootfs(rootfs)
+        try:
+            return layer.has_room(fd)
+        finally:
+            os.close(fd)
+    except (OSError, PycorError):
+        return True
+
+
+def settled_room(rootfs: str) -> bool:
+    """has_room, asked again once what deletions freed is committed (btrfs counts it at the next commit)."""
+    if has_room(rootfs):
+        return True
+    usage(rootfs)  # 'qgroup show --sync' commits
+    return has_room(rootfs)
+
+
+def room_error(name: str, rootfs: str, meta: layer.LayerMeta | None, after: str | None = None) -> PycorError | None:
+    """None if the container has room to start; else the error saying what fills its limit and the fixes.
+
+    after: what the command did first ('changes discarded'): the message then
+    says the container still uses what it uses. Its volumes are counted apart,
+    since no pycor command frees them.
+    """
+    if settled_room(rootfs):
+        return None
+    got = usage(rootfs)
+    subject = f"container {name}: {after}, but it still" if after else f"container {name}"
+    if got is None or got[1] is None:
+        return PycorError(f"{subject} cannot start: the filesystem holding {rootfs} is full",
+                          "free space on it (LXC and overlayfs create files in the container's layer at every start)")
+    used, limit = got
+    vols = volume_usage(rootfs, meta)
+    fixes = []
+    if vols:
+        fixes.append("free space in its volumes, on the host: "
+                     + ", ".join(f"{path} is {rootfs}/{VOLUMES_DIR}/{i}" for i, (path, _) in enumerate(vols)))
+    if after is None:
+        fixes.append(f"discard its changes: pycor reset {name}" + (" (its volumes are kept)" if vols else ""))
+    fixes.append(f"raise the limit: pycor set {name} size={suggest_size(used)}")
+    return PycorError(f"{subject} uses {usage_phrase(used, limit, vols)}: it will not start until there is room "
+                      "(LXC and overlayfs create files in its layer at every start)", "; or ".join(fixes))
+
+
+def volume_usage(rootfs: str, meta: layer.LayerMeta | None) -> list[tuple[str, int]]:
+    """(container path, bytes on the host) of each of an on-disk container's volumes."""
+    from .fsutil import disk_usage
+
+    if meta is None or meta.ephemeral:
+        return []
+    return [(path, disk_usage(os.path.join(rootfs, VOLUMES_DIR, str(i)))) for i, path in enumerate(meta.volumes)]
+
+
+def usage_phrase(used: int, limit: int | None, vols: list[tuple[str, int]]) -> str:
+    """'20.0 MiB of its limit 20.0 MiB, 19.9 MiB of it in its volumes (/data 19.9 MiB)'."""
+    text = f"{human_size(used)} of its limit {human_size(limit)}" if limit else human_size(used)
+    if vols:
+        text += (f", {human_size(sum(n for _, n in vols))} of it in its volumes ("
+                 + ", ".join(f"{path} {human_size(n)}" for path, n in vols) + ")")
+    return text
+
+
+def suggest_size(used: int) -> str:
+    """A limit that leaves a container room: a quarter more than it uses, at least 64 MiB more, in whole MiB."""
+    mib = 1 << 20
+    return f"{-(-(used + max(used // 4, 64 * mib)) // mib)}MiB"
 
 
 # -- ext4 / XFS project quotas ------------------------------------------------------

@@ -121,7 +121,10 @@ def lxc_lines(spec: ContainerSpec, rootfs: str, base_lxc: list[str], hooks_dir: 
             lines.append(lxcconfig.line("lxc.include", path))
     lines.extend(idmap)
     lines.append(lxcconfig.line("lxc.uts.name", spec.name))
-    lines.extend(lxcconfig.hook_lines(hooks_dir, store_arg, privileged=not unprivileged))
+    # a disk limit gets pre-start even when privileged: it runs before LXC pins the rootfs (with a file it creates
+    # there), so a container at its limit stops with pycor's message and the fix, not LXC's bare 'Disk quota exceeded'
+    limited = bool(spec.size) and not spec.ephemeral
+    lines.extend(lxcconfig.hook_lines(hooks_dir, store_arg, privileged=not unprivileged and not limited))
     lines.extend(lxcconfig.base_line(text) for text in base_lxc)
     if spec.ephemeral:
         lines.append(lxcconfig.line("lxc.ephemeral", "1"))

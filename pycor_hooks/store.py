@@ -34,12 +34,23 @@ import time
 from . import faults
 from .errors import NotFound, PycorError
 from .flatjson import Record, read_json, write_json
-from .names import check_name, check_version
+from .names import check_name, check_version, printable
 
 DEFAULT_STORE = "/var/lib/pycor"
 CONFIG_FILE = "/etc/pycor/pycor.conf"
 STORE_ENV = "PYCOR_STORE"
 STORE_MODE = 0o700  # the store root and its bases and staging folders: root only
+# Bounds of what a record may say (an export stream's header is held to them, records read back are clamped):
+CREATED_MAX = 2**40  # seconds since 1970: the year 36812
+SIZE_MAX = 2**60  # bytes
+SOURCE_MAX = 1024  # characters of a version's source
+
+
+def record_number(value: object, upper: int) -> float | None:
+    """value if it is a finite number in [0, upper) (not a boolean), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if 0 <= value < upper else None  # NaN compares False both ways
 
 
 def setting(key: str, env: str, default: str) -> str:
@@ -341,8 +352,7 @@ class Store:
 
         lines = meta.get("lxc")
         lxc = base_lines(lines if isinstance(lines, list) else [])[0]  # only what a base may carry
-        created = meta.get("created", 0)
-        return Base(name, float(created) if isinstance(created, (int, float)) and 0 <= created < 1e11 else 0.0, lxc)
+        return Base(name, float(record_number(meta.get("created"), CREATED_MAX) or 0), lxc)
 
     def current(self, name: str) -> str:
         self.require(name)
@@ -375,6 +385,8 @@ class Store:
         return digest
 
     def version(self, name: str, version: str) -> Version:
+        """A version's record. What it says beyond its parent (its date, size and source: nothing a digest
+        covers, possibly written from another host's export) is bounded and made printable, never an error."""
         path = self.version_dir(name, version)
         try:
             meta = read_json(os.path.join(path, "version.json"))
@@ -388,9 +400,9 @@ class Store:
             name,
             version,
             check_version(str(parent)) if parent else None,
-            float(meta.get("created", 0)),
-            int(meta.get("size", 0)),
-            str(meta.get("source", "")),
+            float(record_number(meta.get("created"), CREATED_MAX) or 0),
+            int(record_number(meta.get("size"), SIZE_MAX) or 0),
+            printable(meta.get("source", ""), SOURCE_MAX),
             os.path.join(path, "rootfs"),
         )
 
@@ -568,7 +580,8 @@ class Store:
         """
         from .digest import stamp
 
-        digest = stamp(staging, self.version_digest(name, parent) if parent else None)
+        # a version without parent (a squash) is a first version: its digest covers the base's LXC lines
+        digest = stamp(staging, self.version_digest(name, parent) if parent else None, [] if parent else self.base(name).lxc)
         with self.lock():
             self.require(name)
             if expected_current is not None and self.current(name) != expected_current:

@@ -25,8 +25,12 @@ from .proc import Progress, pump, running, tail
 # (on extraction GNU tar otherwise restores only user.*).
 TAR_METADATA = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 TAR_CREATE = ["tar", "--create", "--file=-", "--format=posix", "--sparse", *TAR_METADATA]
-# No --absolute-names: GNU tar strips a leading '/', refuses members with '..'
-# and defers symlinks that could lead outside the target.
+# No --absolute-names: GNU tar strips a leading '/' (of names and hard-link
+# targets), refuses members with '..', and extracts a symlink that is absolute
+# or holds '..' as a placeholder file until the end, so nothing is written or
+# linked through it; it never replaces the target directory itself ('.' as a
+# file or symlink fails: File exists). tests/integration/test_hostile_stream.py
+# proves each with hand-made archives.
 TAR_EXTRACT = ["tar", "--extract", "--file=-", "--same-owner", "--same-permissions", *TAR_METADATA]
 
 COMPRESSION_MAGIC: list[tuple[bytes, str, str]] = [
@@ -37,9 +41,30 @@ COMPRESSION_MAGIC: list[tuple[bytes, str, str]] = [
 ]
 
 
-def create_argv(directory: str) -> list[str]:
-    """tar writing the tree at directory (its contents, as '.') to stdout."""
-    return [*TAR_CREATE, f"--directory={directory}", "."]
+# Messages in English whatever the locale, so no_space() can read them; names are bytes either way.
+TAR_ENV = {"LANGUAGE": "C"}
+_NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+def create_argv(directory: str, sparse: bool = True) -> list[str]:
+    """tar writing the tree at directory (its contents, as '.') to stdout.
+
+    sparse=False writes holes as the zeros they read as: for a layer whose
+    recorded manifest hashed a file with holes as plain bytes (digest.py), so
+    the receiving side gets it dense and hashes it the same way.
+    """
+    return [*(TAR_CREATE if sparse else [a for a in TAR_CREATE if a != "--sparse"]), f"--directory={directory}", "."]
+
+
+def no_space(tar_stderr: str, directory: str) -> bool:
+    """Whether tar failed because the filesystem holding directory is full (blocks, inodes or a quota)."""
+    if any(text in tar_stderr for text in _NO_SPACE):
+        return True
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bfree * st.f_frsize < (1 << 20) or (st.f_files > 0 and st.f_ffree == 0)
 
 
 def extract_argv(directory: str) -> list[str]:

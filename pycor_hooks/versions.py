@@ -48,38 +48,38 @@ def _shift_caps(raw: bytes, idmap: IdMap) -> bytes:
     return raw
 
 
-def normalize_layer(root: str | int, idmap: IdMap | None = None, namespace: str | None = None) -> None:
+def normalize_layer(root: str | int, idmap: IdMap | None = None, *, userxattr: bool) -> None:
     """Make an upper directory fit to be a lower layer for every kind of overlay mount.
 
-    - an opaque directory carries both trusted.overlay.opaque (read by
-      privileged mounts) and user.overlay.opaque (read by userxattr mounts
-      inside user namespaces);
+    - a directory the overlay that wrote root marked opaque (in the namespace
+      userxattr names: see overlay.is_opaque) carries both trusted.overlay.opaque
+      (read by privileged mounts) and user.overlay.opaque (read by userxattr
+      mounts inside user namespaces); a mark of the other namespace, copied up
+      from a base layer as a plain xattr, goes with the rest;
     - other overlay xattrs (origin, impure, redirect...) are dropped: they
       describe the old upper, not this layer;
     - with the idmap of an unprivileged container, host ids become what the
       container saw, through every range of its map, keeping setuid bits and
       file capabilities that chown would clear.
-    namespace: the one a container's upper keeps its overlay xattrs in (only
-    its opaque marks count), None for a tree that carries both.
     Works through directory fds; never follows a symlink.
     """
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(root, str) else os.dup(root)
     try:
-        _normalize_entry(top, ".", os.fstat(top), idmap, namespace)
+        _normalize_entry(top, ".", os.fstat(top), idmap, userxattr)
         for _, st, parent, name in walk(top):
-            _normalize_entry(parent, name, st, idmap, namespace)
+            _normalize_entry(parent, name, st, idmap, userxattr)
     finally:
         os.close(top)
 
 
-def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None, namespace: str | None = None) -> None:
+def _normalize_entry(parent: int, name: str, st: os.stat_result, idmap: IdMap | None, userxattr: bool) -> None:
     is_dir, is_reg = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
     caps = None
     if is_dir or is_reg:  # overlay xattrs live on directories and files; whiteouts and links carry none
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
         fd = os.open(name, flags, dir_fd=parent)
         try:
-            opaque = is_dir and overlay.is_opaque(fd, namespace)
+            opaque = is_dir and overlay.is_opaque(fd, userxattr)
             for attr in os.listxattr(fd):
                 if attr.startswith(("trusted.overlay.", "user.overlay.")):
                     os.removexattr(fd, attr)
@@ -145,11 +145,14 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
     failing command publishes nothing and leaves 'current' as it was.
     """
     if not argv:
-        raise PycorError("no command to run", f"e.g. pycor base update {base} -- apt-get -y upgrade")
+        raise PycorError("no command to run", f"e.g. pycor base update {base} -- sh -c 'apt-get update && apt-get -y upgrade'")
     with _builder_on_current(store, base, "update") as (current, stack, staging, lxcpath):
-        proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(["lxc-execute", "-n", builder.BUILDER, "-P", lxcpath, "--", *argv], stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
         try:
             faults.point("update.builder")  # killed here, the builder goes on running the command
+            assert proc.stderr is not None
+            unreached = builder.relay_stderr(proc.stderr)
             proc.wait()
         finally:
             if proc.poll() is None:
@@ -157,10 +160,14 @@ def update_base(store: Store, base: str, argv: list[str], progress: Progress | N
                 proc.wait()
         faults.point("update.built")
         rc = proc.returncode
-        if rc != 0:
+        if rc != 0 or unreached:
+            why = (f"the update command exited with status {rc}{'; apt could not fetch ' if unreached else ''}" if rc != 0 else
+                   "apt in the builder could not fetch ")
             raise PycorError(
-                f"the update command exited with status {rc}: no new version, base {base} stays at version {current}",
-                "fix the command and run 'pycor base update' again",
+                f"{why}{', '.join(unreached)}: no new version, base {base} stays at version {current}",
+                "fix the command and run 'pycor base update' again" if not unreached else
+                "the builder uses the host's network and name servers (/etc/resolv.conf): make every source in the base's "
+                "/etc/apt reachable from the host, or remove the one it cannot reach in the command; then run 'pycor base update' again",
             )
         return _publish_builder(store, base, staging, lxcpath, current, stack, f"update: {shlex.join(argv)}", keep_apt_lists)
 
@@ -169,9 +176,9 @@ def _publish_builder(store: Store, base: str, staging: str, lxcpath: str, versio
                      source: str, keep_apt_lists: bool) -> Version | None:
     """The builder's upper, made lean and normalised, published as the next version (None if nothing changed)."""
     upper = os.path.join(lxcpath, builder.BUILDER, "rootfs", layers.UPPER)
-    if not builder.finish_layer(upper, stack, keep_apt_lists):
+    if not builder.finish_layer(upper, stack, keep_apt_lists, staging):
         return None
-    normalize_layer(upper)
+    normalize_layer(upper, userxattr=False)  # a builder is a privileged container
     os.rename(upper, os.path.join(staging, "rootfs"))
     remove_tree(lxcpath)
     faults.point("update.staged")
@@ -287,14 +294,17 @@ def commit(store: Store, rootfs: str, idmap_text: str | None, as_base: str | Non
             with _staging(store, f"{target}.commit") as staging:
                 new = os.path.join(staging, "rootfs")
                 os.mkdir(new)
+                # the namespace the container's own mount reads (layer.json records it), else its mode's
+                userxattr = namespace == "user" if namespace else idmap is not None
                 if on_top:
                     copy_tree(lay.upper, new, progress or Progress())
                 else:
-                    userxattr = namespace == "user" if namespace else idmap is not None
                     with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=userxattr) as merged:
                         faults.point("commit.mounted")
                         copy_tree(merged, new, progress or Progress())
-                normalize_layer(new, idmap, namespace if on_top else None)
+                # the overlay xattrs that count: those of the container's upper (on top), or none through
+                # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
+                normalize_layer(new, idmap, userxattr=userxattr)
                 faults.point("commit.staged")
                 source = f"commit of {rootfs}"
                 if as_base:
@@ -405,7 +415,21 @@ def reset(rootfs: str) -> None:
         if e.errno not in (errno.EDQUOT, errno.ENOSPC):
             raise
         _empty_layer(rootfs)
-        _reset(rootfs)
+        try:
+            _reset(rootfs)
+        except OSError as again:
+            if again.errno not in (errno.EDQUOT, errno.ENOSPC):
+                raise
+            if _set_aside(rootfs):
+                raise PycorError(f"cannot finish discarding the changes in {rootfs}: its quota is full even for a rename "
+                                 f"({again.strerror})", "raise its limit ('pycor set NAME size=...'), then reset again") from None
+            # what fills the quota is not the changes (its volumes): even a rename needs room, but upper and
+            # work were emptied where they are, which is all a reset does
+
+
+def _set_aside(rootfs: str) -> bool:
+    """Whether a reset left upper or work renamed aside (the container does not start then)."""
+    return any(os.path.lexists(os.path.join(rootfs, layers.PYCOR_DIR, name + RESET_ASIDE)) for name in ("upper", "work"))
 
 
 def _empty_layer(rootfs: str) -> None:

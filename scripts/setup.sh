@@ -24,31 +24,60 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q "${missing[@]}"
 fi
 
-# Incus: from <codename>-backports on Debian 12 (incus-base needs only this system's liblxc1, so it
-# sits beside LXD). The suite is pinned so that nothing but Incus and its two libraries comes from it.
-INCUS_PACKAGES=(incus-base incus-client)
-if ! dpkg-query -W -f='${Status}' incus-base 2>/dev/null | grep -q "install ok installed"; then
-    export DEBIAN_FRONTEND=noninteractive
-    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-    if ! apt-cache policy incus-base 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+# From <codename>-backports on Debian 12, pinned so that nothing but these packages comes from it:
+# Incus (incus-base needs only this system's liblxc1, so it sits beside LXD) and autopkgtest.
+codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+BACKPORTS_PACKAGES="incus incus-base incus-client libcowsql0 libraft0 autopkgtest"
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/pycor-backports.sources
+BACKPORTS_PIN=/etc/apt/preferences.d/pycor-backports
+
+# Adds <codename>-backports with its pin (or brings the pin up to date) and reads its package lists.
+use_backports() {
+    local mirror
+    if [ ! -e "$BACKPORTS_SOURCES" ]; then
         # the mirror this machine already uses for its own suite (never a hard-coded host)
         mirror=$(grep -rhoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
                    /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | grep -m1 '/debian/\?$' || true)
         mirror=${mirror:-http://deb.debian.org/debian}
-        sources=/etc/apt/sources.list.d/pycor-backports.sources
-        if [ ! -e "$sources" ]; then
-            printf '%s\n' "# added by pycor's scripts/setup.sh: Incus comes from ${codename}-backports" \
-                "Types: deb" "URIs: $mirror" "Suites: ${codename}-backports" "Components: main" \
-                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$sources"
-        fi
-        printf '%s\n' "# added by pycor's scripts/setup.sh: from ${codename}-backports take Incus only" \
-            "Package: *" "Pin: release n=${codename}-backports" "Pin-Priority: -10" "" \
-            "Package: incus incus-base incus-client libcowsql0 libraft0" "Pin: release n=${codename}-backports" \
-            "Pin-Priority: 500" > /etc/apt/preferences.d/pycor-backports
-        apt-get update -q -o DPkg::Lock::Timeout=300
+        printf '%s\n' "# added by pycor's scripts/setup.sh: Incus and autopkgtest come from ${codename}-backports" \
+            "Types: deb" "URIs: $mirror" "Suites: ${codename}-backports" "Components: main" \
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$BACKPORTS_SOURCES"
+    fi
+    pin_backports
+    apt-get update -q -o DPkg::Lock::Timeout=300
+}
+
+pin_backports() {
+    printf '%s\n' "# added by pycor's scripts/setup.sh: from ${codename}-backports take only what pycor needs" \
+        "Package: *" "Pin: release n=${codename}-backports" "Pin-Priority: -10" "" \
+        "Package: $BACKPORTS_PACKAGES" "Pin: release n=${codename}-backports" "Pin-Priority: 500" > "$BACKPORTS_PIN"
+}
+
+if [ -e "$BACKPORTS_SOURCES" ]; then
+    pin_backports  # a pin written by an older setup names fewer packages
+fi
+
+INCUS_PACKAGES=(incus-base incus-client)
+if ! dpkg-query -W -f='${Status}' incus-base 2>/dev/null | grep -q "install ok installed"; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-cache policy incus-base 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        use_backports
     fi
     echo "pycor setup: installing ${INCUS_PACKAGES[*]} (from ${codename}-backports)"
     apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${INCUS_PACKAGES[@]}"
+fi
+
+# autopkgtest, for the test that runs a Debian package's own tests on an ephemeral pycor clone
+# (tests/integration/test_autopkgtest.py). Debian 12's 5.28 waits for 'runlevel' in a trixie
+# testbed, which never answers there: take bookworm-backports' (5.49) on Debian 12.
+autopkgtest_version=$(dpkg-query -W -f='${Version}' autopkgtest 2>/dev/null || true)
+if [ -z "$autopkgtest_version" ] || dpkg --compare-versions "$autopkgtest_version" lt 5.29; then
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$codename" = bookworm ]; then
+        use_backports
+    fi
+    echo "pycor setup: installing autopkgtest"
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends autopkgtest uidmap
 fi
 
 if [ ! -x .venv/bin/python ]; then

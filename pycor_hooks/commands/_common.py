@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from .. import locks, lxc, runtime
 from ..driver import Driver
 from ..errors import PycorError
+from ..names import printable
 from ..store import Version
 
 
@@ -27,13 +28,15 @@ def add_lxcpath(p: argparse.ArgumentParser) -> None:
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
-    table = [[title for _, title in columns]] + [[str(row[key]) for key, _ in columns] for row in rows]
+    """Rows as aligned columns; every cell through printable(): records may hold text from another host."""
+    table = [[title for _, title in columns]] + [[printable(row[key], 4096) for key, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     for r in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
 def emit(args: argparse.Namespace, rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """A table, or JSON (whose strings json.dump writes as ASCII, control characters as \\u escapes)."""
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1)
         print()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..driver import Driver
+from ..errors import PycorError
 from ..names import check_name
 from ._common import published
 
@@ -13,12 +14,25 @@ def base_update(args: argparse.Namespace, driver: Driver) -> None:
     from ..versions import update_base
 
     name = check_name(args.name, "base name")
-    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    v = update_base(driver.store, name, argv, keep_apt_lists=args.keep_apt_lists)
+    argv, keep_apt_lists = command_after_options(args.cmd, args.keep_apt_lists)
+    v = update_base(driver.store, name, argv, keep_apt_lists=keep_apt_lists)
     if v is None:
         print(f"base {name}: the command changed nothing; current stays at version {driver.store.current(name)}")
     else:
         published(driver, name, v)
+
+
+def command_after_options(rest: list[str], keep_apt_lists: bool) -> tuple[list[str], bool]:
+    """The command after `--`, and the options given between NAME and `--` (argparse hands them over with the
+    command: `pycor base update NAME --keep-apt-lists -- CMD`)."""
+    if "--" not in rest:
+        return rest, keep_apt_lists
+    cut = rest.index("--")
+    for option in rest[:cut]:
+        if option != "--keep-apt-lists":
+            raise PycorError(f"unknown option {option!r} before '--'", "pycor base update NAME [--keep-apt-lists] -- CMD [ARGS...]")
+        keep_apt_lists = True
+    return rest[cut + 1:], keep_apt_lists
 
 
 def base_shell(args: argparse.Namespace, driver: Driver) -> None:
@@ -34,7 +48,7 @@ def base_edit(args: argparse.Namespace, driver: Driver) -> None:
     name = check_name(args.name, "base name")
     lxcpath = edit_base(driver.store, name)
     print(f"base {name}: a builder runs on version {driver.store.current(name)}; provision it with LXC's tools, e.g.\n"
-          f"  lxc-attach -n builder -P {lxcpath} -- apt-get -y install PACKAGE\n"
+          f"  lxc-attach -n builder -P {lxcpath} -- sh -c 'apt-get update && apt-get -y install PACKAGE'\n"
           f"then 'pycor base publish {name}' (or 'pycor base discard {name}')")
 
 

@@ -77,11 +77,16 @@ def commit(args: argparse.Namespace, driver: Driver) -> None:
 
 
 def reset(args: argparse.Namespace, driver: Driver) -> None:
+    from ..quota import room_error
     from ..versions import reset as reset_layer
 
     c = find_container(driver, args)
     with stopped(driver, c, "reset"):
         reset_layer(c.rootfs)
+        meta = driver.volume_meta(c.rootfs)
+    full = room_error(c.name, c.rootfs, meta, after="changes discarded")  # its volumes may still fill its limit
+    if full is not None:
+        raise full
     print(f"container {c.name}: changes discarded; it runs on its base as new")
 
 

@@ -44,9 +44,10 @@ def quota_cell(rootfs: str, meta: layer.LayerMeta, table: bool) -> object:
     if got is None:
         return "-" if table else None
     used, limit = got
+    full = bool(limit) and not quota.has_room(rootfs)  # at its limit: it cannot start (pycor doctor says why)
     if not table:
-        return {"used": used, "limit": limit}
-    return f"{human_size(used)}/{human_size(limit) if limit else 'none'}"
+        return {"used": used, "limit": limit, "full": full}
+    return f"{human_size(used)}/{human_size(limit) if limit else 'none'}" + (" full" if full else "")
 
 
 def rejected_pushes(rootfs: str) -> list[str]:
@@ -131,7 +132,7 @@ def set_(args: argparse.Namespace, driver: Driver) -> None:
             print(f"container {c.name}: in-memory layer {'limited to ' + human_size(size) if size else 'unlimited'} "
                   "from its next start")
             continue
-        used = (quota.usage(c.rootfs) or (0, None))[0] if c.runtime == "lxc" else 0  # LXD checks its own
+        used, old = (quota.usage(c.rootfs) or (0, None)) if c.runtime == "lxc" else (0, None)  # LXD checks its own
         if size and used > size:  # a layer over its limit cannot even mount its overlay (workdir writes)
             raise Conflict(f"container {c.name} already uses {human_size(used)}, more than {human_size(size)}",
                            "give a larger size, or free space in it first (a copy's size counts what it shares with its original)")
@@ -139,6 +140,13 @@ def set_(args: argparse.Namespace, driver: Driver) -> None:
             c.rt.set_size(c.name, size)
         else:
             quota.set_limit(c.rootfs, size)
+            if size and not quota.settled_room(c.rootfs):  # every start creates files in the layer: keep the old limit
+                quota.set_limit(c.rootfs, old)
+                vols = quota.volume_usage(c.rootfs, meta)
+                raise Conflict(f"a limit of {human_size(size)} leaves container {c.name} no room to start: it uses "
+                               f"{quota.usage_phrase(used, None, vols)}; its limit stays "
+                               f"{human_size(old) if old else 'none'}",
+                               f"give a larger size: pycor set {c.name} size={quota.suggest_size(used)}")
         print(f"container {c.name}: {'limited to ' + human_size(size) if size else 'no size limit'}")
 
 

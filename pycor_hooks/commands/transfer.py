@@ -42,14 +42,24 @@ def base_verify(args: argparse.Namespace, driver: Driver) -> None:
     from ..digest import verify
 
     name = check_name(args.name, "base name")
-    version, digest, findings = verify(driver.store, name, check_version(args.version) if args.version else None)
-    if findings:
-        for f in findings:
-            print(f"base {name} version {f.version}: {f.problem}")
-        raise Damaged(f"base {name} version {version} does not match its recorded digest",
+    found = verify(driver.store, name, check_version(args.version) if args.version else None)
+    out = sys.stderr if found.findings else sys.stdout
+    for f in found.findings:
+        print(f"base {name} version {f.version}: {f.problem}")
+    if not found.findings:
+        print(f"base {name} version {found.version}: intact, digest {found.digest}")
+    lines = f"the base's {len(found.lxc)} LXC config line(s) (base.json)"
+    print(f"  checked: {found.layers} layer(s), each path's type, mode, owner, xattrs, link target, device numbers and "
+          "content, against the manifests the version digests chain" + (f"; {lines}" if found.lxc and found.lxc_covered else ""),
+          file=out)
+    if not found.lxc_covered:
+        print(f"  not covered: {lines}: this base's first version was given its digest before digests covered them",
+              file=out)
+    print("  not covered: the dates, sizes and sources version.json records", file=out)
+    if found.findings:
+        raise Damaged(f"base {name} version {found.version} does not match its recorded digest",
                       f"import it again from a good copy ('pycor base import {name} --from-export FILE' into a new store "
                       "or base name), or publish a new version over it")
-    print(f"base {name} version {version}: intact, digest {digest}")
 
 
 def arguments(command: str, p: argparse.ArgumentParser) -> None:

@@ -96,6 +96,32 @@ def test_updated_opaque_directories_work_for_unprivileged_containers_too(make_co
         assert sorted(c.sh("ls /etc/init.d").stdout.split()) == ["only", "rcS"]  # 'old', below the opaque dir, is hidden
 
 
+def test_update_that_only_passes_through_a_directory_publishes_nothing(env, base):
+    out = update(env, base, "echo tmp > /etc/scratch && rm /etc/scratch").stdout  # /etc copied up, left empty
+    assert "changed nothing" in out
+    assert [r["version"] for r in versions(env, base)] == ["1"]
+
+
+def test_update_below_an_opaque_directory_keeps_the_files_the_directory_already_held(make_container, env, store, base):
+    update(env, base, "rm -rf /etc/init.d && mkdir /etc/init.d && printf '#!/bin/sh\\n' > /etc/init.d/rcS && chmod +x /etc/init.d/rcS "
+                      "&& echo only > /etc/init.d/only")  # version 2: /etc/init.d opaque
+    update(env, base, "echo new > /etc/init.d/new")  # version 3: one file added in it
+    c = make_container(base=base)
+    c.start()
+    assert sorted(c.sh("ls /etc/init.d").stdout.split()) == ["new", "only", "rcS"]
+
+
+def test_update_that_recreates_a_directory_keeps_files_equal_to_the_old_ones(make_container, env, store, base):
+    # the directory goes and comes back (dpkg purge then install): opaque, its files no longer come from below
+    rcs = open(os.path.join(layer_of(store, base), "etc/init.d/rcS")).read()
+    update(env, base, "cp /etc/init.d/rcS /rcS.keep && rm -rf /etc/init.d && mkdir /etc/init.d && cp /rcS.keep /etc/init.d/rcS "
+                      "&& chmod 755 /etc/init.d/rcS && rm /rcS.keep && echo added > /etc/init.d/added")
+    c = make_container(base=base)
+    c.start()
+    assert sorted(c.sh("ls /etc/init.d").stdout.split()) == ["added", "rcS"]
+    assert c.sh("cat /etc/init.d/rcS").stdout == rcs
+
+
 def test_rollout_moves_followers_batch_by_batch_and_never_breaks_one(make_container, env, base):
     followers = [make_container(base=base) for _ in range(3)]
     pinned = make_container(base=base, extra=("--pin", "1"))

@@ -56,3 +56,41 @@ def test_adopt_refuses_hosting_options():
 
     with pytest.raises(PycorError, match="--adopt keeps the layer"):
         spec("c", "b", adopt=True, volumes=["/srv"])
+
+
+def base_layers(tmp_path) -> list[str]:
+    """Two layers, top first: the lower has /var/run -> ../run, a file /etc/hostname and a file /opt;
+    the top one replaces /opt with a directory."""
+    top, low = tmp_path / "2", tmp_path / "1"
+    for d in (low / "var", low / "etc", low / "run", top / "opt"):
+        d.mkdir(parents=True)
+    (low / "var/run").symlink_to("../run")
+    (low / "etc/hostname").write_text("h\n")
+    (low / "opt").write_text("a file below the top layer's directory\n")
+    return [str(top), str(low)]
+
+
+@pytest.mark.parametrize("path,refused,hint", [
+    ("/var/run/x", "/var/run is a symlink in base b version 2 (to ../run)", "--volume /run/x"),
+    ("/var/run", "/var/run is a symlink", "--volume /run"),
+    ("/etc/hostname/d", "/etc/hostname is a file in base b version 2", "a directory in the base"),
+    ("/etc/hostname", "/etc/hostname is a file", "a directory in the base"),
+])
+def test_volume_through_a_symlink_or_file_of_the_merged_base_is_refused(tmp_path, path, refused, hint):
+    with pytest.raises(PycorError) as e:
+        volumes.check_in_base([path], base_layers(tmp_path), "base b version 2")
+    assert e.value.message.startswith(f"volume {path}: {refused}")
+    assert hint in str(e.value.hint)
+
+
+def test_volume_on_a_directory_of_the_merged_base_or_missing_from_it_is_accepted(tmp_path):
+    # /opt is a file in the lower layer, but the top layer's directory is what the container sees
+    volumes.check_in_base(["/opt/x", "/var/log/app", "/etc", "/srv/new/deep"], base_layers(tmp_path), "base b version 2")
+
+
+def test_a_suggested_limit_leaves_room_and_parses_back():
+    from pycor_hooks.quota import suggest_size
+
+    for used in (0, 20 * MiB, 10 << 30):
+        size = parse_size(suggest_size(used))
+        assert size >= used + 64 * MiB and size >= used * 5 // 4 and size % MiB == 0

@@ -256,3 +256,17 @@ def test_a_lock_sweep_leaves_what_is_not_a_lock_file(tmp_path, monkeypatch):
     (tmp_path / "layer-link").symlink_to(tmp_path / "elsewhere")
     assert locks.sweep() == 0
     assert sorted(os.listdir(tmp_path)) == ["layer-dir", "layer-link"]
+
+
+def test_base_update_reads_its_options_before_the_command_wherever_they_stand():
+    from pycor_hooks.cli import parser
+    from pycor_hooks.commands.builds import command_after_options
+
+    for argv, want in ((["base", "update", "b", "--keep-apt-lists", "--", "apt-get", "-y", "upgrade"], True),
+                       (["base", "update", "--keep-apt-lists", "b", "--", "apt-get", "-y", "upgrade"], True),
+                       (["base", "update", "b", "--", "apt-get", "-y", "upgrade"], False)):
+        args = parser(argv).parse_args(argv)
+        assert command_after_options(args.cmd, args.keep_apt_lists) == (["apt-get", "-y", "upgrade"], want), argv
+    with pytest.raises(PycorError, match="unknown option '--bogus'"):
+        command_after_options(["--bogus", "--", "true"], False)
+    assert command_after_options(["apt-get", "-y", "upgrade"], False) == (["apt-get", "-y", "upgrade"], False)
