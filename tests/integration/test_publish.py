@@ -3,10 +3,12 @@ transfer. Each test takes the launch fixture, so it runs on LXD, then on Incus (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from conftest import LxdContainer, daemon_project, delete_instances
@@ -96,7 +98,7 @@ def test_pycor_publish_flat_is_an_ordinary_image_that_runs_without_pycor(launch,
     # into a project where pycor was never set up (no overlay profile, no pycor image), as to another host
     exported = os.path.join(session_dir, alias)
     c.lxc("image", "export", alias, exported)
-    with contextlib_project(c.cli) as other:
+    with fresh_project(c.cli) as other:
         plain = LxdContainer(f"f{uuid.uuid4().hex[:6]}", other, c.cli)
         made = [os.path.join(session_dir, f) for f in os.listdir(session_dir) if f.startswith(alias)]  # NAME.tar...
         plain.lxc("image", "import", *made, "--alias", alias)
@@ -111,10 +113,10 @@ def test_pycor_publish_flat_is_an_ordinary_image_that_runs_without_pycor(launch,
             delete_instances(c.cli, other, frozenset({plain.name}))
 
 
-def contextlib_project(cli: str):  # type: ignore[no-untyped-def]
-    import contextlib
-
-    return contextlib.contextmanager(daemon_project)(cli, "lxd-up.sh" if cli == "lxc" else "incus-up.sh")
+@contextlib.contextmanager
+def fresh_project(cli: str) -> Iterator[str]:
+    """A project of the same daemon where pycor was never set up (no overlay profile), removed with all it holds."""
+    yield from daemon_project(cli, "lxd-up.sh" if cli == "lxc" else "incus-up.sh")
 
 
 # -- 2. security.privileged switched, both ways ----------------------------------------------------
