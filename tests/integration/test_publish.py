@@ -173,6 +173,9 @@ def test_push_into_a_stopped_container_is_in_place_at_its_next_start(launch, den
     assert rows[c.name]["rejected_pushes"] == 1
     listing = run(PYCOR + ["ls"], env=denv)
     assert "/etc/adir" in listing.stderr and "inbox" in listing.stderr
+    checks = json.loads(run(PYCOR + ["doctor", "--format", "json"], env=denv, check=False).stdout)
+    kept = next(ch for ch in checks if ch["name"] == "files pushed while stopped, kept aside")
+    assert not kept["ok"] and c.name in kept["detail"] and "/etc/adir" in kept["detail"]
     c.lxc("restart", "--force", c.name)
     assert c.sh("cat /root/new").stdout == "pushed\n"  # replayed once: a restart changes nothing
 
