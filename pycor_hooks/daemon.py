@@ -28,6 +28,7 @@ import socket
 import tarfile
 import time
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import Conflict, NotFound, PycorError, Unsupported
@@ -35,6 +36,7 @@ from .layer import META, PYCOR_DIR, LayerMeta
 from .store import DEFAULT_STORE
 
 PROFILE = "overlay"
+IMAGE_PROFILES = ["default", PROFILE]  # an image's own profiles: what a launch that names none gets
 STORE_PROPERTY = "pycor.store"  # image property
 STORE_KEY = "user.pycor.store"  # profile config key
 
@@ -117,6 +119,11 @@ class Daemon:
         except (OSError, PycorError):
             return False
 
+    def _in_project(self, path: str) -> str:
+        if self.project != "default" and path.startswith("/1.0/") and not path.startswith("/1.0/operations"):
+            path += ("&" if "?" in path else "?") + "project=" + urllib.parse.quote(self.project)
+        return path
+
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Any:
         conn = _UnixHTTPConnection(self.socket_path, self.timeout)
@@ -124,8 +131,7 @@ class Daemon:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             hdrs = {"Content-Type": "application/octet-stream" if raw is not None else "application/json"}
             hdrs.update(headers or {})
-            if self.project != "default" and path.startswith("/1.0/") and not path.startswith("/1.0/operations"):
-                path += ("&" if "?" in path else "?") + "project=" + urllib.parse.quote(self.project)
+            path = self._in_project(path)
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
             status = resp.status
@@ -134,6 +140,35 @@ class Daemon:
             raise Unsupported(f"{self.title} is not running (no socket at {self.socket_path})", self.dialect.start_hint) from None
         finally:
             conn.close()
+        return self._answer(method, path, status, payload)
+
+    def upload(self, path: str, chunks: Iterable[bytes], headers: dict[str, str]) -> Any:
+        """POST a body streamed in chunks (chunked transfer encoding: nothing is held in memory).
+
+        If chunks raises, the request is cut off before its last chunk, so the
+        daemon sees a broken upload and makes nothing of it.
+        """
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        path = self._in_project(path)
+        try:
+            conn.putrequest("POST", path)
+            for key, value in {"Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked", **headers}.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            for chunk in chunks:
+                if chunk:
+                    conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+            resp = conn.getresponse()
+            status = resp.status
+            payload = json.loads(resp.read() or b"{}")
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise Unsupported(f"{self.title} is not running (no socket at {self.socket_path})", self.dialect.start_hint) from None
+        finally:
+            conn.close()
+        return self._answer("POST", path, status, payload)
+
+    def _answer(self, method: str, path: str, status: int, payload: dict) -> Any:
         if payload.get("type") == "error" or status >= 400:
             code = payload.get("error_code") or status
             error = NotFound if code == 404 else PycorError
@@ -217,11 +252,14 @@ class Daemon:
             if owner != store:
                 return "other"
             if image.get("properties", {}).get("pycor.base") == base:
+                if image.get("profiles") != IMAGE_PROFILES:  # made by an older pycor: a plain launch runs on pycor too
+                    self.update_image(image["fingerprint"], profiles=IMAGE_PROFILES)
                 return "present"
         props = urllib.parse.urlencode({"pycor.base": base, STORE_PROPERTY: store})
         result = self.request("POST", "/1.0/images", raw=base_image_tarball(base, store),
                               headers={self.dialect.header("properties"): props})
         fingerprint = result.get("metadata", {}).get("fingerprint")
+        self.update_image(fingerprint, profiles=IMAGE_PROFILES)
         alias = image_alias(base)
         quoted = urllib.parse.quote(alias, safe="")
         body = {"target": fingerprint, "description": f"pycor base {base}"}
@@ -230,6 +268,40 @@ class Daemon:
         else:
             self.request("POST", "/1.0/images/aliases", dict(body, name=alias))
         return "added"
+
+    def update_image(self, fingerprint: str, properties: dict[str, str] | None = None,
+                     profiles: list[str] | None = None) -> None:
+        """Replace an image's properties and/or profiles, keeping the rest of what the daemon says of it."""
+        image = self.request("GET", f"/1.0/images/{fingerprint}")
+        body = {k: image.get(k) for k in ("auto_update", "properties", "public", "expires_at", "profiles") if k in image}
+        if properties is not None:
+            body["properties"] = properties
+        if profiles is not None:
+            body["profiles"] = profiles
+        self.request("PUT", f"/1.0/images/{fingerprint}", body)
+
+    def alias_target(self, alias: str) -> str | None:
+        """The fingerprint an image alias names, or None."""
+        try:
+            return str(self.request("GET", f"/1.0/images/aliases/{urllib.parse.quote(alias, safe='')}")["target"])
+        except NotFound:
+            return None
+
+    def add_alias(self, alias: str, fingerprint: str, description: str = "") -> None:
+        self.request("POST", "/1.0/images/aliases", {"name": alias, "target": fingerprint, "description": description})
+
+    def delete_image(self, fingerprint: str) -> None:
+        self.request("DELETE", f"/1.0/images/{fingerprint}")
+
+    def publish_instance(self, name: str) -> dict:
+        """The daemon's own publish of a stopped instance (what 'lxc publish' does): the new image."""
+        op = self.request("POST", "/1.0/images", {"source": {"type": "instance", "name": name}})
+        return self.request("GET", f"/1.0/images/{op['metadata']['fingerprint']}")
+
+    def upload_image(self, chunks: Iterable[bytes], properties: dict[str, str]) -> dict:
+        """A unified image tarball (metadata.yaml, rootfs/) streamed to the daemon: the new image."""
+        op = self.upload("/1.0/images", chunks, {self.dialect.header("properties"): urllib.parse.urlencode(properties)})
+        return self.request("GET", f"/1.0/images/{op['metadata']['fingerprint']}")
 
     def remove_image(self, base: str, store: str) -> bool:
         """Delete this store's image of a base; another store's is left alone. True if deleted."""

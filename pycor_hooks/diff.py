@@ -106,11 +106,13 @@ class LowerStack:
             os.close(fd)
 
 
-def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) -> list[Change]:
+def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None, namespace: str | None = None) -> list[Change]:
     """Changes recorded in upper (a path or a directory fd) against the lower stack (top first), sorted by path.
 
     idmap: an unprivileged container's map, so that its copied-up
     directories, owned by host ids, compare equal to the base's.
+    namespace: the one upper's overlay xattrs are in (the layer records it),
+    so that only what the container's own mount reads counts as opaque.
     """
     stack = LowerStack(lowers)
     changes: list[Change] = []
@@ -127,7 +129,7 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) 
             if kind != "dir":
                 changes.append(Change("/" + rel, "added" if lower is None else "changed", kind))
                 continue
-            opaque = is_opaque_at(parent, name)
+            opaque = is_opaque_at(parent, name, namespace)
             if lower is None:
                 changes.append(Change("/" + rel, "added", kind))
                 hidden.append(rel)
@@ -141,13 +143,13 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None) 
     return sorted(changes, key=lambda c: c.path)
 
 
-def is_opaque_at(parent: int, name: str) -> bool:
+def is_opaque_at(parent: int, name: str, namespace: str | None = None) -> bool:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except OSError:
         return False  # replaced while we looked
     try:
-        return is_opaque(fd)
+        return is_opaque(fd, None if namespace is None else namespace == "user")
     finally:
         os.close(fd)
 

@@ -15,6 +15,7 @@ import tempfile
 
 from . import overlay
 from .driver import Driver
+from .errors import PycorError
 from .install import HOOKS
 from .store import Store, hooks_dir
 
@@ -200,6 +201,28 @@ def interrupted_check(driver: Driver) -> Check:
                  "run the command named for each container", required=False)
 
 
+def rejected_push_check(driver: Driver) -> Check:
+    """Files pushed into stopped containers that their next start could not put in place (kept aside, see inbox.py)."""
+    from .inbox import INBOX, REJECTED, rejected
+    from .layer import open_rootfs
+
+    found = []
+    for reg in driver.registrations():
+        try:
+            fd = open_rootfs(reg.rootfs)
+        except PycorError:  # a layer that went meanwhile
+            continue
+        try:
+            paths = rejected(fd)
+        finally:
+            os.close(fd)
+        if paths:
+            found.append(f"{reg.name}: {len(paths)} (first {paths[0]}) in {reg.rootfs}/{INBOX}/{REJECTED}")
+    return Check("files pushed while stopped, kept aside", not found, "; ".join(found) or "none",
+                 "put each where it belongs in the running container (lxc file push, or inside it), then remove it "
+                 f"from {INBOX}/{REJECTED}", required=False)
+
+
 def room_check(driver: Driver) -> Check:
     """Containers that cannot start for lack of room: at their disk limit (their volumes or their changes fill it),
     or on a full filesystem. Every start creates files in the layer; quota.room_error gives each one's fixes."""
@@ -274,6 +297,7 @@ def run_checks(store: Store, driver: Driver | None = None, lxcpath: str | None =
     if driver is not None:
         checks.append(stale_record_check(driver))
         checks.append(interrupted_check(driver))
+        checks.append(rejected_push_check(driver))
         checks.append(room_check(driver))
         checks.append(layer_mount_check(driver))
     return checks

@@ -132,7 +132,7 @@ class Driver:
             # where the spec meets the store: a volume path the base makes a symlink or a file could never be mounted
             volumes.check_in_base(spec.volumes, self.store.lower_stack(spec.base, on), f"base {spec.base} version {on}")
         meta = LayerMeta(spec.base, spec.pin, on, self.store.version_digest(spec.base, on), spec.volumes, spec.ephemeral,
-                         spec.size if spec.ephemeral else None)
+                         spec.size if spec.ephemeral else None, xattrs="user" if uid else "trusted")
         layer.create_layer(rootfs, meta, uid, gid)
         faults.point("create.layer")
         if spec.volumes and not spec.ephemeral:  # an ephemeral container's volumes live in its in-memory layer
@@ -320,6 +320,8 @@ class Driver:
             error = quota.room_error(name, rootfs, lay.meta)
             if error is not None:
                 raise error
+        if not clone:
+            self._settle_layer(lay, name, "user" if idmap is not None else "trusted")
         move: _Move | None = None
         held = None
         with self.store.lock(exclusive=False):
@@ -396,6 +398,29 @@ class Driver:
                          os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         return state
 
+    def _settle_layer(self, lay: layer.OpenLayer, name: str, namespace: str) -> None:
+        """pre-start's care of the layer itself, under its lock: layer.json owned like the layer, its overlay xattrs
+        in the namespace this start mounts with, what was pushed into the stopped container moved to its inbox.
+
+        A start that changes nothing pays one fstat and one listdir.
+        """
+        layer.meta_owner_fixed(lay)
+        if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+            return  # LXC's clone of this container reads the layer, whose own container may run: left as it is
+        if lay.meta.xattrs != namespace and not lay.meta.ephemeral:
+            self.settle_xattrs(lay, namespace, f"container {name}")
+        pushed = layer.beside(lay.rootfs_fd)
+        if pushed:
+            from . import inbox
+
+            inbox.collect(lay.rootfs_fd, pushed)
+
+    def settle_xattrs(self, lay: layer.OpenLayer, namespace: str | None, where: str) -> str | None:
+        """Bring a stopped layer's overlay xattrs into namespace, crash-safe (see ovlxattr.settle)."""
+        from . import ovlxattr
+
+        return ovlxattr.settle(lay, namespace, where)
+
     def mount_volume(self, name: str, rootfs: str) -> None:
         """pre-mount: mount the overlay on rootfs in the current mount namespace, from the run state pre-start wrote."""
         state = runstate.read(name, rootfs)
@@ -405,23 +430,29 @@ class Driver:
                 "the container config needs lxc.hook.pre-start = .../pycor-pre-start (see 'pycor install')",
             )
         fds = [layer.open_rootfs(rootfs)]
+        src = fds[0]
         try:
-            # upper, work and layer.json: through the layer mount pre-start made, if the layer is unshifted on disk
-            src = self._open_layer_mount(state) if state.layer_mount else fds[0]
-            try:
-                fds.extend(layer.open_layer_dirs(src, rootfs))
-                meta = layer.read_meta(src, rootfs)
-            finally:
-                if src != fds[0]:
-                    os.close(src)
+            # upper, work, layer.json and pushed files: through the layer mount pre-start made, if the layer is
+            # unshifted on disk (its root-owned .pycor is reachable by the container's root only that way)
+            if state.layer_mount:
+                src = self._open_layer_mount(state)
+                fds.append(src)
+            fds[1:1] = layer.open_layer_dirs(src, rootfs)
+            meta = layer.read_meta(src, rootfs)
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        self._mount(state, fds, meta, userxattr=runstate.in_user_namespace())
+        under = fds.pop() if state.layer_mount else None
+        try:
+            self._mount(state, fds, meta, userxattr=runstate.in_user_namespace(), under=under)
+        finally:
+            if under is not None:
+                os.close(under)
 
-    def _mount(self, state: RunState, fds: list[int], meta: LayerMeta, userxattr: bool) -> None:
-        """Mount the overlay of state's lower stack over fds [rootfs, upper, work], which this closes.
+    def _mount(self, state: RunState, fds: list[int], meta: LayerMeta, userxattr: bool, under: int | None = None) -> None:
+        """Mount the overlay of state's lower stack over fds [rootfs, upper, work], which this closes; under: the
+        layer's rootfs directory as this process may read it (a layer mount), if not fds[0].
 
         Refused in the host's mount namespace: there the overlay would hide
         the container's rootfs (and its .pycor) from the host for good.
@@ -446,7 +477,8 @@ class Driver:
                 except OSError as e:
                     raise PycorError(f"cannot open base layer {lower}: {e.strerror}", "check the store with 'pycor base ls'") from None
             try:
-                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=userxattr)
+                overlay.mount_overlay(fds[3:], fds[1], fds[2], fds[0], userxattr=userxattr,
+                                      options=() if userxattr else overlay.PRIVILEGED_OPTIONS)
             except OSError as e:
                 raise PycorError(
                     f"cannot mount the overlay of base {state.base} version {state.version} on {rootfs}: {e.strerror}",
@@ -454,9 +486,32 @@ class Driver:
                 ) from None
             if hosting:
                 volumes.mount_volumes(fds[0], rootfs, meta)  # bound over the overlay
+            if not layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+                self._replay_inbox(fds[0] if under is None else under, rootfs, name)
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _replay_inbox(self, under_fd: int, rootfs: str, name: str) -> None:
+        """pre-mount, with the overlay (and volumes) mounted: put what was pushed into the stopped container in place.
+
+        One failed stat when nothing was; the inbox module is loaded only when something was.
+        """
+        try:
+            os.stat(f"{layer.PYCOR_DIR}/inbox", dir_fd=under_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        import sys
+
+        from . import inbox
+
+        root = layer.open_rootfs(rootfs)  # now the overlay's root: the container's view
+        try:
+            work = inbox.replay(under_fd, root)
+        finally:
+            os.close(root)
+        if work is not None and (work.done or work.rejected):
+            print(f"pycor: container {name}: {inbox.summary(work)}", file=sys.stderr)
 
     def release(self, name: str, rootfs: str) -> None:
         """post-stop: forget this start, and release idmapped views no running container uses.

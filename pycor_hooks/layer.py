@@ -33,15 +33,22 @@ UPPER = f"{PYCOR_DIR}/upper"
 WORK = f"{PYCOR_DIR}/work"
 META_LIMIT = 4096
 RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (versions.reset), emptied, renamed back
+# The namespace a layer's overlay xattrs are in (trusted.overlay.*: a privileged mount; user.overlay.*: userxattr),
+# or a conversion under way between them, phase 1 or 2 (see ovlxattr.py).
+XATTR_STATES = ("trusted", "user", "trusted>user:1", "trusted>user:2", "user>trusted:1", "user>trusted:2")
 
 
 class LayerMeta(Record):
     """What a layer's changes run on: its base, a pinned version (or None: follow current), and the
     version its changes were last made against or reconciled with (None: not known, a layer from pycor 0.1),
     and that version's content digest (None: not known), so another host can tell whether its version of that
-    number is the same tree."""
+    number is the same tree.
 
-    __slots__ = ("base", "pin", "based_on", "digest", "volumes", "ephemeral", "size")
+    Everything here is untrusted to code running as host root: the file belongs to the layer's owner (container
+    root, mapped when unprivileged, so that LXD's and Incus's publish keep it), so it is read bounded
+    (META_LIMIT), every name is checked, and no path is ever taken from it."""
+
+    __slots__ = ("base", "pin", "based_on", "digest", "volumes", "ephemeral", "size", "xattrs")
     base: str
     pin: str | None
     based_on: str | None
@@ -49,10 +56,12 @@ class LayerMeta(Record):
     volumes: list[str]  # container paths of volumes; volume i lives in .pycor/volumes/i (see volumes.py)
     ephemeral: bool  # upper and work in memory (a tmpfs), the container destroyed at stop
     size: int | None  # bytes: the tmpfs limit of an ephemeral layer (on disk the qgroup/project quota is the limit)
+    xattrs: str | None  # one of XATTR_STATES; None: not recorded (a layer of an older pycor, or a new image's)
 
     def __init__(self, base: str, pin: str | None = None, based_on: str | None = None, digest: str | None = None,
-                 volumes: list[str] | None = None, ephemeral: bool = False, size: int | None = None) -> None:
-        super().__init__(base, pin, based_on, digest, list(volumes or []), ephemeral, size)
+                 volumes: list[str] | None = None, ephemeral: bool = False, size: int | None = None,
+                 xattrs: str | None = None) -> None:
+        super().__init__(base, pin, based_on, digest, list(volumes or []), ephemeral, size, xattrs)
 
     def but(self, **changes: Any) -> LayerMeta:
         """A copy with some fields changed: every other field (volumes, ...) kept."""
@@ -123,13 +132,22 @@ def parse_meta(data: bytes, where: str) -> LayerMeta:
         if any(not v.startswith("/") or "/." in v for v in volumes):  # checked in full at create (volumes.check_paths)
             raise ValueError(f"bad volume path in {volumes}")
         size = raw.get("size")
+        xattrs = raw.get("xattrs")
+        if xattrs is not None and xattrs not in XATTR_STATES:
+            raise ValueError(f"xattrs {xattrs!r} is not one of {', '.join(XATTR_STATES)}")
         return LayerMeta(base, check_version(str(pin)) if pin else None, check_version(str(based_on)) if based_on else None,
-                         digest or None, volumes, bool(raw.get("ephemeral", False)), int(size) if size is not None else None)
+                         digest or None, volumes, bool(raw.get("ephemeral", False)), int(size) if size is not None else None,
+                         xattrs)
     except (ValueError, KeyError, TypeError, AttributeError, PycorError) as e:
         raise PycorError(f"{where} is not valid pycor layer metadata ({e})", "recreate the container with 'pycor create'") from None
 
 
 def read_meta(rootfs_fd: int, rootfs: str) -> LayerMeta:
+    return read_meta_stat(rootfs_fd, rootfs)[0]
+
+
+def read_meta_stat(rootfs_fd: int, rootfs: str) -> tuple[LayerMeta, os.stat_result]:
+    """The layer's metadata and the stat of layer.json (its owner: see meta_owner_fixed)."""
     where = os.path.join(rootfs, META)
     try:
         # O_NONBLOCK: a FIFO planted here must not hang a hook
@@ -139,15 +157,50 @@ def read_meta(rootfs_fd: int, rootfs: str) -> LayerMeta:
     except OSError as e:
         raise PycorError(f"refusing to open {where}: {e.strerror}", "a symlink was planted in the container's layer; remove it") from None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PycorError(f"{where} is not a regular file", "something replaced the container's layer metadata; recreate it")
         data = f.read(META_LIMIT + 1)
     if len(data) > META_LIMIT:
         raise PycorError(f"{where} is larger than {META_LIMIT} bytes", "it was not written by pycor")
-    return parse_meta(data, where)
+    return parse_meta(data, where), st
 
 
-def write_meta(rootfs: str, meta: LayerMeta) -> None:
+def owner_at(pycor_fd: int) -> tuple[int, int] | None:
+    """The layer's owner: upper's (host root, or container root's mapped ids), from a fd of .pycor; None without upper.
+
+    Every file pycor keeps in .pycor belongs to it: LXD's and Incus's publish
+    leave out what their idmap cannot map back (host root's files, when the
+    container is unprivileged), and a layer without its layer.json is no layer.
+    """
+    try:
+        st = os.stat("upper", dir_fd=pycor_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return (st.st_uid, st.st_gid) if stat.S_ISDIR(st.st_mode) else None
+
+
+def beside(rootfs_fd: int) -> list[str]:
+    """What lies beside .pycor in the rootfs directory (an O_PATH fd of it), sorted: one listdir.
+
+    Nothing, for a pycor container; what LXD and Incus wrote there for a file
+    push into the stopped container otherwise (see inbox.py).
+    """
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfs_fd)
+    try:
+        return sorted(n for n in os.listdir(fd) if n != PYCOR_DIR)
+    finally:
+        os.close(fd)
+
+
+def give_to_owner(fd: int, owner: tuple[int, int] | None) -> None:
+    """Give a file or directory pycor just made in .pycor (an fd, not O_PATH) the layer's owner."""
+    if owner is not None and owner != (0, 0):
+        os.fchown(fd, *owner)
+
+
+def write_meta(rootfs: str, meta: LayerMeta, durable: bool = False) -> None:
+    """Replace layer.json with one rename, owned by the layer's owner; durable: fsync'd (a step others rely on)."""
     fd = open_rootfs(rootfs)
     try:
         dfd = linux.open_beneath(fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
@@ -157,14 +210,40 @@ def write_meta(rootfs: str, meta: LayerMeta) -> None:
     try:
         wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
         try:
+            give_to_owner(wfd, owner_at(dfd))
             with os.fdopen(wfd, "w", encoding="utf-8") as f:
                 f.write(flatjson.dumps(meta.to_json()))
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.rename(tmp, "layer.json", src_dir_fd=dfd, dst_dir_fd=dfd)
+            if durable:
+                os.fsync(dfd)
         except BaseException:
             os.unlink(tmp, dir_fd=dfd)
             raise
     finally:
         os.close(dfd)
+
+
+def meta_owner_fixed(lay: OpenLayer) -> bool:
+    """Give layer.json the layer's owner if it has another (written as host root by an older pycor); True if it did.
+
+    Costs one fstat of upper when nothing is to be done.
+    """
+    up = os.fstat(lay.upper_fd)
+    if (lay.meta_stat.st_uid, lay.meta_stat.st_gid) == (up.st_uid, up.st_gid):
+        return False
+    dfd = linux.open_beneath(lay.rootfs_fd, PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("layer.json", "conflicts.json"):  # the records an older pycor wrote as host root (reconcile's too)
+            try:
+                os.chown(name, up.st_uid, up.st_gid, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(dfd)
+    return True
 
 
 def create_layer(rootfs: str, meta: LayerMeta, uid: int = 0, gid: int = 0) -> None:
@@ -275,7 +354,7 @@ class OpenLayer:
         self.rootfs = rootfs
         self.rootfs_fd = open_rootfs(rootfs)
         try:
-            self.meta = read_meta(self.rootfs_fd, rootfs)
+            self.meta, self.meta_stat = read_meta_stat(self.rootfs_fd, rootfs)
             self.upper_fd, self.work_fd = open_layer_dirs(self.rootfs_fd, rootfs)
         except BaseException:
             os.close(self.rootfs_fd)

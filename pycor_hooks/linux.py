@@ -26,6 +26,7 @@ RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
@@ -76,6 +77,11 @@ def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), target, "umount2")
 
 
+def syncfs(fd: int) -> None:
+    """Write out everything of the filesystem holding fd (an fsync of one file leaves other inodes' xattrs behind)."""
+    _check(_libc.syncfs(ctypes.c_int(fd)), fd_path(fd), "syncfs")
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     return _check(
@@ -92,6 +98,15 @@ def open_beneath(dirfd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY)
     there makes this fail with ELOOP or EXDEV instead of escaping.
     """
     return openat2(dirfd, path, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+
+
+def open_in_root(rootfd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
+    """Open path as a process chrooted at rootfd would: symlinks followed, absolute ones and '..' kept inside.
+
+    For a container's own view (its merged root), where its /lib -> usr/lib
+    must lead where it leads for the container, and nowhere else.
+    """
+    return openat2(rootfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
 
 def fd_path(fd: int) -> str:

@@ -22,6 +22,10 @@ from . import faults, linux
 from .errors import Unsupported
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+# A privileged mount of a container's layer: no redirects, no metadata-only copies, whatever the module's
+# defaults, since an unprivileged (userxattr) mount can read neither and the container may switch (ovlxattr.py).
+# Redirects already in a layer are still followed.
+PRIVILEGED_OPTIONS = ("redirect_dir=follow", "metacopy=off")
 OVL_MAX_STACK = 500  # fs/overlayfs/params.h: the most lower layers one overlay takes
 
 # How this kernel takes layers, found at the first mount and kept for the process:

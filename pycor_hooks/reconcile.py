@@ -42,6 +42,7 @@ from . import linux, merge
 from .diff import LowerStack, file_type, is_opaque_at
 from .errors import Conflict, Damaged
 from .fsutil import same_content, walk
+from .layer import give_to_owner, owner_at
 from .overlay import stat_is_whiteout
 
 RECONCILE_DIR = "reconcile"  # in .pycor/: staged files and the plan
@@ -390,7 +391,9 @@ def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
         _discard_uncommitted(pycor)
         os.mkdir(RECONCILE_DIR, 0o700, dir_fd=pycor)
         rdir = os.open(RECONCILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pycor)
+        owner = owner_at(pycor)  # what pycor keeps in .pycor is the layer owner's: a daemon's publish keeps it
         try:
+            give_to_owner(rdir, owner)
             lines = [_encode(["target", target])]
             for i, (rel, (data, like)) in enumerate(sorted(result.replace.items())):
                 fd = os.open(str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
@@ -407,6 +410,7 @@ def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
             lines += [_encode(["drop", rel]) for rel in result.drop]
             fd = os.open("plan.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
             try:
+                give_to_owner(fd, owner)
                 os.write(fd, b"".join(lines))
                 os.fsync(fd)
             finally:
@@ -524,6 +528,7 @@ def write_findings(rootfs_fd: int, record: dict) -> None:
     pycor = _open_pycor(rootfs_fd)
     try:
         fd = os.open(f"{CONFLICTS}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pycor)
+        give_to_owner(fd, owner_at(pycor))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
             f.write("\n")

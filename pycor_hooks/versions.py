@@ -286,6 +286,9 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
     parsed = IdMap.parse_lxc_config(idmap_text or "")
     idmap = None if parsed.is_empty else parsed.check()
     lay, rootfs = held.layer, held.rootfs
+    from .ovlxattr import settle
+
+    namespace = settle(lay, None, f"container layer {rootfs}")  # the one its own mount reads
     meta = lay.meta
     store.require(meta.base)
     if as_base and store.exists(as_base):
@@ -308,15 +311,17 @@ def commit(store: Store, held: StoppedLayer, idmap_text: str | None, as_base: st
         with store.staging(f"{target}.commit") as staging:
             new = os.path.join(staging, "rootfs")
             os.mkdir(new)
+            # the namespace the container's own mount reads (layer.json records it), else its mode's
+            userxattr = namespace == "user" if namespace else idmap is not None
             if on_top:
                 copy_tree(lay.upper, new, progress or Progress())
             else:
-                with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=idmap is not None) as merged:
+                with merged_view([lay.upper, *stack], os.path.join(staging, "merged"), userxattr=userxattr) as merged:
                     faults.point("commit.mounted")
                     copy_tree(merged, new, progress or Progress())
             # the overlay xattrs that count: those of the container's upper (on top), or none through
             # the merged view (it hides its own namespace's; the other's are base layers' plain copies)
-            normalize_layer(new, idmap if shifted else None, userxattr=idmap is not None)
+            normalize_layer(new, idmap if shifted else None, userxattr=userxattr)
             faults.point("commit.staged")
             source = f"commit of {rootfs}"
             if as_base:

@@ -22,6 +22,7 @@ GROUPS: dict[str, str] = {
     "base": "bases and their versions",
     "lxd": "LXD setup",
     "incus": "Incus setup",
+    "file": "files in and out of a stopped container",
 }
 
 # In the order `pycor -h` lists them; a group's commands are "GROUP NAME".
@@ -50,6 +51,9 @@ commands_dict: dict[str, CommandInfo] = {
     "diff": CommandInfo("changes", "what a container changed against its base"),
     "commit": CommandInfo("changes", "publish a stopped container's view as a base or a base version"),
     "reset": CommandInfo("changes", "discard a stopped container's changes"),
+    "publish": CommandInfo("images", "publish a stopped LXD or Incus container as an image: its changes, or with --flat its whole system"),
+    "file pull": CommandInfo("images", "read a file of a stopped container as it will see it at its next start"),
+    "file push": CommandInfo("images", "put a file into a stopped container, in place from its next start"),
     "rollout": CommandInfo("moves", "restart the running containers that follow a base onto its current version"),
     "rebase": CommandInfo("moves", "move a stopped container's changes to another base version, merging shared databases"),
     "conflicts": CommandInfo("moves", "what the last moves of a container merged, and what conflicts"),

@@ -94,6 +94,24 @@ def note_volumes(driver: Driver, rootfs: str, what: str) -> None:
         print(f"pycor {what}: volumes left out (they bypass the overlay): {', '.join(paths)}", file=sys.stderr)
 
 
+def note_pending(c: runtime.Container, what: str) -> None:
+    """diff, commit, publish --flat read the merged view: say so when files pushed into the stopped container
+    wait for its next start (they are not in it)."""
+    from ..inbox import pending
+    from ..layer import open_rootfs
+
+    try:
+        fd = open_rootfs(c.rootfs)
+    except PycorError:
+        return
+    try:
+        if pending(fd):
+            print(f"pycor {what}: container {c.name} has files pushed while it was stopped, which enter its view at "
+                  f"its next start: they are not in this {what.split()[0]} (start it once to include them)", file=sys.stderr)
+    finally:
+        os.close(fd)
+
+
 def published(driver: Driver, name: str, v: Version | None) -> None:
     """What a base update, shell, edit or commit published."""
     from ..units import human_size

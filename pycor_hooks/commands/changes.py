@@ -9,7 +9,7 @@ from ..driver import Driver
 from ..errors import PycorError
 from ..names import check_name, check_version
 from ..units import human_size
-from ._common import add_format, add_images, add_lxcpath, emit, find_container, note_volumes, stopped
+from ._common import add_format, add_images, add_lxcpath, emit, find_container, note_pending, note_volumes, stopped
 
 
 def pin(args: argparse.Namespace, driver: Driver) -> None:
@@ -46,10 +46,12 @@ def diff(args: argparse.Namespace, driver: Driver) -> None:
     # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
     with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
         version = driver.volume_version(lay.meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
+        namespace = driver.settle_xattrs(lay, None, f"container {c.name}")  # opaque as its own mount reads it
         with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
             changes = diff_layer(lay.upper_fd, driver.store.lower_stack(lay.meta.base, version),
-                                 None if idmap.is_empty else idmap.check())
+                                 None if idmap.is_empty else idmap.check(), namespace)
     note_volumes(driver, c.rootfs, "diff")
+    note_pending(c, "diff")
     if args.format == "json":
         emit(args, [ch.to_json() for ch in changes], [])
         return
@@ -68,6 +70,7 @@ def commit(args: argparse.Namespace, driver: Driver) -> None:
     idmap_text = c.rt.idmap(c.name)  # before the lock: LXD may wait on a start that waits on it
     shifted = c.rt.shifted(c.name)
     note_volumes(driver, c.rootfs, "commit")
+    note_pending(c, "commit")
     with stopped(driver, c, "commit") as held:
         v = commit_layer(driver.store, held, idmap_text, args.as_base and target, args.to_base and target,
                          shifted=shifted)

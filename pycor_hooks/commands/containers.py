@@ -50,12 +50,26 @@ def quota_cell(rootfs: str, meta: layer.LayerMeta, table: bool) -> object:
     return f"{human_size(used)}/{human_size(limit) if limit else 'none'}" + (" full" if full else "")
 
 
+def rejected_pushes(rootfs: str) -> list[str]:
+    from ..inbox import rejected
+
+    try:
+        fd = layer.open_rootfs(rootfs)
+    except PycorError:
+        return []
+    try:
+        return rejected(fd)
+    finally:
+        os.close(fd)
+
+
 def ls(args: argparse.Namespace, driver: Driver) -> None:
     rows: list[dict] = []
+    notes: list[str] = []
     for c in all_containers(driver, args):
         row = {"name": c.name, "runtime": c.runtime, "base": "?", "version": "-", "pinned": False, "state": c.state,
                "changes": disk_usage(os.path.join(c.rootfs, layer.UPPER)), "lxcpath": c.lxcpath, "damaged": False,
-               "detail": "", "quota": "", "conflicts": 0, "held": None}
+               "detail": "", "quota": "", "conflicts": 0, "held": None, "rejected_pushes": 0}
         try:
             meta = driver.volume_meta(c.rootfs)
         except PycorError as e:  # listed, not lost: its changes are still there
@@ -68,6 +82,11 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
                    version=driver.volume_version(meta, state) if known else "-",
                    conflicts=driver.unresolved_conflicts(c.rootfs))
         row["held"] = state.held if state is not None else None  # on an older version than it follows: why
+        kept = rejected_pushes(c.rootfs)
+        row["rejected_pushes"] = len(kept)
+        if kept:
+            notes.append(f"{c.name}: {len(kept)} file(s) pushed while it was stopped could not be put in place "
+                         f"(first: {kept[0]}); kept in {c.rootfs}/.pycor/inbox/rejected (see 'pycor doctor')")
         rows.append(row)
     if args.format != "json":
         for r in rows:
@@ -82,6 +101,9 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
     for r in rows:
         if r["damaged"] and args.format != "json":
             print(f"{r['name']}: {r['detail']}", file=sys.stderr)
+    if args.format != "json":
+        for note in notes:
+            print(note, file=sys.stderr)
 
 
 def rm(args: argparse.Namespace, driver: Driver) -> None:

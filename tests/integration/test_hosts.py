@@ -359,6 +359,27 @@ def test_start_on_a_daemon_whose_base_is_another_tree_is_refused(host2, lxd_laun
         host2.lxc("delete", "-f", f"h2:{target}")
 
 
+def test_published_layer_image_launches_on_another_host_with_the_base(host2, lxd_launch, lxd_env, session_dir):
+    src = lxd_launch()
+    src.sh("echo golden > /root/golden && rm /etc/hostname")
+    src.lxc("stop", "--force", src.name)
+    alias = f"golden-{uuid.uuid4().hex[:6]}"
+    run(PYCOR + ["publish", src.name, "--alias", alias], env=lxd_env)
+    exported = os.path.join(session_dir, alias)
+    src.lxc("image", "export", alias, exported)  # LXD 5.0's 'image copy' finds no image of a project's
+    made = [os.path.join(session_dir, f) for f in os.listdir(session_dir) if f.startswith(alias)]
+    host2.lxc("image", "import", *made, "h2:", "--alias", alias)
+    target = f"g{uuid.uuid4().hex[:6]}"
+    try:
+        host2.lxc("launch", f"h2:{alias}", f"h2:{target}", "--profile", "default", "--profile", "overlay")
+        out = host2.lxc("exec", f"h2:{target}", "--", "/bin/sh", "-c", "cat /root/golden; test -e /etc/hostname || echo gone")
+        assert out.stdout.split() == ["golden", "gone"]
+        assert sorted(os.listdir(host2.rootfs(target))) == [".pycor"]  # only the changes travelled
+    finally:
+        host2.lxc("delete", "-f", f"h2:{target}", check=False)
+        host2.lxc("image", "delete", f"h2:{alias}", check=False)
+
+
 def test_start_on_a_daemon_without_the_base_names_base_version_and_fix(host2, lxd_launch, lxd_env, lxd_project):
     launch = lxd_launch  # LXD's alone
     name = f"nb{uuid.uuid4().hex[:4]}"

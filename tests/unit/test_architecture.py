@@ -20,12 +20,12 @@ TIERS: dict[str, int] = {
     "units": PRIMITIVES, "lxcconfig": PRIMITIVES, "proc": PRIMITIVES,
     # storage: bytes on disk, locks, mounts, records
     "locks": STORAGE, "fsutil": STORAGE, "layer": STORAGE, "overlay": STORAGE, "idmap": STORAGE, "store": STORAGE,
-    "runstate": STORAGE, "digest": STORAGE, "staging": STORAGE, "tario": STORAGE,
+    "runstate": STORAGE, "digest": STORAGE, "staging": STORAGE, "tario": STORAGE, "ovlxattr": STORAGE, "inbox": STORAGE,
     # domain: what pycor does with them
     "merge": DOMAIN, "diff": DOMAIN, "reconcile": DOMAIN, "volumes": DOMAIN, "quota": DOMAIN, "builder": DOMAIN,
     "versions": DOMAIN, "importing": DOMAIN, "debian": DOMAIN, "export": DOMAIN, "spec": DOMAIN, "driver": DOMAIN,
     "lxc": DOMAIN, "daemon": DOMAIN, "runtime": DOMAIN, "layers_seen": DOMAIN, "rollout": DOMAIN, "doctor": DOMAIN,
-    "install": DOMAIN, "upgrade": DOMAIN,
+    "install": DOMAIN, "upgrade": DOMAIN, "publish": DOMAIN,
     # front ends: parse, call, print
     "hooks": FRONT_ENDS, "template": FRONT_ENDS, "cli": FRONT_ENDS, "commands": FRONT_ENDS,
 }

@@ -139,6 +139,8 @@ def test_client_finds_the_daemon_by_its_dir_and_speaks_its_dialect(dialect, head
         ("GET", "/1.0"): (200, {"api_version": "1.0"}),
         ("POST", "/1.0/images"): (200, {"metadata": {"fingerprint": "f1"}}),
         ("POST", "/1.0/images/aliases"): (200, {}),
+        ("GET", "/1.0/images/f1"): (200, {"fingerprint": "f1", "properties": {"pycor.base": "deb"}, "public": False}),
+        ("PUT", "/1.0/images/f1"): (200, {}),
     }
     with fake_daemon(routes) as (daemon_dir, server):
         monkeypatch.setenv(dialect.dir_env, daemon_dir)
@@ -155,6 +157,8 @@ def test_client_finds_the_daemon_by_its_dir_and_speaks_its_dialect(dialect, head
         with tarfile.open(fileobj=__import__("io").BytesIO(upload[3])) as tar:
             meta = tar.extractfile("metadata.yaml").read().decode()  # type: ignore[union-attr]
         assert 'pycor.store: "/srv/store"' in meta
+        put = json.loads(next(s for s in server.seen if s[0] == "PUT" and s[1].startswith("/1.0/images/f1?"))[3])
+        assert put == {"properties": {"pycor.base": "deb"}, "public": False, "profiles": ["default", "overlay"]}
         alias = json.loads(next(s for s in server.seen if s[1].startswith("/1.0/images/aliases?"))[3])
         assert alias == {"name": "pycor/deb", "target": "f1", "description": "pycor base deb"}
         assert client.instance_rootfs({"name": "c1", "project": "tenant", "expanded_devices": {"root": {"pool": "p"}}}) == \
