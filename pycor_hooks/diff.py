@@ -83,6 +83,47 @@ class LowerStack:
                 return None if stat_is_whiteout(st) else (fd, st)
         return None
 
+    def listdir(self, rel: str, limit: int = 100000) -> dict[str, tuple[int, os.stat_result]]:
+        """What the merged directory rel ("" for the top) shows: name -> (fd of the layer holding it, lstat),
+        merged as overlayfs merges it (down to the first opaque copy; whiteouts hide). At most limit entries."""
+        layers = self.fds
+        parts = rel.split("/") if rel else []
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            merged = []
+            for fd in layers:
+                st = self._stat(fd, prefix)
+                if st is None:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                merged.append(fd)
+                if self._opaque(fd, prefix):
+                    break
+            layers = merged
+        out: dict[str, tuple[int, os.stat_result]] = {}
+        gone: set[str] = set()
+        for fd in layers:
+            try:
+                dfd = linux.open_beneath(fd, rel, os.O_RDONLY | os.O_DIRECTORY) if rel else os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if name in out or name in gone:
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat_is_whiteout(st):
+                        gone.add(name)
+                    elif len(out) < limit:
+                        out[name] = (fd, st)
+            finally:
+                os.close(dfd)
+        return out
+
     @staticmethod
     def _stat(dirfd: int, rel: str) -> os.stat_result | None:
         try:
