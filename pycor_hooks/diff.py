@@ -184,6 +184,80 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None, 
     return sorted(changes, key=lambda c: c.path)
 
 
+class Difference:
+    """One path where two views differ: only in `a`, only in `b`, or in both with other content or type."""
+
+    __slots__ = ("path", "kind", "a", "b")
+
+    def __init__(self, path: str, kind: str, a: bytes | None = None, b: bytes | None = None) -> None:
+        self.path, self.kind, self.a, self.b = path, kind, a, b  # a, b: a regular file's bytes (or a link's target)
+
+
+def _tree(stack: LowerStack, rel: str, limit: int) -> dict[str, tuple[int, os.stat_result]]:
+    found = stack.find(rel)
+    if found is None:
+        return {}
+    out = {rel: found}
+    pending = [rel] if stat.S_ISDIR(found[1].st_mode) else []
+    while pending and len(out) < limit:
+        d = pending.pop()
+        for name, entry in stack.listdir(d, limit).items():
+            path = f"{d}/{name}"
+            out[path] = entry
+            if stat.S_ISDIR(entry[1].st_mode):
+                pending.append(path)
+    return out
+
+
+def _content(entry: tuple[int, os.stat_result], rel: str, limit: int) -> bytes | None:
+    fd, st = entry
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            head, _, name = rel.rpartition("/")
+            dfd = linux.open_beneath(fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                return os.fsencode(os.readlink(name, dir_fd=dfd))
+            finally:
+                os.close(dfd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(linux.open_beneath(fd, rel, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def compare(a_layers: list[str], b_layers: list[str], rel: str, limit: int = 100000, read_limit: int = 8 << 20) -> list[Difference]:
+    """Where two stacks (top first) show rel differently: a file, or a directory compared entry by entry, recursively
+    ("only in a", "only in b", "differs": content, link target or type). At most limit entries are looked at;
+    files are compared on their first read_limit bytes. Sorted by path."""
+    sa, sb = LowerStack(a_layers), LowerStack(b_layers)
+    try:
+        ta, tb = _tree(sa, rel, limit), _tree(sb, rel, limit)
+        out = []
+        for path in sorted(set(ta) | set(tb)):
+            ea, eb = ta.get(path), tb.get(path)
+            if ea is None or eb is None:
+                # under a directory only one side has, name that directory alone
+                head = path.rpartition("/")[0]
+                if (ta.get(head) if ea is not None else tb.get(head)) is not None and (tb.get(head) if ea is not None else ta.get(head)) is None:
+                    continue
+                out.append(Difference(path, "only in a" if eb is None else "only in b"))
+                continue
+            if stat.S_IFMT(ea[1].st_mode) != stat.S_IFMT(eb[1].st_mode):
+                out.append(Difference(path, "differs", None, None))
+                continue
+            if stat.S_ISDIR(ea[1].st_mode):
+                continue
+            ca, cb = _content(ea, path, read_limit), _content(eb, path, read_limit)
+            if ca != cb:
+                out.append(Difference(path, "differs", ca, cb))
+        return out
+    finally:
+        sa.close()
+        sb.close()
+
+
 def is_opaque_at(parent: int, name: str, namespace: str | None = None) -> bool:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)

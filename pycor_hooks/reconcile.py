@@ -626,6 +626,26 @@ def _check_packages(result: Plan, upper_fd: int, a_layers: list[str], b_layers: 
             result.findings.append(Finding("/" + STATUS, "breaks", line))
 
 
+def package_problems(upper_fd: int, layers: list[str]) -> list[str]:
+    """What apt-get check would say of the packages the container sees (its own status over the stack),
+    less what it says of the base's own; [] when the container has no status of its own."""
+    if _upper_entry(upper_fd, STATUS) is None:
+        return []
+    from . import depcheck
+
+    stack = LowerStack(layers)
+    try:
+        base_own = _read_db(stack, STATUS)
+    finally:
+        stack.close()
+    try:
+        ours = read_bounded(upper_fd, STATUS, STATUS_LIMIT)
+    except (OSError, Damaged) as e:
+        return [f"the container's {STATUS} cannot be read: {e}"]
+    known = {line.partition(" but ")[0] for line in depcheck.check(base_own or b"")}
+    return [line for line in depcheck.check(ours) if line.partition(" but ")[0] not in known]
+
+
 def _final_view(upper_fd: int, b: LowerStack, rel: str, result: Plan) -> bytes | None:
     """The content rel will have in the container after the plan, or None if it will not be a readable file."""
     if rel in result.replace:
@@ -843,6 +863,77 @@ def pending(rootfs_fd: int) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+# -- settling a conflict with the base's version --------------------------------------------------------
+
+
+def take_base(upper_fd: int, rel: str, b_layers: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Make the base's version of rel show in the container (resolve --base); returns (replaced, kept, deleted).
+
+    replaced: the container's entries that went, so the base's show there (a whiteout going brings the base's
+    file back); kept: what the container made that the base has not, left in place; deleted: the container's
+    entries that went with nothing of the base's in their place.
+
+    A file, link or whiteout: the container's entry goes. A directory where the base has one: entry by entry,
+    what the base also has goes, the container's own stays, and the directory (with those below it that the
+    base has) stops hiding the base's: its opaque marks go. A directory where the base has none (or a file):
+    the whole directory goes, every entry named in deleted.
+    """
+    import shutil
+
+    from .overlay import clear_opaque
+
+    parent, name = _parent_and_name(upper_fd, rel)
+    stack = LowerStack(b_layers)
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return [], [], []
+        base = stack.lookup(rel)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return (["/" + rel], [], []) if base is not None else ([], [], [] if stat_is_whiteout(st) else ["/" + rel])
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            entries = [(f"{rel}/{r}", est) for r, est, _, _ in walk(top, strict=False)]
+        finally:
+            os.close(top)
+        if base is None or not stat.S_ISDIR(base.st_mode):
+            shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
+            gone = ["/" + r for r, est in entries if not stat.S_ISDIR(est.st_mode) and not stat_is_whiteout(est)]
+            return (["/" + rel] if base is not None else []), [], sorted(gone)
+        replaced, kept = [], []
+        for path, est in sorted(entries, key=lambda e: e[0].count("/"), reverse=True):  # deepest first
+            shown = stack.lookup(path)
+            if stat.S_ISDIR(est.st_mode):
+                if shown is not None and stat.S_ISDIR(shown.st_mode):
+                    fd = linux.open_beneath(upper_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        clear_opaque(fd)
+                    finally:
+                        os.close(fd)
+                continue
+            if shown is None:
+                if not stat_is_whiteout(est):
+                    kept.append("/" + path)
+                continue
+            p, n = _parent_and_name(upper_fd, path)
+            try:
+                os.unlink(n, dir_fd=p)
+            finally:
+                os.close(p)
+            replaced.append("/" + path)
+        fd = linux.open_beneath(upper_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            clear_opaque(fd)
+        finally:
+            os.close(fd)
+        return sorted(replaced), sorted(kept), []
+    finally:
+        stack.close()
+        os.close(parent)
 
 
 # -- the conflicts record ------------------------------------------------------------------------
