@@ -230,7 +230,8 @@ class Driver:
         return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer)
 
     def register(self, reg: Registration) -> None:
-        if reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/"):
+        if (reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/")) or \
+                os.path.basename(os.path.dirname(reg.rootfs)) == layer.UPGRADE_DIR:
             return  # a builder's or an upgrade's throwaway container: never a layer or an lxcpath to remember
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.registry_dir, runstate.volume_key(reg.name, reg.rootfs) + ".json")

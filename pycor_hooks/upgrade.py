@@ -48,7 +48,7 @@ from .idmap import IdMap
 from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
 from .store import Store, hooks_dir
 
-SCRATCH = ".pycor-upgrade"  # beside .pycor in the container's rootfs directory
+SCRATCH = layer.UPGRADE_DIR  # beside .pycor in the container's rootfs directory
 NAME = "upgrade"  # the throwaway container's name, in its own lxcpath
 STATUS = "var/lib/dpkg/status"
 # What an in-place `apt full-upgrade` does, without questions. -f install first: a container whose
