@@ -35,7 +35,8 @@ mkrepo() {
   mkdir -p /srv/repo && cp $DEBS/*.deb /srv/repo/ && cd /srv/repo && : > Packages
   for f in *.deb; do dpkg-deb -f $f >> Packages
     printf "Filename: ./$f\nSize: $(stat -c %s $f)\nSHA256: $(sha256sum $f | cut -d' ' -f1)\n\n" >> Packages; done
-  printf "Origin: t\nLabel: t\nSuite: t\nCodename: t\nDate: $(date -Ru)\nSHA256:\n $(sha256sum Packages | cut -d' ' -f1) $(stat -c %s Packages) Packages\n" > Release
+  printf "Origin: t\nLabel: t\nSuite: t\nCodename: t\nDate: $(date -Ru)\nSHA256:\n" > Release
+  echo " $(sha256sum Packages | cut -d' ' -f1) $(stat -c %s Packages) Packages" >> Release
   echo "deb [trusted=yes] ${1:-file:/srv/repo} ./" > /etc/apt/sources.list; rm -f /etc/apt/sources.list.d/*; cd /
 }
 """
