@@ -319,9 +319,15 @@ def is_plain(dir_fd: int) -> bool:
 
 def clear_opaque(dir_fd: int) -> None:
     """Let the lower layers show below a directory again (idempotent)."""
-    for name in OPAQUE_XATTRS:
+    try:
+        present = [n for n in os.listxattr(dir_fd) if n in OPAQUE_XATTRS]
+    except OSError as e:
+        if e.errno == errno.ENOTSUP:
+            return
+        raise
+    for name in present:
         try:
             os.removexattr(dir_fd, name)
         except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+            if e.errno != errno.ENODATA:
                 raise

@@ -104,6 +104,7 @@ class Plan:
         self.findings: list[Finding] = []
         self.read: dict[str, bytes] = {}  # the container's files as the plan read them (read once)
         self.deadline = time.monotonic() + MERGE_SECONDS
+        self.root = (0, 0)  # the host ids of container root: what ids in upper are offset by
 
     @property
     def conflicts(self) -> list[Finding]:
@@ -277,12 +278,15 @@ def _listing(stack: LowerStack, rel: str, limit: int = 10000) -> list[tuple[str,
 # -- planning ------------------------------------------------------------------------------
 
 
-def plan(upper_fd: int, a_layers: list[str], b_layers: list[str]) -> Plan:
-    """What moving the layer at upper_fd from A's stack to B's (both top first) does; changes nothing."""
+def plan(upper_fd: int, a_layers: list[str], b_layers: list[str], root: tuple[int, int] | None = None) -> Plan:
+    """What moving the layer at upper_fd from A's stack to B's (both top first) does; changes nothing.
+
+    root: the host ids of container root (default: the owner of upper, which belongs to container root).
+    """
     result = Plan()
     versions = _Versions(a_layers, b_layers)
     removed = _Removed(upper_fd, versions)
-    shift = _owner_shift(upper_fd)
+    shift = result.root = root if root is not None else _owner_shift(upper_fd)
     hidden: list[str] = []  # opaque directories: the base does not show below them
     try:
         for rel, st, parent, name in walk(upper_fd, strict=False):
@@ -733,8 +737,7 @@ def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
             lines += [_encode(["drop", rel]) for rel in result.drop]
             lines += [_encode(["unopaque", rel]) for rel in result.unopaque]
             lines += [_encode(["mkdir", rel, str(mode), str(uid), str(gid)]) for rel, mode, uid, gid in result.mkdir]
-            shift = _owner_shift(upper_fd)
-            lines += [_encode(["whiteout", rel, str(shift[0]), str(shift[1])]) for rel in result.whiteout]
+            lines += [_encode(["whiteout", rel, str(result.root[0]), str(result.root[1])]) for rel in result.whiteout]
             fd = os.open("plan.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
             try:
                 give_to_owner(fd, owner)
@@ -816,7 +819,11 @@ def _make(upper_fd: int, fields: list[str]) -> None:
                 return  # a crash between mknod and chown leaves a root-owned whiteout: it hides all the same
         # a directory made before a crash gets its owner and mode now
         ids = [int(f) for f in fields[-2:]]
-        os.chown(name, ids[0], ids[1], dir_fd=parent, follow_symlinks=False)
+        try:
+            os.chown(name, ids[0], ids[1], dir_fd=parent, follow_symlinks=False)
+        except PermissionError:
+            if fields[0] == "mkdir":
+                raise  # a whiteout's owner means nothing to overlayfs: one left as made hides all the same
         if fields[0] == "mkdir":
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             try:
@@ -1036,13 +1043,13 @@ def holding_message(findings: list[Finding] | list[dict]) -> str:
 
 
 def reconcile(rootfs_fd: int, upper_fd: int, old: str, new: str, a_layers: list[str], b_layers: list[str],
-              force: bool = False, dry_run: bool = False, allow_breaks: bool = False) -> Plan:
+              force: bool = False, dry_run: bool = False, allow_breaks: bool = False, root: tuple[int, int] | None = None) -> Plan:
     """Plan, check, apply and record a move from version old to new.
 
     Raises Conflict, changing nothing but the record, when the move would give two names one id or
     break the container's own packages, unless forced (allow_breaks: the caller upgrades them next).
     """
-    result = plan(upper_fd, a_layers, b_layers)
+    result = plan(upper_fd, a_layers, b_layers, root)
     if dry_run:
         return result
     holding = [f for f in result.holding if not (allow_breaks and f.kind == "breaks")]

@@ -18,6 +18,7 @@ from pycor_hooks.errors import Conflict
 from pycor_hooks.layer import LayerMeta, create_layer
 
 OPAQUE = "user.overlay.opaque"
+ROOT = (0, 0)  # the layers' files carry the container's own ids, as a privileged container's do (whoever runs the test)
 WHITEOUT = object()
 
 
@@ -67,7 +68,7 @@ class Move:
     def plan(self) -> reconcile.Plan:
         fd = os.open(self.upper, os.O_PATH | os.O_DIRECTORY)
         try:
-            return reconcile.plan(fd, self.a, self.b)
+            return reconcile.plan(fd, self.a, self.b, ROOT)
         finally:
             os.close(fd)
 
@@ -75,7 +76,7 @@ class Move:
         rfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY)
         ufd = os.open(self.upper, os.O_PATH | os.O_DIRECTORY)
         try:
-            return reconcile.reconcile(rfd, ufd, old, new, self.a, self.b, **kw)
+            return reconcile.reconcile(rfd, ufd, old, new, self.a, self.b, root=ROOT, **kw)
         finally:
             os.close(ufd)
             os.close(rfd)
