@@ -1039,7 +1039,7 @@ def holding_message(findings: list[Finding] | list[dict]) -> str:
         why.append("would give two names one id")
     if "breaks" in kinds:
         why.append("would break the container's own packages (apt-get check would fail)")
-    return " and ".join(why) or "was refused"
+    return " and ".join(why) or "was held back"
 
 
 def reconcile(rootfs_fd: int, upper_fd: int, old: str, new: str, a_layers: list[str], b_layers: list[str],
