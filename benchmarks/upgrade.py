@@ -155,10 +155,19 @@ def diff(a: str, b: str) -> dict:
     return {"only_pycor": sorted(la - lb), "only_anchor": sorted(lb - la)}
 
 
+KEPT_CONFFILE = (".dpkg-dist", ".dpkg-old", ".dpkg-new", ".ucf-dist", ".ucf-old")  # dpkg's and ucf's copies of a kept conffile
+
+
 def compare(p: dict[str, str], a: dict[str, str]) -> dict:
     out: dict = {}
     for key in ("packages", "auto", "etc", "programs", "system"):
         d = diff(p[key], a[key])
+        if key == "etc":
+            # In place, dpkg keeps an edited conffile and writes the package's new one beside it (.dpkg-dist);
+            # pycor keeps the container's and reports a conflict (the base's is the base's, `conflicts --diff`).
+            out["kept_conffiles"] = {side: [line.split("  ", 1)[-1] for line in d[side] if line.endswith(KEPT_CONFFILE)]
+                                     for side in ("only_pycor", "only_anchor")}
+            d = {side: [line for line in d[side] if not line.endswith(KEPT_CONFFILE)] for side in d}
         out[key] = {"equal": not d["only_pycor"] and not d["only_anchor"], **d}
     for key in ("apt_check", "audit", "verify"):
         out[key] = {"pycor": p[key].splitlines(), "anchor": a[key].splitlines(), "equal": p[key] == a[key]}
@@ -250,9 +259,13 @@ def report(result: dict) -> str:
     yes = lambda b: "same" if b else "DIFFERS"  # noqa: E731
     lines = [f"# A {result['from']} -> {result['to']} upgrade: pycor rebase --upgrade against apt-get full-upgrade in place", "",
              f"Kernel {result['kernel']}. Base import {result.get('base_import_s', '?')} s, base upgrade "
-             f"{result.get('base_upgrade_s', '?')} s (pycor base update).", "",
+             f"{result.get('base_upgrade_s', '?')} s (pycor base update). Made by benchmarks/upgrade.py.", "",
+             "/etc is compared file by file without the conffiles dpkg keeps beside an edited one (.dpkg-dist): where "
+             "dpkg in place keeps the edited file and writes the new one beside it, pycor keeps the container's file and "
+             "reports a conflict (the last column counts both). login.defs and adduser.conf carry pycor's id ranges "
+             "by design (the anchors are copies of pycor containers: dpkg keeps them too).", "",
              "| container | breaks found before (dry run) | pycor upgrade | in-place upgrade | packages | showauto | "
-             "apt-get check | dpkg --audit | dpkg --verify | programs | /etc | conflicts left |",
+             "apt-get check | dpkg --audit | dpkg --verify | programs | /etc | conffiles kept: conflicts (pycor) / .dpkg-dist (in place) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in result["containers"].items():
         c = row["compare"]
@@ -261,7 +274,8 @@ def report(result: dict) -> str:
             f"| {name}{' (unprivileged)' if row['unprivileged'] else ''} | {len(row['breaks_before'])} | "
             f"{row['pycor_upgrade_s']} s | {row['anchor_upgrade_s']} s | {yes(c['packages']['equal'])} ({c['packages']['count']}) | "
             f"{yes(c['auto']['equal'])} | {check} | {yes(c['audit']['equal'])} | {yes(c['verify']['equal'])} | "
-            f"{yes(c['programs']['equal'])} | {yes(c['etc']['equal'])} ({c['etc']['files']} files) | {len(row['conflicts_after'])} |")
+            f"{yes(c['programs']['equal'])} | {yes(c['etc']['equal'])} ({c['etc']['files']} files) | "
+            f"{len(row['conflicts_after'])} / {len(c['kept_conffiles']['only_anchor'])} |")
     lines.append("")
     for name, row in result["containers"].items():
         c = row["compare"]
@@ -277,6 +291,7 @@ def report(result: dict) -> str:
             if not c[key]["equal"]:
                 lines.append(f"- {key}: pycor {c[key]['pycor'][:6]}, anchor {c[key]['anchor'][:6]}")
         lines.append(f"- programs (pycor): {row['checks']['pycor']['programs'].strip().splitlines()}")
+        lines.append(f"- conffiles kept in place beside the package's new one: {c['kept_conffiles']['only_anchor']}")
         if row["conflicts_after"]:
             lines.append(f"- conflicts left: {[(f['path'], f['detail']) for f in row['conflicts_after']]}")
         lines.append("")

@@ -24,8 +24,9 @@ API
   group member lists as sets), and when one field was changed both ways the
   container's record stays whole and is reported (`conflicts`), except
   where the container's side is its settled decision: a package it removed
-  or purged (dpkg status) and an auto-installed mark it dropped (apt), which
-  the base upgraded, stay removed without a conflict. `merged` lists the
+  or purged (dpkg status), an auto-installed mark it dropped (apt) and the
+  debconf questions a purge removed, which the base changed, stay removed
+  without a conflict. `merged` lists the
   records the base's changes reached.
   `same_as_base`: the result is byte-equal to the base's file, so the
   container's copy can be dropped. Output is byte-stable and idempotent:
@@ -525,7 +526,8 @@ def _package_removed(a: bytes | None, b: bytes | None, o: bytes | None) -> bool:
 
 
 def _entry_removed(a: bytes | None, b: bytes | None, o: bytes | None) -> bool:
-    # apt drops a package's auto-installed mark when it is purged or marked manual here.
+    # apt drops a package's auto-installed mark when it is purged or marked manual here; a purge drops the
+    # package's debconf questions (db_purge).
     return o is None and a is not None and b is not None
 
 
@@ -541,7 +543,7 @@ _FORMATS: dict[str, _Format] = {
     "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False,
                                    _paragraph_merge, _entry_removed),
     # debconf's File driver writes its items sorted by name.
-    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _deb822_merge((b"Owners", b"Flags"))),
+    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _deb822_merge((b"Owners", b"Flags")), _entry_removed),
     "dpkg-diversions": _Format(_diversions, b"\n", False),
     "dpkg-statoverride": _Format(_keyed_lines(_statoverride_key, "'user group mode /path'"), b"\n", False),
     "ucf-registry": _Format(_keyed_lines(_after(b" \t "), "'package \\t /path'"), b"\n", False),

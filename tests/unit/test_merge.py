@@ -257,8 +257,8 @@ def test_container_removed_what_the_base_changed_stays_removed_and_is_reported(k
     o = db(kind, "aa")
     r = merged_twice(kind, a, b, o)
     assert r.data == o
-    if kind in ("dpkg-status", "apt-extended-states"):
-        # a package the container purged (its auto mark gone with it): its decision, not a conflict
+    if kind in ("dpkg-status", "apt-extended-states", "debconf"):
+        # a package the container purged (its auto mark and its debconf questions gone with it): its decision
         assert r.conflicts == []
     else:
         assert r.conflicts == [RecordConflict(key_of(kind, "bb"), "changed", "removed")]
