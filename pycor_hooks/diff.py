@@ -227,10 +227,12 @@ def _content(entry: tuple[int, os.stat_result], rel: str, limit: int) -> bytes |
         return None
 
 
-def compare(a_layers: list[str], b_layers: list[str], rel: str, limit: int = 100000, read_limit: int = 8 << 20) -> list[Difference]:
+def compare(a_layers: list[str], b_layers: list[str], rel: str, limit: int = 100000, read_limit: int = 8 << 20,
+            budget: int = 256 << 20) -> list[Difference]:
     """Where two stacks (top first) show rel differently: a file, or a directory compared entry by entry, recursively
     ("only in a", "only in b", "differs": content, link target or type). At most limit entries are looked at;
-    files are compared on their first read_limit bytes. Sorted by path."""
+    files are compared on their first read_limit bytes, and on their sizes alone once budget bytes were read
+    ("differs in size", no content). Sorted by path."""
     sa, sb = LowerStack(a_layers), LowerStack(b_layers)
     try:
         ta, tb = _tree(sa, rel, limit), _tree(sb, rel, limit)
@@ -249,7 +251,12 @@ def compare(a_layers: list[str], b_layers: list[str], rel: str, limit: int = 100
                 continue
             if stat.S_ISDIR(ea[1].st_mode):
                 continue
+            if budget <= 0:
+                if ea[1].st_size != eb[1].st_size:
+                    out.append(Difference(path, "differs in size"))
+                continue
             ca, cb = _content(ea, path, read_limit), _content(eb, path, read_limit)
+            budget -= len(ca or b"") + len(cb or b"")
             if ca != cb:
                 out.append(Difference(path, "differs", ca, cb))
         return out

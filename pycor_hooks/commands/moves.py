@@ -157,6 +157,8 @@ def print_base_diff(driver: Driver, c: Container, path: str) -> None:
             print(f"only in the {base_name}: {shown}")
         elif d.kind == "only in b":
             print(f"only in the {ours_name}: {shown}")
+        elif d.kind == "differs in size":
+            print(f"differs in size (not read: the comparison's read budget ran out): {shown}")
         elif d.a is None or d.b is None:
             print(f"differs in type: {shown}")
         elif b"\0" in d.a or b"\0" in d.b:

@@ -235,3 +235,21 @@ def test_a_record_conflict_stays_across_moves_until_it_is_moot(tmp_path):
     with open(os.path.join(upper, "etc/passwd"), "wb") as f:
         f.write(b"root:x:0:0::/root:/bin/bash\nsvc:x:100:100::/srv:/bin/false\nalice:x:30000:30000::/home/alice:/bin/sh\n")
     assert move("3", "4") == [("merged", None)]
+
+
+# -- comparing a directory with the base's (conflicts --diff) --------------------------------------------------
+
+def test_a_directory_is_compared_entry_by_entry_within_a_read_budget(tmp_path):
+    from pycor_hooks.diff import compare
+
+    base, upper = str(tmp_path / "base"), str(tmp_path / "upper")
+    put(base, {"etc/app/a": b"a", "etc/app/b": b"b", "etc/app/sub/c": b"c", "etc/app/same": b"s"})
+    put(upper, {"etc/app": ("opaque",), "etc/app/a": b"mine", "etc/app/own": b"own", "etc/app/same": b"s",
+                "etc/app/new/x": b"x"})
+    found = [(d.path, d.kind, d.a, d.b) for d in compare([base], [upper, base], "etc/app")]
+    assert found == [("etc/app/a", "differs", b"a", b"mine"), ("etc/app/b", "only in a", None, None),
+                     ("etc/app/new", "only in b", None, None), ("etc/app/own", "only in b", None, None),
+                     ("etc/app/sub", "only in a", None, None)]
+    assert [(d.path, d.kind) for d in compare([base], [upper, base], "etc/app", budget=0)] == \
+        [("etc/app/a", "differs in size"), ("etc/app/b", "only in a"), ("etc/app/new", "only in b"),
+         ("etc/app/own", "only in b"), ("etc/app/sub", "only in a")]
