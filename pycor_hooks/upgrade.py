@@ -92,7 +92,7 @@ def discard(rootfs: str) -> None:
         os.close(fd)
 
 
-def _make_like(parent: int, name: str, like: os.stat_result) -> None:
+def _make_like(parent: int, name: str, like: os.stat_result) -> None:  # a directory with like's owner and mode
     os.mkdir(name, 0o700, dir_fd=parent)
     os.chown(name, like.st_uid, like.st_gid, dir_fd=parent, follow_symlinks=False)
     os.chmod(name, stat.S_IMODE(like.st_mode), dir_fd=parent, follow_symlinks=False)
@@ -101,8 +101,11 @@ def _make_like(parent: int, name: str, like: os.stat_result) -> None:
 def stage(lay: layer.OpenLayer, mapped_root: tuple[int, int] | None) -> str:
     """A copy of the container's layer, for the throwaway container: returns the rootfs directory holding it.
 
-    ROOTFS/.pycor-upgrade is root's (0700), or its group is the container's mapped root (0710) so an
-    unprivileged container's root reaches the copy as it reaches its own layer.
+    The whole .pycor is copied (GNU tar through tario: owners, xattrs, whiteouts kept): upper, layer.json,
+    the conflicts record, files pushed while it was stopped (its inbox), anything later pycor keeps there;
+    the workdir's contents are not (overlayfs's scratch space). ROOTFS/.pycor-upgrade is root's (0700), or
+    its group is the container's mapped root (0710), so an unprivileged container's root reaches the copy
+    as it reaches its own layer.
     """
     from . import tario
     from .proc import Progress
@@ -119,38 +122,30 @@ def stage(lay: layer.OpenLayer, mapped_root: tuple[int, int] | None) -> str:
         scratch = _open_dir(os.path.join(lay.rootfs, SCRATCH))
         try:
             _make_like(scratch, "rootfs", os.fstat(rootfs_fd))
-            pycor = linux.open_beneath(lay.rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+            inner = linux.open_beneath(scratch, "rootfs", os.O_RDONLY | os.O_DIRECTORY)
             try:
-                inner = linux.open_beneath(scratch, "rootfs", os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _make_like(inner, layer.PYCOR_DIR, os.fstat(pycor))
-                finally:
-                    os.close(inner)
+                os.mkdir(layer.PYCOR_DIR, 0o700, dir_fd=inner)  # tar gives it the original's owner and mode
             finally:
-                os.close(pycor)
-            copy = linux.open_beneath(scratch, f"rootfs/{layer.PYCOR_DIR}", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _make_like(copy, "upper", os.fstat(lay.upper_fd))
-                _make_like(copy, "work", os.fstat(lay.work_fd))
-            finally:
-                os.close(copy)
+                os.close(inner)
         finally:
             os.close(scratch)
+        pycor = linux.open_beneath(rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         os.close(rootfs_fd)
     target = os.path.join(lay.rootfs, SCRATCH, "rootfs")
-    tario.copy_tree(lay.upper, os.path.join(target, layer.UPPER), Progress())
-    layer.write_meta(target, lay.meta)
     try:
-        fd = linux.open_beneath(lay.rootfs_fd, f"{layer.PYCOR_DIR}/conflicts.json", os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return target
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(4 << 20)
-    dst = os.open(os.path.join(target, layer.PYCOR_DIR, "conflicts.json"),
-                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(dst, "wb") as f:
-        f.write(data)
+        tario.copy_tree(linux.shared_fd_path(pycor), os.path.join(target, layer.PYCOR_DIR), Progress())
+    finally:
+        os.close(pycor)
+    work = _open_dir(os.path.join(target, layer.WORK))
+    try:
+        for entry in os.listdir(work):
+            if stat.S_ISDIR(os.stat(entry, dir_fd=work, follow_symlinks=False).st_mode):
+                shutil.rmtree(entry, dir_fd=work)
+            else:
+                os.unlink(entry, dir_fd=work)
+    finally:
+        os.close(work)
     return target
 
 

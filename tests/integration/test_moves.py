@@ -107,12 +107,14 @@ def test_a_move_that_breaks_the_containers_packages_is_held_and_rebase_upgrade_b
     assert f"held back on version {old}" in out and "break the container's own packages" in out and "--upgrade" in out
     c.stop()
     assert "(held)" in pycor(env, "ls", "-P", c.lxcpath).stdout  # stopped, too
+    run(PYCOR + ["file", "push", "-", c.name, "/root/pushed", "-P", c.lxcpath], env=env, stdin_text="pushed while stopped\n")
     out = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade").stdout
     assert f"{app} 1.0 -> 2.0" in out
     assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
     c.start()
     assert sh(c, app).stdout.strip() == f"{app} 2.0"
     assert sh(c, "apt-get check >/dev/null && dpkg --audit && id alice").returncode == 0
+    assert c.sh("cat /root/pushed").stdout == "pushed while stopped\n"  # what waited for its start came along
     assert listed(env, c)["version"] == new and not listed(env, c)["held"]
     assert not [f for f in record(env, c)["findings"] if f["kind"] in ("conflict", "collision", "breaks")]
     assert not os.path.exists(os.path.join(c.upper, "usr/sbin/policy-rc.d"))  # the upgrade's own mounts left nothing
