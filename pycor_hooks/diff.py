@@ -83,6 +83,47 @@ class LowerStack:
                 return None if stat_is_whiteout(st) else (fd, st)
         return None
 
+    def listdir(self, rel: str, limit: int = 100000) -> dict[str, tuple[int, os.stat_result]]:
+        """What the merged directory rel ("" for the top) shows: name -> (fd of the layer holding it, lstat),
+        merged as overlayfs merges it (down to the first opaque copy; whiteouts hide). At most limit entries."""
+        layers = self.fds
+        parts = rel.split("/") if rel else []
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            merged = []
+            for fd in layers:
+                st = self._stat(fd, prefix)
+                if st is None:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                merged.append(fd)
+                if self._opaque(fd, prefix):
+                    break
+            layers = merged
+        out: dict[str, tuple[int, os.stat_result]] = {}
+        gone: set[str] = set()
+        for fd in layers:
+            try:
+                dfd = linux.open_beneath(fd, rel, os.O_RDONLY | os.O_DIRECTORY) if rel else os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if name in out or name in gone:
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat_is_whiteout(st):
+                        gone.add(name)
+                    elif len(out) < limit:
+                        out[name] = (fd, st)
+            finally:
+                os.close(dfd)
+        return out
+
     @staticmethod
     def _stat(dirfd: int, rel: str) -> os.stat_result | None:
         try:
@@ -141,6 +182,87 @@ def diff_layer(upper: str | int, lowers: list[str], idmap: IdMap | None = None, 
     finally:
         stack.close()
     return sorted(changes, key=lambda c: c.path)
+
+
+class Difference:
+    """One path where two views differ: only in `a`, only in `b`, or in both with other content or type."""
+
+    __slots__ = ("path", "kind", "a", "b")
+
+    def __init__(self, path: str, kind: str, a: bytes | None = None, b: bytes | None = None) -> None:
+        self.path, self.kind, self.a, self.b = path, kind, a, b  # a, b: a regular file's bytes (or a link's target)
+
+
+def _tree(stack: LowerStack, rel: str, limit: int) -> dict[str, tuple[int, os.stat_result]]:
+    found = stack.find(rel)
+    if found is None:
+        return {}
+    out = {rel: found}
+    pending = [rel] if stat.S_ISDIR(found[1].st_mode) else []
+    while pending and len(out) < limit:
+        d = pending.pop()
+        for name, entry in stack.listdir(d, limit).items():
+            path = f"{d}/{name}"
+            out[path] = entry
+            if stat.S_ISDIR(entry[1].st_mode):
+                pending.append(path)
+    return out
+
+
+def _content(entry: tuple[int, os.stat_result], rel: str, limit: int) -> bytes | None:
+    fd, st = entry
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            head, _, name = rel.rpartition("/")
+            dfd = linux.open_beneath(fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                return os.fsencode(os.readlink(name, dir_fd=dfd))
+            finally:
+                os.close(dfd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(linux.open_beneath(fd, rel, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def compare(a_layers: list[str], b_layers: list[str], rel: str, limit: int = 100000, read_limit: int = 8 << 20,
+            budget: int = 256 << 20) -> list[Difference]:
+    """Where two stacks (top first) show rel differently: a file, or a directory compared entry by entry, recursively
+    ("only in a", "only in b", "differs": content, link target or type). At most limit entries are looked at;
+    files are compared on their first read_limit bytes, and on their sizes alone once budget bytes were read
+    ("differs in size", no content). Sorted by path."""
+    sa, sb = LowerStack(a_layers), LowerStack(b_layers)
+    try:
+        ta, tb = _tree(sa, rel, limit), _tree(sb, rel, limit)
+        out = []
+        for path in sorted(set(ta) | set(tb)):
+            ea, eb = ta.get(path), tb.get(path)
+            if ea is None or eb is None:
+                # under a directory only one side has, name that directory alone
+                head = path.rpartition("/")[0]
+                if (ta.get(head) if ea is not None else tb.get(head)) is not None and (tb.get(head) if ea is not None else ta.get(head)) is None:
+                    continue
+                out.append(Difference(path, "only in a" if eb is None else "only in b"))
+                continue
+            if stat.S_IFMT(ea[1].st_mode) != stat.S_IFMT(eb[1].st_mode):
+                out.append(Difference(path, "differs", None, None))
+                continue
+            if stat.S_ISDIR(ea[1].st_mode):
+                continue
+            if budget <= 0:
+                if ea[1].st_size != eb[1].st_size:
+                    out.append(Difference(path, "differs in size"))
+                continue
+            ca, cb = _content(ea, path, read_limit), _content(eb, path, read_limit)
+            budget -= len(ca or b"") + len(cb or b"")
+            if ca != cb:
+                out.append(Difference(path, "differs", ca, cb))
+        return out
+    finally:
+        sa.close()
+        sb.close()
 
 
 def is_opaque_at(parent: int, name: str, namespace: str | None = None) -> bool:

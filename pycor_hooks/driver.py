@@ -15,10 +15,9 @@ Hot path: hooks import this module; keep its imports cheap.
 from __future__ import annotations
 
 import os
-import stat
 import time
 
-from . import faults, layer, linux, locks, overlay, runstate
+from . import faults, layer, locks, overlay, runstate
 from .errors import Conflict, InUse, NotFound, PycorError
 from .flatjson import Record, read_json, write_json
 from .layer import LayerMeta
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .daemon import Daemon
+    from .diff import Difference
     from .idmap import IdMap
     from .reconcile import Plan
     from .spec import ContainerSpec
@@ -230,6 +230,9 @@ class Driver:
         return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer)
 
     def register(self, reg: Registration) -> None:
+        if (reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/")) or \
+                os.path.basename(os.path.dirname(reg.rootfs)) == layer.UPGRADE_DIR:
+            return  # a builder's or an upgrade's throwaway container: never a layer or an lxcpath to remember
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.registry_dir, runstate.volume_key(reg.name, reg.rootfs) + ".json")
         if os.path.exists(path):
@@ -636,7 +639,7 @@ class Driver:
 
     # -- moving a layer's changes between versions (reconciliation) -------------------
     def move_volume(self, lay: layer.OpenLayer, target: str, force: bool = False, dry_run: bool = False,
-                    move: _Move | None = None) -> Plan | None:
+                    move: _Move | None = None, allow_breaks: bool = False) -> Plan | None:
         """Bring a layer's changes from the version they were made against to target: the one path a layer
         takes between versions.
 
@@ -646,7 +649,8 @@ class Driver:
         it. Returns the reconciliation plan, or None when there was nothing to
         reconcile. A layer that does not know its version (made by pycor 0.1),
         or whose version is gone, is recorded as being on target. Raises
-        Conflict (an id collision) unless forced; nothing is changed then.
+        Conflict (an id collision, the container's own packages broken) unless forced; nothing is changed
+        then. allow_breaks: move even if its packages break (upgrade_volume upgrades them next).
         """
         meta = lay.meta
         old = meta.based_on
@@ -661,7 +665,8 @@ class Driver:
             if old is not None and move.a is not None:
                 from . import reconcile
 
-                result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, move.a, move.b, force, dry_run)
+                result = reconcile.reconcile(lay.rootfs_fd, lay.upper_fd, old, target, move.a, move.b, force, dry_run,
+                                             allow_breaks)
             if not dry_run:
                 self._moved(lay, target)
             return result
@@ -741,12 +746,89 @@ class Driver:
                 self.store.version(lay.meta.base, target)
             return target, self.move_volume(lay, target, dry_run=True)
 
+    # -- moving with the container's own packages (pycor rebase --upgrade) ------------------------
+    def has_own_packages(self, rootfs: str) -> bool:
+        """Whether the container installed, removed or upgraded packages itself (a dpkg status of its own)."""
+        from . import upgrade
+
+        with layer.OpenLayer(rootfs) as lay:
+            return upgrade.has_own_packages(lay.upper_fd)
+
+    def upgrade_volume(self, held: StoppedLayer, idmap_text: str | None, to: str | None = None,
+                       force: bool = False) -> tuple[str, Plan | None, list[str] | None]:
+        """Move a stopped container's changes to version `to` (default: its pin, else current) and bring the
+        packages it installed itself along, as apt-get full-upgrade in place would; all or nothing (upgrade.py).
+
+        Returns (target, the move's plan, what the upgrade changed: "NAME OLD -> NEW" lines, or None when the
+        container has no packages of its own and only moved). idmap_text: the container's config (its
+        lxc.idmap lines), None for a privileged one. Raises PycorError, the container unchanged, when the
+        upgrade fails.
+        """
+        from . import reconcile, upgrade
+
+        idmap = parse_idmap(idmap_text)
+        lay, rootfs = held.layer, held.rootfs
+        self.store.sweep_staging()  # first stops the throwaway container of a killed upgrade, if one still runs
+        upgrade.discard(rootfs)  # then removes the copy it worked on
+        meta = lay.meta
+        with self.store.lock(exclusive=False):
+            self.store.require(meta.base)
+            target = to or meta.pin or self.store.current(meta.base)
+            self.store.version(meta.base, target)
+            b_layers = self.store.lower_stack(meta.base, target)
+        if not upgrade.has_own_packages(lay.upper_fd):
+            return target, self.move_volume(lay, target, force), None
+        if idmap is not None:
+            check_layer_owner(os.fstat(lay.upper_fd), idmap, held.shown, rootfs)
+        had_policy = upgrade.has_policy(lay.upper_fd)
+        copy_rootfs = upgrade.stage(lay, idmap.root() if idmap is not None else None)
+        try:
+            with layer.OpenLayer(copy_rootfs) as copy:
+                plan = self.move_volume(copy, target, force, allow_breaks=True)
+                before = upgrade.package_versions(copy.upper_fd)
+                layer.write_meta(copy_rootfs, copy.meta.but(pin=target))  # the throwaway container runs on target
+            with self.store.staging("upgrade") as st:
+                lxcpath = upgrade.prepare(self.store, meta.base, st, copy_rootfs, b_layers, idmap)
+                rc, unreached = upgrade.run(lxcpath)
+                if rc != 0 or unreached:
+                    raise upgrade.failed(rc, unreached)
+            upgrade.tidy(copy_rootfs, b_layers, had_policy)
+            with layer.OpenLayer(copy_rootfs) as copy:
+                problems = reconcile.package_problems(copy.upper_fd, b_layers)
+                if problems:
+                    raise PycorError(f"after the upgrade, apt-get check still finds {len(problems)} problem(s): "
+                                     + "; ".join(problems[:3]) + "; the container is unchanged",
+                                     "a package held back (apt-mark showhold) or one its sources no longer offer: "
+                                     "fix that in the container, then run the same command again")
+                changes = upgrade.changed(before, upgrade.package_versions(copy.upper_fd))
+                upgrade.note(copy.rootfs_fd, changes, target)
+                layer.write_meta(copy_rootfs, copy.meta.but(pin=meta.pin))
+            upgrade.commit(rootfs)
+        finally:
+            upgrade.discard(rootfs)  # the copy after a failure; nothing after the commit
+        return target, plan, changes
+
     def volume_conflicts(self, rootfs: str) -> dict:
         """What the layer's reconciliations found: {"from", "to", "findings": [{"path", "kind", "detail"}]}."""
         from . import reconcile
 
         with layer.OpenLayer(rootfs) as lay:
             return reconcile.read_findings(lay.rootfs_fd)
+
+    def held_back(self, rootfs: str) -> str | None:
+        """Why a stopped container's last move was held back, if it still would be (the same versions), else None."""
+        from . import reconcile
+
+        try:
+            with layer.OpenLayer(rootfs) as lay:
+                record = reconcile.read_findings(lay.rootfs_fd)
+                meta = lay.meta
+            target = meta.pin or self.store.current(meta.base)
+        except (PycorError, OSError, ValueError):
+            return None
+        if not record.get("held_back") or record.get("from") != meta.based_on or record.get("to") != target:
+            return None
+        return reconcile.holding_message([f for f in record.get("findings", []) if f.get("kind") in reconcile.HOLDING])
 
     def unresolved_conflicts(self, rootfs: str) -> int:
         """How many reported conflicts of the layer's moves are still unresolved (0 if it cannot be read)."""
@@ -758,27 +840,17 @@ class Driver:
         except (PycorError, OSError):
             return 0
 
-    def resolve_conflict(self, held: StoppedLayer, path: str) -> None:
-        """Settle one reported conflict with the base's version: drop the container's copy."""
-        import shutil
+    def resolve_conflict(self, held: StoppedLayer, path: str) -> tuple[list[str], list[str], list[str]]:
+        """Settle one reported conflict with the base's version; returns (replaced, kept, deleted): see
+        reconcile.take_base (a directory is settled entry by entry; nothing of the container's own goes unnamed)."""
+        from . import reconcile
 
         lay = held.layer
         rel = self._settle(lay, path)
-        head, _, name = rel.rpartition("/")
-        try:
-            parent = linux.open_beneath(lay.upper_fd, head, os.O_RDONLY | os.O_DIRECTORY) if head else os.dup(lay.upper_fd)
-        except FileNotFoundError:
-            return
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
-            else:
-                os.unlink(name, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(parent)
+        version = lay.meta.based_on or lay.meta.pin or self.store.current(lay.meta.base)
+        with self.store.lock(exclusive=False):
+            layers = self.store.lower_stack(lay.meta.base, version)  # the layer's based_on: gc keeps it
+        return reconcile.take_base(lay.upper_fd, rel, layers)
 
     def keep_conflict(self, rootfs: str, path: str) -> None:
         """Settle one reported conflict with the container's version: only the record changes (running or not)."""
@@ -798,6 +870,17 @@ class Driver:
         record["findings"] = [f for f in findings if f not in hits]
         reconcile.write_findings(lay.rootfs_fd, record)
         return rel
+
+    def compare_with_base(self, rootfs: str, path: str, version: str) -> list[Difference]:
+        """Where the base's view of path (at version) and the container's differ: diff.compare's Differences,
+        a the base's side, b the container's (a directory compared entry by entry)."""
+        from .diff import compare
+
+        meta = self.volume_meta(rootfs)
+        with self.store.lock(exclusive=False):
+            lowers = self.store.lower_stack(meta.base, version)
+        with layer.OpenLayer(rootfs) as lay:
+            return compare(lowers, [lay.upper, *lowers], path.strip("/"))
 
     # -- moves in flight: what gc keeps while a merge runs without the store lock -------------------
     def moves_in_flight(self, sweep: bool = False) -> dict[str, set[str]]:

@@ -134,6 +134,8 @@ AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 
+RENAME_EXCHANGE = 1 << 1  # renameat2: swap the two entries atomically
+
 OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 
@@ -186,6 +188,13 @@ class _MountAttr(ctypes.Structure):
         ("propagation", ctypes.c_uint64),
         ("userns_fd", ctypes.c_uint64),
     ]
+
+
+_libc.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+
+
+def renameat2(olddirfd: int, oldpath: str, newdirfd: int, newpath: str, flags: int) -> None:
+    _check(_libc.renameat2(olddirfd, os.fsencode(oldpath), newdirfd, os.fsencode(newpath), flags), newpath, "renameat2")
 
 
 def open_tree(dirfd: int, path: str, flags: int) -> int:

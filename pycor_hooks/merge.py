@@ -22,8 +22,12 @@ API
   The base's additions, changes and removals apply; the container's own stay;
   a record both changed merges field by field (accounts, deb822 paragraphs;
   group member lists as sets), and when one field was changed both ways the
-  container's record stays whole and is reported (`conflicts`). `merged`
-  lists the records the base's changes reached.
+  container's record stays whole and is reported (`conflicts`), except
+  where the container's side is its settled decision: a package it removed
+  or purged (dpkg status), an auto-installed mark it dropped (apt) and the
+  debconf questions a purge removed, which the base changed, stay removed
+  without a conflict. `merged` lists the
+  records the base's changes reached.
   `same_as_base`: the result is byte-equal to the base's file, so the
   container's copy can be dropped. Output is byte-stable and idempotent:
   merging the result again with the same base changes nothing. A file that
@@ -32,6 +36,8 @@ API
 - `reconcile(path, ancestor, base, ours) -> Decision`: both of the above in one
   call: write the merged bytes, drop the container's copy, or keep it (with
   the reason when the whole file is a conflict).
+- `record(kind, data, key)`: one record of a database by the key a conflict names (is it still
+  in conflict?).
 - `id_collisions(passwd, group) -> list[str]`: ids that several names share.
 - `ID_RANGES`, `login_defs_for(role, data)`, `adduser_conf_for(role, data)`:
   disjoint uid/gid allocation ranges for base updates ("base") and containers
@@ -231,6 +237,9 @@ class _Format(NamedTuple):
     sorted: bool  # new records go in sort order (dpkg status, debconf), else after their neighbour
     # Merges one record both sides changed (ancestor, base, ours), or None when they truly clash.
     fields: Callable[[bytes, bytes, bytes], bytes | None] | None = None
+    # Whether the container's side of a record both changed is its settled decision, kept without a
+    # conflict (ancestor, base, ours; ours None: the container removed the record).
+    settled: Callable[[bytes | None, bytes | None, bytes | None], bool] | None = None
 
 
 def _damaged(what: str, line: int, expected: str) -> Damaged:
@@ -506,6 +515,22 @@ def _package_merge(a: bytes, b: bytes, o: bytes) -> bytes | None:
     return _paragraph_merge(a, b, o)
 
 
+_GONE = (b"config-files", b"not-installed")
+
+
+def _package_removed(a: bytes | None, b: bytes | None, o: bytes | None) -> bool:
+    # A package the container removed or purged, which the base upgraded: the removal is the
+    # container's decision and stays (what its removal breaks, reconciliation's package check says).
+    return a is not None and b is not None and _dpkg_state(a) not in _GONE and _dpkg_state(b) not in _GONE \
+        and (o is None or _dpkg_state(o) in _GONE)
+
+
+def _entry_removed(a: bytes | None, b: bytes | None, o: bytes | None) -> bool:
+    # apt drops a package's auto-installed mark when it is purged or marked manual here; a purge drops the
+    # package's debconf questions (db_purge).
+    return o is None and a is not None and b is not None
+
+
 _FORMATS: dict[str, _Format] = {
     "passwd": _Format(_colon(7, "passwd", (2, 3)), b"\n", False, _field_merge()),
     "group": _Format(_colon(4, "group", (2,)), b"\n", False, _field_merge((3,))),
@@ -513,12 +538,12 @@ _FORMATS: dict[str, _Format] = {
     "gshadow": _Format(_colon(4, "gshadow"), b"\n", False, _field_merge((2, 3))),
     "subid": _Format(_colon(3, "subordinate id", (1, 2)), b"\n", False),
     "lines": _Format(_line_set, b"\n", False),
-    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _package_merge),
+    "dpkg-status": _Format(_deb822((b"Package", b"Architecture"), True), b"\n\n", True, _package_merge, _package_removed),
     # apt appends new entries at the end and keeps the file's order: no sort.
     "apt-extended-states": _Format(_deb822((b"Package", b"Architecture"), False), b"\n\n", False,
-                                   _paragraph_merge),
+                                   _paragraph_merge, _entry_removed),
     # debconf's File driver writes its items sorted by name.
-    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _deb822_merge((b"Owners", b"Flags"))),
+    "debconf": _Format(_deb822((b"Name",), False), b"\n\n", True, _deb822_merge((b"Owners", b"Flags")), _entry_removed),
     "dpkg-diversions": _Format(_diversions, b"\n", False),
     "dpkg-statoverride": _Format(_keyed_lines(_statoverride_key, "'user group mode /path'"), b"\n", False),
     "ucf-registry": _Format(_keyed_lines(_after(b" \t "), "'package \\t /path'"), b"\n", False),
@@ -532,6 +557,15 @@ def _show(key: bytes) -> str:
     line, _, n = key.partition(b"\0")
     text = line[:80].decode("utf-8", "backslashreplace") + ("..." if len(line) > 80 else "")  # a container's key: bounded
     return f"{text} (#{int(n) + 1})" if n else text
+
+
+def record(kind: str, data: bytes, key: str) -> bytes | None:
+    """The record a finding names (a key as `RecordConflict.key` shows it) in a database's bytes, or None."""
+    fmt = _FORMATS[kind]
+    for r in fmt.parse(data, kind).records:
+        if _show(r.key) == key:
+            return r.data
+    return None
 
 
 def _did(old: bytes | None, new: bytes | None) -> str:
@@ -581,6 +615,8 @@ def merge3(kind: str, ancestor: bytes | None, base: bytes | None, ours: bytes | 
         elif (both := _fields_merged(fmt, av, bv, ov)) is not None and orr:
             keep = orr._replace(data=both)
             merged.append(_show(key))
+        elif fmt.settled is not None and fmt.settled(av, bv, ov):
+            keep = orr  # the container's decision (None: its removal) stands
         else:  # a true clash: the container's record stays
             keep = orr
             conflicts.append(RecordConflict(_show(key), _did(av, bv), _did(av, ov)))

@@ -26,6 +26,8 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 # defaults, since an unprivileged (userxattr) mount can read neither and the container may switch (ovlxattr.py).
 # Redirects already in a layer are still followed.
 PRIVILEGED_OPTIONS = ("redirect_dir=follow", "metacopy=off")
+# What makes an upper directory more than a plain new one: a renamed lower directory, a copy-up's origin.
+NOT_PLAIN_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect", "trusted.overlay.origin", "user.overlay.origin")
 OVL_MAX_STACK = 500  # fs/overlayfs/params.h: the most lower layers one overlay takes
 
 # How this kernel takes layers, found at the first mount and kept for the process:
@@ -304,3 +306,28 @@ def is_opaque(dir_fd: int, userxattr: bool | None = None) -> bool:
         except OSError:
             continue
     return False
+
+
+def is_plain(dir_fd: int) -> bool:
+    """Whether an upper directory (an O_RDONLY fd) was made new there: no redirect or origin mark."""
+    try:
+        names = os.listxattr(dir_fd)
+    except OSError:
+        return False
+    return not any(n in NOT_PLAIN_XATTRS for n in names)
+
+
+def clear_opaque(dir_fd: int) -> None:
+    """Let the lower layers show below a directory again (idempotent)."""
+    try:
+        present = [n for n in os.listxattr(dir_fd) if n in OPAQUE_XATTRS]
+    except OSError as e:
+        if e.errno == errno.ENOTSUP:
+            return
+        raise
+    for name in present:
+        try:
+            os.removexattr(dir_fd, name)
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                raise

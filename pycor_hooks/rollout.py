@@ -5,6 +5,13 @@ current version (and the check command succeeds inside it, if given), and
 stop at the first failure. Containers not yet reached keep running on their
 old version; nothing is ever half-moved, because a container only changes
 version by a full restart.
+
+A container whose move would be held back (its own packages would break, or
+an id would go to two names) is not restarted: it is reported as held and
+keeps running. With upgrade, a container with packages of its own is
+stopped, moved with them brought along (Driver.upgrade_volume, as apt-get
+full-upgrade in place would) and started again; if that fails it starts
+again on its old version, unchanged.
 """
 
 from __future__ import annotations
@@ -34,14 +41,19 @@ class Outcome:
         return {"name": self.name, "runtime": self.runtime, "status": self.status, "version": self.version, "detail": self.detail}
 
 
-def wait_on_version(driver: Driver, c: Container, version: str) -> bool:
+def wait_on_version(driver: Driver, c: Container, version: str, since: float = 0.0) -> str | None:
+    """Wait until the container runs on version: None when it does, else why not (held back at its start, or
+    not back in time). since: only a start recorded after this time counts."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         state = driver.run_state(c.lxc_name, c.rootfs)
-        if state is not None and state.version == version:
-            return True
+        if state is not None and state.started >= since:
+            if state.version == version:
+                return None
+            if state.held:
+                return f"held back on version {state.version}: {state.held}"
         time.sleep(0.2)
-    return False
+    return f"did not come back on version {version} within {WAIT_SECONDS} s"
 
 
 def followers(driver: Driver, base: str, containers: list[Container]) -> Iterator[tuple[Container, LayerMeta]]:
@@ -64,14 +76,41 @@ def rollout_lock(store: Store, base: str) -> locks.Flock:
 
 
 def rollout(driver: Driver, base: str, containers: list[Container], batch: int, check: str | None,
-            report: Callable[[str], None] = print) -> list[Outcome]:
+            report: Callable[[str], None] = print, upgrade: bool = False) -> list[Outcome]:
     """containers: the running containers of every runtime (runtime.Container)."""
     with rollout_lock(driver.store, base):  # a second rollout fails at once: "the rollout of base B is busy"
-        return _rollout(driver, base, containers, batch, check, report)
+        return _rollout(driver, base, containers, batch, check, report, upgrade)
+
+
+def _held(driver: Driver, c: Container, target: str) -> str | None:
+    """Why the container's move to target would be held back at its start, or None."""
+    from .reconcile import holding_message
+
+    try:
+        _, plan = driver.rebase_plan(c.rootfs, target)
+    except PycorError:
+        return None  # the start says what is wrong
+    holding = plan.holding if plan is not None else []
+    if not holding:
+        return None
+    hint = "'pycor rollout --upgrade' or 'pycor rebase NAME --upgrade' brings its packages along" \
+        if any(f.kind == "breaks" for f in holding) else "'pycor conflicts NAME' says why"
+    return f"not restarted: moving it {holding_message(holding)} ({hint})"
+
+
+def _upgrade(driver: Driver, c: Container, target: str) -> None:
+    """Stop the container, move it with its own packages, start it again (on its old version if that failed)."""
+    c.rt.stop(c.name)
+    try:
+        with driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), "rollout --upgrade",
+                                  c.rt.stop_hint(c.name), shown=c.name) as held:
+            driver.upgrade_volume(held, c.rt.idmap(c.name), target)
+    finally:
+        c.rt.start(c.name)
 
 
 def _rollout(driver: Driver, base: str, containers: list[Container], batch: int, check: str | None,
-             report: Callable[[str], None] = print) -> list[Outcome]:
+             report: Callable[[str], None] = print, upgrade: bool = False) -> list[Outcome]:
     driver.store.require(base)
     if batch < 1:
         raise PycorError(f"--batch {batch} is not a positive number", "give how many containers to restart at once, e.g. --batch 5")
@@ -85,9 +124,19 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
 
     def move(c: Container, old: str) -> Outcome:
         try:
-            c.rt.restart(c.name)
-            if not wait_on_version(driver, c, target):
-                raise PycorError(f"did not come back on version {target} within {WAIT_SECONDS} s")
+            since = time.time()
+            if upgrade and driver.has_own_packages(c.rootfs):
+                _upgrade(driver, c, target)
+            else:
+                held = _held(driver, c, target)
+                if held:
+                    return Outcome(c.name, c.runtime, "held", old, held)
+                c.rt.restart(c.name)
+            why = wait_on_version(driver, c, target, since)
+            if why and why.startswith("held back"):
+                return Outcome(c.name, c.runtime, "held", old, why)
+            if why:
+                raise PycorError(why)
             if check:
                 proc = c.rt.exec(c.name, ["/bin/sh", "-c", check])
                 if proc.returncode != 0:
@@ -107,6 +156,6 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
         with ThreadPoolExecutor(max_workers=len(group)) as pool:
             results = list(pool.map(lambda cv: move(*cv), group))
         for o in results:
-            report(f"{o.name}: {o.status} ({o.detail})" if o.status == "failed" else f"{o.name}: moved to version {o.version} ({o.detail})")
+            report(f"{o.name}: moved to version {o.version} ({o.detail})" if o.status == "moved" else f"{o.name}: {o.status} ({o.detail})")
         outcomes += results
     return outcomes

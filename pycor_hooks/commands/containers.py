@@ -81,7 +81,10 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
         row.update(base=meta.base, pinned=meta.pin is not None, quota=quota_cell(c.rootfs, meta, args.format != "json"),
                    version=driver.volume_version(meta, state) if known else "-",
                    conflicts=driver.unresolved_conflicts(c.rootfs))
-        row["held"] = state.held if state is not None else None  # on an older version than it follows: why
+        # on an older version than it follows: why (a stopped one: where its last start was held back)
+        row["held"] = state.held if state is not None else (driver.held_back(c.rootfs) if c.state == "STOPPED" else None)
+        if row["held"] and state is None:
+            row["version"] = meta.based_on or row["version"]  # where its next start stays
         kept = rejected_pushes(c.rootfs)
         row["rejected_pushes"] = len(kept)
         if kept:

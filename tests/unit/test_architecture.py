@@ -25,7 +25,7 @@ TIERS: dict[str, int] = {
     "merge": DOMAIN, "diff": DOMAIN, "reconcile": DOMAIN, "volumes": DOMAIN, "quota": DOMAIN, "builder": DOMAIN,
     "versions": DOMAIN, "importing": DOMAIN, "debian": DOMAIN, "export": DOMAIN, "spec": DOMAIN, "driver": DOMAIN,
     "lxc": DOMAIN, "daemon": DOMAIN, "runtime": DOMAIN, "layers_seen": DOMAIN, "rollout": DOMAIN, "doctor": DOMAIN,
-    "install": DOMAIN, "upgrade": DOMAIN, "publish": DOMAIN,
+    "install": DOMAIN, "upgrade": DOMAIN, "publish": DOMAIN, "depcheck": DOMAIN,
     # front ends: parse, call, print
     "hooks": FRONT_ENDS, "template": FRONT_ENDS, "cli": FRONT_ENDS, "commands": FRONT_ENDS,
 }
