@@ -45,6 +45,15 @@ def free_subnet() -> str:
     return f"10.0.{third}.1/24"
 
 
+def alive(pid: int) -> bool:
+    """Whether pid runs: a killed process its parent has not reaped yet (a zombie) does not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
 def processes(match: str, comm: str | None = None) -> list[int]:
     """pids whose arguments hold match (and whose name is comm)."""
     found = []
@@ -316,15 +325,15 @@ def test_a_daemon_killed_with_a_container_running_comes_back_with_its_network(ki
         old = d.pid()
         assert old is not None
         os.kill(old, signal.SIGKILL)
-        wait_for(lambda: d.pid() is None and not os.path.exists(f"/proc/{old}"), what="the daemon to die")
-        assert all(os.path.exists(f"/proc/{pid}") for pid in monitors + dnsmasq)  # its container and dnsmasq live on
+        wait_for(lambda: d.pid() is None and not alive(old), what="the daemon to die")
+        assert all(alive(pid) for pid in monitors + dnsmasq)  # its container and dnsmasq live on
         if lost_pidfile:  # killed while it rewrote it: the new daemon cannot tell which dnsmasq was its own
             open(os.path.join(d.dir, "networks", d.bridge, "dnsmasq.pid"), "w").close()
 
         d.up()
         assert d.pid() not in (None, old)
         assert d.network_status() == "Created"
-        assert not os.path.exists(f"/proc/{dnsmasq[0]}")
+        assert not alive(dnsmasq[0])
         assert len(processes(f"={d.dir}/networks/{d.bridge}/", "dnsmasq")) == 1
         assert d.instance(name)["status"] == "Running" and d.sh(name, "echo ok") == "ok\n"
         d.up()  # and again: nothing to do
