@@ -211,15 +211,22 @@ def daemon_log(config_file: str) -> str | None:
     """The instance's lxc.log under LXD or Incus, else None.
 
     LXD keeps lxc.conf and lxc.log side by side (DIR/logs/NAME, or /var/log/lxd/NAME
-    for the default dir); Incus puts lxc.conf under its run dir (/run/incus/NAME,
-    or INCUS_DIR/run/NAME) and the log under /var/log/incus/NAME (or INCUS_DIR/logs/NAME).
+    for the default dir); Incus puts lxc.conf under its run dir and the log under its
+    logs dir: INCUS_DIR/run/NAME and INCUS_DIR/logs/NAME when it was started with
+    INCUS_DIR set (even to its default), else /run/incus/NAME and /var/log/incus/NAME.
     """
     runtime, daemon_dir, _, _ = runtime_info(config_file)
+    return instance_log(runtime, daemon_dir, config_file)
+
+
+def instance_log(runtime: str, daemon_dir: str | None, config_file: str) -> str | None:
+    """daemon_log's rule, from the runtime and daemon dir the config's hook lines name."""
     if runtime == "lxc" or not daemon_dir:
         return None
     folder = os.path.dirname(config_file)
     if runtime == "incus":
-        logs = "/var/log/incus" if daemon_dir == "/var/lib/incus" else os.path.join(daemon_dir, "logs")
+        under_dir = os.path.dirname(folder) == os.path.join(daemon_dir, "run")
+        logs = os.path.join(daemon_dir, "logs") if under_dir else "/var/log/incus"
         folder = os.path.join(logs, os.path.basename(folder))
     return os.path.join(folder, "lxc.log")
 

@@ -10,18 +10,20 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/daemon-up-lib.sh"
 INCUSD=/usr/libexec/incus/incusd
-export INCUS_DIR=${INCUS_DIR:-/var/lib/incus}
+# the daemon's dir: INCUS_DIR only when given (a daemon started with INCUS_DIR set, even to its default,
+# keeps its run files and instance logs under it instead of where the packaged daemon keeps them)
+DIR=${INCUS_DIR:-/var/lib/incus}
 BRIDGE=${PYCOR_INCUS_BRIDGE:-incusbr0}
 ADDR=${PYCOR_INCUS_BRIDGE_ADDR:-10.0.113.1/24}
 LOG=/var/log/incus-daemon.log
-[ "$INCUS_DIR" = /var/lib/incus ] || LOG=$INCUS_DIR/daemon.log
+[ "$DIR" = /var/lib/incus ] || LOG=$DIR/daemon.log
 if [ ! -x "$INCUSD" ]; then
     echo "incus-up: $INCUSD is missing: install incus-base (scripts/setup.sh does, from bookworm-backports)" >&2
     exit 1
 fi
 if ! incus info >/dev/null 2>&1; then
-    if [ -z "$(daemon_pid "$INCUS_DIR/unix.socket")" ]; then
-        clear_dead_daemon_networks "$INCUS_DIR" incus-up
+    if [ -z "$(daemon_pid "$DIR/unix.socket")" ]; then
+        clear_dead_daemon_networks "$DIR" incus-up
         # not INCUS_IDMAPPED_MOUNTS_DISABLE: an older incus-up.sh set it, and from its environment a
         # shell started here would hand it on
         start_daemon "$LOG" env -u INCUS_IDMAPPED_MOUNTS_DISABLE "$INCUSD"
@@ -54,7 +56,7 @@ profiles:
       type: nic
 YAML
 fi
-pid=$(daemon_pid "$INCUS_DIR/unix.socket")
+pid=$(daemon_pid "$DIR/unix.socket")
 if [ -n "$pid" ] && grep -qx 'INCUS_IDMAPPED_MOUNTS_DISABLE=1' <<<"$(tr '\0' '\n' < "/proc/$pid/environ")"; then
     echo "incus-up: note: incusd runs with INCUS_IDMAPPED_MOUNTS_DISABLE=1, which pycor no longer needs;" \
          "restart it without that variable to let Incus mount its containers' rootfs idmapped" >&2

@@ -8,13 +8,15 @@
 # PYCOR_LXD_BRIDGE_ADDR its bridge (default lxdbr0, a subnet LXD picks).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/daemon-up-lib.sh"
-export LXD_DIR=${LXD_DIR:-/var/lib/lxd}
+# the daemon's dir: LXD_DIR only when given (a daemon started with LXD_DIR set, even to its default,
+# keeps its run files and instance logs under it instead of where the packaged daemon keeps them)
+DIR=${LXD_DIR:-/var/lib/lxd}
 BRIDGE=${PYCOR_LXD_BRIDGE:-lxdbr0}
 LOG=/var/log/lxd-daemon.log
-[ "$LXD_DIR" = /var/lib/lxd ] || LOG=$LXD_DIR/daemon.log
+[ "$DIR" = /var/lib/lxd ] || LOG=$DIR/daemon.log
 if ! lxc info >/dev/null 2>&1; then
-    if [ -z "$(daemon_pid "$LXD_DIR/unix.socket")" ]; then
-        clear_dead_daemon_networks "$LXD_DIR" lxd-up
+    if [ -z "$(daemon_pid "$DIR/unix.socket")" ]; then
+        clear_dead_daemon_networks "$DIR" lxd-up
         start_daemon "$LOG" lxd
     fi
     timeout 120 lxd waitready

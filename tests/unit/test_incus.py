@@ -254,3 +254,12 @@ def test_the_store_a_container_runs_on_is_read_from_its_hook_lines():
     assert lxd.hooks_store("lxc.hook.pre-start = '/h dir/pycor-pre-start' --store '/srv/a b'") == "/srv/a b"
     assert lxd.hooks_store("lxc.hook.pre-start = /usr/share/lxc/hooks/pycor-pre-start\n") == "/var/lib/pycor"
     assert lxd.hooks_store("") == "/var/lib/pycor"
+
+
+def test_an_incusd_started_with_its_dir_set_keeps_instance_logs_under_it():
+    """scripts/incus-up.sh once exported INCUS_DIR=/var/lib/incus: incusd then keeps run and logs dirs under it,
+    and a hook's failure went to a log nobody reads (lxc info --show-log showed none)."""
+    assert hooks.instance_log("incus", "/var/lib/incus", "/var/lib/incus/run/p_c1/lxc.conf") == "/var/lib/incus/logs/p_c1/lxc.log"
+    assert hooks.instance_log("incus", "/var/lib/incus", "/run/incus/p_c1/lxc.conf") == "/var/log/incus/p_c1/lxc.log"
+    assert hooks.instance_log("lxd", "/var/lib/lxd", "/var/log/lxd/c1/lxc.conf") == "/var/log/lxd/c1/lxc.log"
+    assert hooks.instance_log("lxc", None, "/var/lib/lxc/c1/config") is None
