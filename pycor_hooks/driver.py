@@ -769,7 +769,8 @@ class Driver:
         idmap = parse_idmap(idmap_text)
         lay, rootfs = held.layer, held.rootfs
         self.store.sweep_staging()  # first stops the throwaway container of a killed upgrade, if one still runs
-        upgrade.discard(rootfs)  # then removes the copy it worked on
+        upgrade.sweep()  # then removes its lxcpath
+        upgrade.discard(rootfs)  # and the copy it worked on
         meta = lay.meta
         with self.store.lock(exclusive=False):
             self.store.require(meta.base)
@@ -789,7 +790,10 @@ class Driver:
                 layer.write_meta(copy_rootfs, copy.meta.but(pin=target))  # the throwaway container runs on target
             with self.store.staging("upgrade") as st:
                 lxcpath = upgrade.prepare(self.store, meta.base, st, copy_rootfs, b_layers, idmap)
-                rc, unreached = upgrade.run(lxcpath)
+                try:
+                    rc, unreached = upgrade.run(lxcpath)
+                finally:
+                    upgrade.forget(lxcpath)
                 if rc != 0 or unreached:
                     raise upgrade.failed(rc, unreached)
             upgrade.tidy(copy_rootfs, b_layers, had_policy)
