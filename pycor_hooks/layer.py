@@ -36,6 +36,8 @@ RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (v
 # The namespace a layer's overlay xattrs are in (trusted.overlay.*: a privileged mount; user.overlay.*: userxattr),
 # or a conversion under way between them, phase 1 or 2 (see ovlxattr.py).
 XATTR_STATES = ("trusted", "user", "trusted>user:1", "trusted>user:2", "user>trusted:1", "user>trusted:2")
+# Daemon folders whose storage pools hold instance rootfs directories (LXD deb, LXD snap, Incus).
+DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
 UPGRADE_DIR = ".pycor-upgrade"  # beside .pycor: the copy an upgrade works on (upgrade.py), and its throwaway container
 
 

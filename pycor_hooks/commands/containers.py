@@ -128,10 +128,12 @@ def set_(args: argparse.Namespace, driver: Driver) -> None:
         key, sep, value = item.partition("=")
         if not sep or key != "size":
             raise PycorError(f"unknown setting {item!r}", "pycor set NAME size=10GiB (or size= to remove the limit)")
-        meta = driver.volume_meta(c.rootfs)
+        with driver.open_layer(c.lxc_name, c.rootfs, c.name) as lay:  # a layer.json pycor did not write is refused
+            meta = lay.meta
         size = parse_size(value) if value else None
         if meta.ephemeral:
             layer.write_meta(c.rootfs, meta.but(size=size))
+            driver.record_choices(c.registration(), meta.but(size=size))  # its next start checks layer.json against it
             print(f"container {c.name}: in-memory layer {'limited to ' + human_size(size) if size else 'unlimited'} "
                   "from its next start")
             continue

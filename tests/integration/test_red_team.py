@@ -5,6 +5,7 @@ and knows nothing of pycor's locks."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -65,3 +66,61 @@ def test_a_file_push_during_rebase_upgrade_never_reaches_the_throwaway_container
             os.unlink(marker)
     assert proc.returncode == 1 and "apt-get: not found" in proc.stderr  # the upgrade itself ran, and failed as it should
     assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+
+
+@pytest.fixture
+def other_base(env: dict[str, str], store: str, session_dir: str, busybox_base: str):  # type: ignore[no-untyped-def]
+    """Another tenant's base (one made with 'pycor commit --as', say): busybox and a secret."""
+    name = f"secret{uuid.uuid4().hex[:6]}"
+    src = os.path.join(session_dir, name)
+    run(["cp", "-a", os.path.join(store, "bases", busybox_base, "current", "rootfs"), src])
+    with open(os.path.join(src, "secret"), "w") as f:
+        f.write("another tenant's\n")
+    run(PYCOR + ["base", "import", name, "--from-dir", src], env=env)
+    yield name
+    run(PYCOR + ["base", "rm", name], env=env, check=False)
+
+
+def test_a_layer_json_pushed_into_a_stopped_container_moves_it_onto_no_other_base_nor_past_its_limits(
+        launch, denv, session_dir, other_base):
+    c = launch()
+    c.lxc("stop", "--force", c.name)
+    mine = open(os.path.join(c.rootfs, ".pycor", "layer.json")).read()
+    for change in ({"base": other_base}, {"ephemeral": True}, {"volumes": ["/srv"]}):
+        evil = os.path.join(session_dir, f"layer-{c.name}.json")
+        with open(evil, "w") as f:
+            f.write(json.dumps({**json.loads(mine), "based_on": None, "digest": None, **change}))
+        c.lxc("file", "push", evil, f"{c.name}/.pycor/layer.json")  # what the daemon lets its API's users do
+        proc = c.lxc("start", c.name, check=False)
+        if proc.returncode == 0:
+            seen = c.sh("cat /secret", check=False).stdout
+            c.lxc("stop", "--force", c.name)
+            pytest.fail(f"{change}: the container started ({seen!r} in /secret)")
+        pulled = run(PYCOR + ["file", "pull", c.name, "/secret", "-"], env=denv, check=False)
+        assert pulled.returncode == 1 and "no longer says what the container was made with" in pulled.stderr, pulled
+        assert "something other than pycor wrote it" in pulled.stderr
+    with open(evil, "w") as f:
+        f.write(mine)
+    c.lxc("file", "push", evil, f"{c.name}/.pycor/layer.json")  # put back, as the message says: it starts again
+    c.lxc("start", c.name)
+    assert c.sh("test -e /secret", check=False).returncode == 1
+
+
+def test_a_panels_dir_never_takes_another_containers_layer_nor_lies_inside_it(make_container, env, lxcpath):
+    c = make_container()
+    c.start()
+    c.sh("echo mine > /root/secret && mkdir -p /srv/empty")
+    c.stop()
+    name = f"t{uuid.uuid4().hex[:7]}"
+    try:
+        for extra, message in ((["--adopt", "--dir", c.rootfs], f"is container {c.name}'s, which still exists"),
+                               (["--dir", os.path.join(c.upper, "srv", "empty")], f"in or around container {c.name}'s layer"),
+                               (["--dir", os.path.join(env["PYCOR_STORE"], "staging")], "pycor's store")):
+            proc = run(PYCOR + ["create", name, "--base", "busybox", "-P", lxcpath, *extra], env=env, check=False)
+            assert proc.returncode == 1 and message in proc.stderr, (extra, proc.stdout, proc.stderr)
+            assert not os.path.exists(os.path.join(lxcpath, name))
+    finally:
+        run(["lxc-destroy", "-n", name, "-P", lxcpath], check=False)
+    assert os.listdir(os.path.join(c.upper, "srv", "empty")) == []
+    c.start()
+    assert c.sh("cat /root/secret").stdout == "mine\n"  # its changes are its own, and still there
