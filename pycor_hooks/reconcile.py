@@ -946,6 +946,11 @@ def take_base(upper_fd: int, rel: str, b_layers: list[str]) -> tuple[list[str], 
 # -- the conflicts record ------------------------------------------------------------------------
 
 
+FINDINGS_LIMIT = 4 << 20
+_FINDINGS_FIX = ("remove it (.pycor/conflicts.json in the container's rootfs directory): "
+                 "the next move reports what still conflicts")
+
+
 def read_findings(rootfs_fd: int) -> dict:
     """{"from": A, "to": B, "findings": [...]} of the layer's reconciliations, or an empty record."""
     pycor = _open_pycor(rootfs_fd)
@@ -957,10 +962,23 @@ def read_findings(rootfs_fd: int) -> dict:
         os.close(pycor)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise Damaged(f"{CONFLICTS} is not a regular file")
-        raw = json.loads(f.read(4 << 20) or b"{}")
-    if not isinstance(raw, dict) or not isinstance(raw.get("findings", []), list):
-        raise Damaged(f"{CONFLICTS} was not written by pycor")
+            raise Damaged(f"{CONFLICTS} is not a regular file", _FINDINGS_FIX)
+        data = f.read(FINDINGS_LIMIT + 1)
+    # The file is the layer owner's, and a daemon's file push into the stopped container writes it: every
+    # reader (ls, doctor, a start's move) gets this shape or Damaged, never a crash.
+    try:
+        if len(data) > FINDINGS_LIMIT:
+            raise ValueError(f"larger than {FINDINGS_LIMIT} bytes")
+        raw = json.loads(data or b"{}")
+        findings = raw.get("findings", []) if isinstance(raw, dict) else None
+        if not isinstance(findings, list) or not all(
+                isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("kind"), str)
+                and isinstance(f.get("detail", ""), str) for f in findings):
+            raise ValueError("not pycor's findings")
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the json module goes
+        raise Damaged(f"{CONFLICTS} was not written by pycor", _FINDINGS_FIX) from None
+    for f in findings:
+        f.setdefault("detail", "")
     return raw
 
 

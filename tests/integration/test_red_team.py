@@ -124,3 +124,23 @@ def test_a_panels_dir_never_takes_another_containers_layer_nor_lies_inside_it(ma
     assert os.listdir(os.path.join(c.upper, "srv", "empty")) == []
     c.start()
     assert c.sh("cat /root/secret").stdout == "mine\n"  # its changes are its own, and still there
+
+
+@pytest.mark.parametrize("record", [b'{"findings": [1]}', b"[" * 100_000, b'{"findings": [{"kind": "conflict"}]}',
+                                    b'{"findings": []' + b" " * (5 << 20) + b"}"],
+                         ids=["not-a-finding", "nested", "no-path", "huge"])
+def test_a_pushed_conflicts_record_never_stops_ls_and_conflicts_says_what_is_wrong(launch, denv, session_dir, record):
+    other = launch()
+    c = launch()
+    c.lxc("stop", "--force", c.name)
+    src = os.path.join(session_dir, f"conflicts-{c.name}.json")
+    with open(src, "wb") as f:
+        f.write(record)
+    c.lxc("file", "push", src, f"{c.name}/.pycor/conflicts.json")
+    listing = run(PYCOR + ["ls", "--format", "json"], env=denv, check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert {other.name, c.name} <= {r["name"] for r in json.loads(listing.stdout)}
+    assert run(PYCOR + ["ls"], env=denv, check=False).returncode == 0
+    shown = run(PYCOR + ["conflicts", c.name], env=denv, check=False)
+    assert shown.returncode == 1 and "conflicts.json" in shown.stderr and "Traceback" not in shown.stderr, shown.stderr
+    c.lxc("start", c.name)  # its own start goes on
