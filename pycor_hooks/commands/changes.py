@@ -7,7 +7,7 @@ import argparse
 from .. import layer, locks
 from ..driver import Driver
 from ..errors import PycorError
-from ..names import check_name, check_version
+from ..names import PATH_SHOWN, check_name, check_version, printable
 from ..units import human_size
 from ._common import add_format, add_images, add_lxcpath, emit, find_container, note_pending, note_volumes, stopped
 
@@ -57,7 +57,7 @@ def diff(args: argparse.Namespace, driver: Driver) -> None:
         return
     marks = {"added": "A", "changed": "C", "deleted": "D", "replaced": "R"}
     for ch in changes:
-        print(f"{marks[ch.kind]} {ch.path}{'/' if ch.type == 'dir' else ''}")
+        print(f"{marks[ch.kind]} {printable(ch.path, PATH_SHOWN)}{'/' if ch.type == 'dir' else ''}")  # names are the tenant's
 
 
 def commit(args: argparse.Namespace, driver: Driver) -> None:

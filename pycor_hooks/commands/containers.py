@@ -10,7 +10,7 @@ from .. import layer, runtime
 from ..driver import Driver
 from ..errors import Conflict, NotFound, PycorError
 from ..fsutil import disk_usage
-from ..names import check_name
+from ..names import PATH_SHOWN, check_name, printable
 from ..units import human_size
 from ._common import add_format, add_lxcpath, all_containers, emit, find_container, lxcpath_of
 
@@ -89,7 +89,7 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
         row["rejected_pushes"] = len(kept)
         if kept:
             notes.append(f"{c.name}: {len(kept)} file(s) pushed while it was stopped could not be put in place "
-                         f"(first: {kept[0]}); kept in {c.rootfs}/.pycor/inbox/rejected (see 'pycor doctor')")
+                         f"(first: {printable(kept[0], PATH_SHOWN)}); kept in {c.rootfs}/.pycor/inbox/rejected (see 'pycor doctor')")
         rows.append(row)
     if args.format != "json":
         for r in rows:
@@ -103,7 +103,7 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
                       ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT"), ("conflicts", "CONFLICTS")])
     for r in rows:
         if r["damaged"] and args.format != "json":
-            print(f"{r['name']}: {r['detail']}", file=sys.stderr)
+            print(f"{r['name']}: {printable(r['detail'], PATH_SHOWN)}", file=sys.stderr)
     if args.format != "json":
         for note in notes:
             print(note, file=sys.stderr)

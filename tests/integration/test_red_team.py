@@ -144,3 +144,34 @@ def test_a_pushed_conflicts_record_never_stops_ls_and_conflicts_says_what_is_wro
     shown = run(PYCOR + ["conflicts", c.name], env=denv, check=False)
     assert shown.returncode == 1 and "conflicts.json" in shown.stderr and "Traceback" not in shown.stderr, shown.stderr
     c.lxc("start", c.name)  # its own start goes on
+
+
+EVIL = "evil\x1b]0;owned\x07\nD forged"  # a terminal escape, and a line of its own
+
+
+def test_a_tenants_file_names_reach_pycor_output_written_out(make_container, env):
+    c = make_container()
+    c.start()
+    c.sh(f"mkdir -p /root && printf x > \"/root/$(printf '{EVIL.encode('unicode_escape').decode()}')\"")
+    c.stop()
+    out = run(PYCOR + ["diff", c.name, "-P", c.lxcpath], env=env).stdout
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert not [line for line in out.splitlines() if line.startswith("D forged")], out  # no line a tenant wrote
+    assert "evil\\x1b]0;owned\\x07\\nD forged" in out
+
+
+def test_a_pushed_file_kept_aside_is_named_written_out_by_ls_doctor_and_the_start_log(launch, denv, session_dir):
+    c = launch()
+    escaped = EVIL.encode("unicode_escape").decode()
+    c.sh(f"mkdir -p \"/root/$(printf '{escaped}')\"")  # a directory where a file will be pushed: kept aside
+    c.lxc("stop", "--force", c.name)
+    src = os.path.join(session_dir, f"push-{c.name}")
+    with open(src, "w") as f:
+        f.write("x\n")
+    c.lxc("file", "push", "-p", src, f"{c.name}/root/{EVIL}")
+    c.lxc("start", c.name)
+    listing = run(PYCOR + ["ls"], env=denv)
+    doctor = run(PYCOR + ["doctor"], env=denv, check=False)
+    for out in (listing.stdout + listing.stderr, doctor.stdout + doctor.stderr):
+        assert "\x1b" not in out and "\x07" not in out and "evil\\x1b]0;owned\\x07\\nD forged" in out, out
+        assert not [line for line in out.splitlines() if line.startswith("D forged")], out
