@@ -175,3 +175,26 @@ def test_a_pushed_file_kept_aside_is_named_written_out_by_ls_doctor_and_the_star
     for out in (listing.stdout + listing.stderr, doctor.stdout + doctor.stderr):
         assert "\x1b" not in out and "\x07" not in out and "evil\\x1b]0;owned\\x07\\nD forged" in out, out
         assert not [line for line in out.splitlines() if line.startswith("D forged")], out
+
+
+@pytest.mark.parametrize("source", ["absolute", "relative"])
+def test_a_pushed_reconcile_plan_never_moves_a_host_file_into_the_layer(launch, session_dir, source):
+    """A start finishes a reconciliation a crash interrupted by carrying out .pycor/reconcile/plan, which the
+    daemon's file push writes like any file of a stopped container."""
+    c = launch()
+    c.lxc("stop", "--force", c.name)
+    victim = os.path.join(session_dir, f"host-file-{c.name}")
+    with open(victim, "w") as f:
+        f.write("the host's\n")
+    name = victim if source == "absolute" else "../" * 40 + victim.lstrip("/")
+    plan = os.path.join(session_dir, f"plan-{c.name}")
+    with open(plan, "wb") as f:
+        f.write(b"target\x001\n" + b"replace\x00" + os.fsencode(name) + b"\x00stolen\n")
+    c.lxc("file", "push", "-p", plan, f"{c.name}/.pycor/reconcile/plan")
+    c.lxc("start", c.name, check=False)
+    try:
+        assert os.path.exists(victim) and open(victim).read() == "the host's\n"
+        assert c.sh("cat /stolen", check=False).returncode != 0 if c.status() == "RUNNING" else True
+        assert not os.path.lexists(os.path.join(c.upper, "stolen"))
+    finally:
+        c.lxc("stop", "--force", c.name, check=False)
