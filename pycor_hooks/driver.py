@@ -237,7 +237,9 @@ class Driver:
                                "give a directory of its own (--dir, -P) outside it")
         for reg in self.registrations():
             theirs = os.path.realpath(reg.rootfs)
-            if real == theirs and adopt:
+            if real == theirs and not adopt:
+                continue  # its own path: create's own checks refuse a name taken, or a layer left there (--adopt)
+            if real == theirs:
                 lost = reg.runtime == "lxc" and reg.lxcpath is not None and \
                     not os.path.exists(os.path.join(reg.lxcpath, reg.name, "config"))
                 if (reg.name == name and reg.lxcpath == lxcpath) or lost:
@@ -289,9 +291,11 @@ class Driver:
         return [s for s in runstate.running_states()
                 if s.name != other_than and os.path.realpath(s.rootfs) == real and is_live(s)]
 
-    def open_layer(self, name: str, rootfs: str, shown: str | None = None) -> layer.OpenLayer:
+    def open_layer(self, name: str, rootfs: str, shown: str | None = None, changing: tuple[str, ...] = ()) -> layer.OpenLayer:
         """layer.OpenLayer, whose failure names an interrupted reset and the command that finishes it, checked against
-        what its creator chose (check_choices). name: as its run state and registration know it; shown: in messages."""
+        what its creator chose (check_choices). name: as its run state and registration know it; shown: in messages;
+        changing: choices the caller is about to record anew (`pycor set`: a run killed between its two writes is
+        finished by running it again)."""
         try:
             lay = layer.OpenLayer(rootfs)
         except PycorError:
@@ -305,7 +309,7 @@ class Driver:
                                  "holds the changes it was discarding)", f"finish it: 'pycor reset {owner}'") from None
             raise
         try:
-            self.check_choices(name, lay, shown or name)
+            self.check_choices(name, lay, shown or name, changing)
         except BaseException:
             lay.__exit__()
             raise
@@ -322,14 +326,14 @@ class Driver:
         except (OSError, ValueError, KeyError, TypeError, PycorError):
             return None  # damaged (the store is root's): the next start records it again
 
-    def check_choices(self, name: str, lay: layer.OpenLayer, shown: str) -> None:
+    def check_choices(self, name: str, lay: layer.OpenLayer, shown: str, changing: tuple[str, ...] = ()) -> None:
         """Refuse a layer.json that no longer says what the container was made with (base, ephemeral, size,
         volumes): it belongs to the layer's owner, and a daemon writes into a stopped container's rootfs directory
         (`lxc file push FILE NAME/.pycor/layer.json`), so pycor's record in the store (Registration) is the word."""
         reg = self._registration(name, lay.rootfs)
         if reg is None or reg.base is None or reg.identity != layer_identity(lay.rootfs_fd):
             return  # not seen here yet, or a new container at an old one's path: its first start records it
-        changed = reg.differences(lay.meta)
+        changed = [d for d in reg.differences(lay.meta) if d.split(":")[0] not in changing]
         if changed:
             raise Damaged(f"container {shown}: {lay.rootfs}/{layer.META} no longer says what the container was made with "
                           f"({'; '.join(changed)}): something other than pycor wrote it, such as a file pushed into "

@@ -128,7 +128,7 @@ def set_(args: argparse.Namespace, driver: Driver) -> None:
         key, sep, value = item.partition("=")
         if not sep or key != "size":
             raise PycorError(f"unknown setting {item!r}", "pycor set NAME size=10GiB (or size= to remove the limit)")
-        with driver.open_layer(c.lxc_name, c.rootfs, c.name) as lay:  # a layer.json pycor did not write is refused
+        with driver.open_layer(c.lxc_name, c.rootfs, c.name, changing=("size",)) as lay:  # one pycor did not write: refused
             meta = lay.meta
         size = parse_size(value) if value else None
         if meta.ephemeral:
