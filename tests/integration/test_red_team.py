@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -198,3 +199,42 @@ def test_a_pushed_reconcile_plan_never_moves_a_host_file_into_the_layer(launch, 
         assert not os.path.lexists(os.path.join(c.upper, "stolen"))
     finally:
         c.lxc("stop", "--force", c.name, check=False)
+
+
+SUBVOL_C = r"""
+#include <fcntl.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <linux/btrfs.h>
+int main(int argc, char **argv) {  /* mksubvol DIR NAME: what 'btrfs subvolume create' does */
+    struct btrfs_ioctl_vol_args args;
+    int fd = open(argv[1], O_RDONLY | O_DIRECTORY);
+    memset(&args, 0, sizeof args);
+    strncpy(args.name, argv[2], BTRFS_PATH_NAME_MAX);
+    return fd < 0 || ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, &args) != 0;
+}
+"""
+
+
+@pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
+def test_a_subvolume_made_in_a_volume_stays_within_the_containers_size(session_dir, env, busybox_base, unprivileged):
+    from conftest import Container
+    from test_hosting import MiB, create, fill, loop_fs
+
+    tool = os.path.join(session_dir, "mksubvol")
+    if not os.path.exists(tool):
+        with open(tool + ".c", "w") as f:
+            f.write(SUBVOL_C)
+        run(["gcc", "-static", "-O", "-o", tool, tool + ".c"])
+    with loop_fs(session_dir, ["mkfs.btrfs", "-q"]) as path:
+        c = Container(f"v{uuid.uuid4().hex[:6]}", path, env)
+        create(env, path, c.name, "--size", "20MiB", "--volume", "/data", *(["--unprivileged"] if unprivileged else []))
+        c.start()
+        with open(tool, "rb") as src:  # the tenant brings its own tool
+            proc = subprocess.run(["lxc-attach", "-n", c.name, "-P", path, "--", "/bin/sh", "-c", "cat > /data/mksubvol"],
+                                  stdin=src, capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        c.sh("chmod 755 /data/mksubvol && /data/mksubvol /data sub; mkdir -p /data/sub")  # refused: a plain folder
+        out = fill(c, "/data/sub/big", 60)
+        written = os.path.getsize(os.path.join(c.rootfs, ".pycor", "volumes", "0", "sub", "big"))
+        assert written <= 21 * MiB, f"{written >> 20} MiB written past a 20 MiB limit: {out.stdout}"
