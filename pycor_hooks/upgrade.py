@@ -48,10 +48,10 @@ from . import builder, layer, linux
 from .errors import PycorError, Unsupported
 from .idmap import IdMap
 from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
+from .staging import RUN_UPGRADES
 from .store import Store, hooks_dir
 
 SCRATCH = layer.UPGRADE_DIR  # beside .pycor in the container's rootfs directory
-RUN_UPGRADES = "/run/pycor/upgrades"  # the throwaway containers' lxcpaths (0711, root's)
 NAME = "upgrade"  # the throwaway container's name, in its own lxcpath
 STATUS = "var/lib/dpkg/status"
 # What an in-place `apt full-upgrade` does, without questions. -f install first: a container whose
