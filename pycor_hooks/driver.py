@@ -517,7 +517,8 @@ class Driver:
             lowers, views = [made[i] for i in ids], ids
         state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
                          idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held,
-                         self._mount_layer(lay, name, idmap, monitor) if unshifted and idmap is not None else None)
+                         self._mount_layer(lay, name, idmap, monitor) if unshifted and idmap is not None else None,
+                         layer.choices(meta))
         os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
         own = runstate.record_path(name, rootfs)
         if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
@@ -570,6 +571,9 @@ class Driver:
                 fds.append(src)
             fds[1:1] = layer.open_layer_dirs(src, rootfs)
             meta = layer.read_meta(src, rootfs)
+            if state.choices is not None and layer.choices(meta) != state.choices:
+                raise Damaged(f"container {name}: {rootfs}/{layer.META} changed while it started (something other than "
+                              "pycor wrote it, such as a file pushed into its .pycor)", "start it again")
         except BaseException:
             for fd in fds:
                 os.close(fd)

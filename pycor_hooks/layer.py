@@ -71,6 +71,11 @@ class LayerMeta(Record):
         return LayerMeta(**{**self.to_json(), **changes})
 
 
+def choices(meta: LayerMeta) -> str:
+    """What its creator chose for a layer (base, in-memory layer, size, volumes), as one comparable text."""
+    return flatjson.dumps({"base": meta.base, "ephemeral": meta.ephemeral, "size": meta.size, "volumes": meta.volumes})
+
+
 def rootfs_dir(path: str) -> str:
     """The directory of an LXC rootfs path ('dir:' prefix allowed, other backends refused)."""
     for prefix in ("dir:", "btrfs:"):  # btrfs: a subvolume (lxc-create -B btrfs), e.g. for a quota

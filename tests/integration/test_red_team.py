@@ -238,3 +238,18 @@ def test_a_subvolume_made_in_a_volume_stays_within_the_containers_size(session_d
         out = fill(c, "/data/sub/big", 60)
         written = os.path.getsize(os.path.join(c.rootfs, ".pycor", "volumes", "0", "sub", "big"))
         assert written <= 21 * MiB, f"{written >> 20} MiB written past a 20 MiB limit: {out.stdout}"
+
+
+def test_a_layer_json_changed_between_pre_start_and_pre_mount_is_not_mounted(make_container):
+    """A daemon's file push can land while a container starts: pre-mount mounts what pre-start checked, or nothing."""
+    c = make_container(extra=("--unprivileged",))
+    meta = os.path.join(c.rootfs, ".pycor", "layer.json")
+    with open(c.config, "a") as f:  # runs after pycor's pre-start, before its pre-mount: the push, landing then
+        f.write(f"lxc.hook.pre-start = /bin/sh -c \"sed -i 's/\\\"ephemeral\\\": false/\\\"ephemeral\\\": true/' {meta}\"\n")
+    proc = c.lxc("lxc-start", "-l", "DEBUG", "-o", c.log, check=False)
+    started = proc.returncode == 0 and c.lxc("lxc-wait", "-s", "RUNNING", "-t", "5", check=False).returncode == 0
+    if started:  # on a layer.json nobody checked: its upper in memory
+        c.lxc("lxc-stop", "-k", check=False)
+    assert '"ephemeral": true' in open(meta).read()
+    log = open(c.log).read()
+    assert not started and "changed while it started" in log, log[-3000:]
