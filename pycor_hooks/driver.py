@@ -1007,15 +1007,15 @@ class Driver:
         reconcile.write_findings(lay.rootfs_fd, record)
         return rel
 
-    def compare_with_base(self, rootfs: str, path: str, version: str) -> list[Difference]:
+    def compare_with_base(self, name: str, rootfs: str, path: str, version: str, shown: str) -> list[Difference]:
         """Where the base's view of path (at version) and the container's differ: diff.compare's Differences,
-        a the base's side, b the container's (a directory compared entry by entry)."""
+        a the base's side, b the container's (a directory compared entry by entry). The base is the one the
+        container was made on (open_layer): never another tenant's a pushed layer.json names."""
         from .diff import compare
 
-        meta = self.volume_meta(rootfs)
-        with self.store.lock(exclusive=False):
-            lowers = self.store.lower_stack(meta.base, version)
-        with layer.OpenLayer(rootfs) as lay:
+        with self.open_layer(name, rootfs, shown) as lay:
+            with self.store.lock(exclusive=False):
+                lowers = self.store.lower_stack(lay.meta.base, version)
             return compare(lowers, [lay.upper, *lowers], path.strip("/"))
 
     # -- moves in flight: what gc keeps while a merge runs without the store lock -------------------

@@ -151,7 +151,7 @@ def print_base_diff(driver: Driver, c: Container, path: str) -> None:
     meta = driver.volume_meta(c.rootfs)
     version = driver.volume_version(meta, driver.run_state(c.lxc_name, c.rootfs) if c.state == "RUNNING" else None)
     base_name, ours_name = f"base {meta.base} version {version}", f"container {c.name}"
-    for d in driver.compare_with_base(c.rootfs, rel, version):
+    for d in driver.compare_with_base(c.lxc_name, c.rootfs, rel, version, c.name):
         shown = printable("/" + d.path, PATH_SHOWN)
         if d.kind == "only in a":
             print(f"only in the {base_name}: {shown}")

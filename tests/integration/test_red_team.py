@@ -100,6 +100,9 @@ def test_a_layer_json_pushed_into_a_stopped_container_moves_it_onto_no_other_bas
         pulled = run(PYCOR + ["file", "pull", c.name, "/secret", "-"], env=denv, check=False)
         assert pulled.returncode == 1 and "no longer says what the container was made with" in pulled.stderr, pulled
         assert "something other than pycor wrote it" in pulled.stderr
+        for command in (["diff", c.name], ["conflicts", c.name, "--diff", "/secret"]):
+            shown = run(PYCOR + command, env=denv, check=False)
+            assert shown.returncode == 1 and "no longer says what the container was made with" in shown.stderr, shown
     with open(evil, "w") as f:
         f.write(mine)
     c.lxc("file", "push", evil, f"{c.name}/.pycor/layer.json")  # put back, as the message says: it starts again
