@@ -168,6 +168,9 @@ def read_meta_stat(rootfs_fd: int, rootfs: str) -> tuple[LayerMeta, os.stat_resu
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PycorError(f"{where} is not a regular file", "something replaced the container's layer metadata; recreate it")
+        if st.st_nlink != 1:  # linked from the container's own files (a daemon's SFTP links), it could write it running
+            raise PycorError(f"{where} has {st.st_nlink} names: something linked it into the container's files",
+                             "copy it to a file of its own (cp layer.json x && mv x layer.json)")
         data = f.read(META_LIMIT + 1)
     if len(data) > META_LIMIT:
         raise PycorError(f"{where} is larger than {META_LIMIT} bytes", "it was not written by pycor")

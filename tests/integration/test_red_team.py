@@ -256,3 +256,18 @@ def test_a_layer_json_changed_between_pre_start_and_pre_mount_is_not_mounted(mak
     assert '"ephemeral": true' in open(meta).read()
     log = open(c.log).read()
     assert not started and "changed while it started" in log, log[-3000:]
+
+
+def test_a_layer_json_linked_into_the_containers_files_is_refused(make_container):
+    """A daemon's SFTP (lxc file mount) can hard-link .pycor/layer.json into upper: the running container could then
+    rewrite it, and pycor would act on what it wrote (an interrupted xattr conversion, a pin) while it runs."""
+    c = make_container()
+    os.makedirs(os.path.join(c.upper, "etc"), exist_ok=True)
+    os.link(os.path.join(c.rootfs, ".pycor", "layer.json"), os.path.join(c.upper, "etc", "meta"))
+    proc = c.lxc("lxc-start", "-l", "DEBUG", "-o", c.log, check=False)
+    started = proc.returncode == 0 and c.lxc("lxc-wait", "-s", "RUNNING", "-t", "5", check=False).returncode == 0
+    if started:
+        wrote = c.sh("echo '{\"base\": \"busybox\", \"xattrs\": \"trusted>user:1\"}' > /etc/meta", check=False)
+        c.lxc("lxc-stop", "-k", check=False)
+        pytest.fail(f"it started, and rewrote layer.json from inside: {wrote.returncode == 0}")
+    assert "has 2 names" in open(c.log).read()
