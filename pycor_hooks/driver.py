@@ -18,7 +18,7 @@ import os
 import time
 
 from . import faults, layer, locks, overlay, runstate
-from .errors import Conflict, InUse, NotFound, PycorError
+from .errors import Conflict, Damaged, InUse, NotFound, PycorError
 from .flatjson import Record, read_json, write_json
 from .layer import LayerMeta
 from .runstate import RunState, is_live
@@ -36,13 +36,61 @@ if TYPE_CHECKING:
 
 
 class Registration(Record):
-    """A container layer the store knows about (written at create and at each start)."""
+    """A container layer the store knows about (written at create and at each start), and what its creator chose.
 
-    __slots__ = ("name", "rootfs", "runtime", "lxcpath")
+    base, ephemeral, size and volumes are what pycor made the layer with (create, adopt, `pycor set`), or
+    what its layer.json said at the first start this host saw (a copy or an image from elsewhere).
+    layer.json belongs to the layer's owner, and a daemon's file API writes into a stopped container's
+    rootfs directory: a layer.json that later says otherwise is refused (Driver.check_choices), so no push
+    into .pycor moves a container onto another base or past its limits. identity: the rootfs directory
+    itself (inode and birth time, neither of which a writer inside it can change): a container made anew
+    at the same path is another one, whose record replaces this.
+    """
+
+    __slots__ = ("name", "rootfs", "runtime", "lxcpath", "identity", "base", "ephemeral", "size", "volumes")
     name: str
     rootfs: str
     runtime: str  # "lxc" or "lxd"
     lxcpath: str | None
+    identity: str | None  # None: recorded by an older pycor, or not a record of a layer (a listing's entry)
+    base: str | None
+    ephemeral: bool
+    size: int | None
+    volumes: list[str]
+
+    def __init__(self, name: str, rootfs: str, runtime: str, lxcpath: str | None, identity: str | None = None,
+                 base: str | None = None, ephemeral: bool = False, size: int | None = None,
+                 volumes: list[str] | None = None) -> None:
+        super().__init__(name, rootfs, runtime, lxcpath, identity, base, ephemeral, size, list(volumes or []))
+
+    def chosen(self, rootfs_fd: int, meta: LayerMeta) -> Registration:
+        """This record with the identity of the open rootfs directory and the choices meta holds."""
+        return Registration(self.name, self.rootfs, self.runtime, self.lxcpath, layer_identity(rootfs_fd), meta.base,
+                            meta.ephemeral, meta.size, meta.volumes)
+
+    def differences(self, meta: LayerMeta) -> list[str]:
+        """'KEY: RECORDED, layer.json says NOW' for each choice meta does not keep."""
+        return [f"{key}: {getattr(self, key)!r}, layer.json says {getattr(meta, key)!r}"
+                for key in ("base", "ephemeral", "size", "volumes") if getattr(self, key) != getattr(meta, key)]
+
+
+def registration_from_json(raw: dict) -> Registration:
+    size = raw.get("size")
+    return Registration(str(raw["name"]), str(raw["rootfs"]), str(raw["runtime"]), raw.get("lxcpath"),
+                        str(raw["identity"]) if raw.get("identity") else None,
+                        str(raw["base"]) if raw.get("base") else None, bool(raw.get("ephemeral", False)),
+                        int(size) if size is not None else None, [str(v) for v in raw.get("volumes", [])])
+
+
+def layer_identity(rootfs_fd: int) -> str:
+    """The rootfs directory itself: its inode and birth time (a directory made anew at its path has others)."""
+    from .linux import birth_time
+
+    try:
+        born = birth_time(rootfs_fd)
+    except OSError:
+        born = None
+    return f"{os.fstat(rootfs_fd).st_ino}:{born if born is not None else ''}"
 
 
 def parse_idmap(config_text: str | None) -> IdMap | None:
@@ -122,6 +170,7 @@ class Driver:
                       lxcpath: str | None = None) -> None:
         """Make a new container's layer in its (empty) rootfs directory: upper, work, metadata, its volumes'
         directories and its quota; register it. uid, gid: the host ids of container root."""
+        self.check_place(spec.name, rootfs, lxcpath, adopt=False)
         self.store.require(spec.base)
         if spec.pin:
             self.store.version(spec.base, spec.pin)
@@ -141,7 +190,7 @@ class Driver:
             from . import quota
 
             quota.set_limit(rootfs, spec.size)
-        self.register(Registration(spec.name, rootfs, spec.runtime, lxcpath))
+        self.record_choices(Registration(spec.name, rootfs, spec.runtime, lxcpath), meta)
 
     def adopt_volume(self, name: str, rootfs: str, base: str, uid: int | None = 0, gid: int | None = 0,
                      runtime: str = "lxc", lxcpath: str | None = None, register: bool = True) -> LayerMeta:
@@ -153,9 +202,11 @@ class Driver:
         """
         if not os.path.lexists(os.path.join(rootfs, layer.PYCOR_DIR)):
             raise NotFound(f"nothing to adopt: {rootfs} holds no pycor layer", "drop --adopt to create a new container")
+        self.check_place(name, rootfs, lxcpath, adopt=True)
         with layer.OpenLayer(rootfs) as lay:
             meta = lay.meta
             owners = [os.fstat(fd) for fd in ((lay.work_fd, lay.upper_fd) if uid else (lay.work_fd,))]
+            chosen = Registration(name, rootfs, runtime, lxcpath).chosen(lay.rootfs_fd, meta)
         if meta.base != base:
             raise Conflict(f"the layer in {rootfs} runs on base {meta.base!r}, not {base!r}",
                            f"adopt it with --base {meta.base}")
@@ -166,9 +217,39 @@ class Driver:
             raise Conflict(f"{rootfs}/{layer.UPPER} and work belong to {owners[0].st_uid}:{owners[0].st_gid}, "
                            f"not to container root {uid}:{gid}",
                            "adopt it as it was created: with --unprivileged if its ids are mapped, without if not")
-        if register:
-            self.register(Registration(name, rootfs, runtime, lxcpath))
+        if register:  # the admin's word: the record of what the layer runs on is what it says now
+            self.register(chosen, replace=True)
         return meta
+
+    def check_place(self, name: str, rootfs: str, lxcpath: str | None, adopt: bool) -> None:
+        """Refuse a rootfs (a panel's --dir or -P) in the store, in a daemon's storage, in or around another
+        container's layer, or (adopt) another container's very layer while that container still exists: its
+        changes are not this one's to read, and removing this container (lxc-destroy) would remove them."""
+        real = os.path.realpath(rootfs)
+
+        def within(inner: str, outer: str) -> bool:
+            return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+        for top, what in [(self.store.root, f"pycor's store {self.store.root}")] + [(d, f"{d}, the daemon's own storage")
+                                                                                   for d in layer.DAEMON_DIRS]:
+            if within(real, os.path.realpath(top)):
+                raise Conflict(f"container {name}: its rootfs {rootfs} would be in {what}",
+                               "give a directory of its own (--dir, -P) outside it")
+        for reg in self.registrations():
+            theirs = os.path.realpath(reg.rootfs)
+            if real == theirs and not adopt:
+                continue  # its own path: create's own checks refuse a name taken, or a layer left there (--adopt)
+            if real == theirs:
+                lost = reg.runtime == "lxc" and reg.lxcpath is not None and \
+                    not os.path.exists(os.path.join(reg.lxcpath, reg.name, "config"))
+                if (reg.name == name and reg.lxcpath == lxcpath) or lost:
+                    continue  # its own layer, or that of a container whose config was lost: what --adopt is for
+                raise Conflict(f"container {name}: the layer in {rootfs} is container {reg.name}'s, which still exists",
+                               f"adopt a layer only when its container's config is lost; copy {reg.name} instead "
+                               f"('lxc-copy -n {reg.name} -N {name}')")
+            if within(real, theirs) or within(theirs, real):
+                raise Conflict(f"container {name}: its rootfs {rootfs} would be in or around container {reg.name}'s "
+                               f"layer ({reg.rootfs})", "give a directory of its own (--dir, -P) outside every container's")
 
     def volume_meta(self, rootfs: str) -> LayerMeta:
         fd = layer.open_rootfs(rootfs)
@@ -210,11 +291,15 @@ class Driver:
         return [s for s in runstate.running_states()
                 if s.name != other_than and os.path.realpath(s.rootfs) == real and is_live(s)]
 
-    def open_layer(self, name: str, rootfs: str) -> layer.OpenLayer:
-        """layer.OpenLayer, whose failure names an interrupted reset and the command that finishes it."""
+    def open_layer(self, name: str, rootfs: str, shown: str | None = None, changing: tuple[str, ...] = ()) -> layer.OpenLayer:
+        """layer.OpenLayer, whose failure names an interrupted reset and the command that finishes it, checked against
+        what its creator chose (check_choices). name: as its run state and registration know it; shown: in messages;
+        changing: choices the caller is about to record anew (`pycor set`: a run killed between its two writes is
+        finished by running it again)."""
         try:
-            return layer.OpenLayer(rootfs)
+            lay = layer.OpenLayer(rootfs)
         except PycorError:
+            name = shown or name
             aside = [d for d in (layer.UPPER, layer.WORK) if os.path.lexists(os.path.join(rootfs, d + layer.RESET_ASIDE))]
             if aside:
                 owner = name
@@ -223,20 +308,64 @@ class Driver:
                 raise PycorError(f"container {owner}: a 'pycor reset' was interrupted ({rootfs}/{aside[0]}{layer.RESET_ASIDE} "
                                  "holds the changes it was discarding)", f"finish it: 'pycor reset {owner}'") from None
             raise
+        try:
+            self.check_choices(name, lay, shown or name, changing)
+        except BaseException:
+            lay.__exit__()
+            raise
+        return lay
+
+    def _registration_path(self, name: str, rootfs: str) -> str:
+        return os.path.join(self.registry_dir, runstate.volume_key(name, rootfs) + ".json")
+
+    def _registration(self, name: str, rootfs: str) -> Registration | None:
+        try:
+            return registration_from_json(read_json(self._registration_path(name, rootfs)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, PycorError):
+            return None  # damaged (the store is root's): the next start records it again
+
+    def check_choices(self, name: str, lay: layer.OpenLayer, shown: str, changing: tuple[str, ...] = ()) -> None:
+        """Refuse a layer.json that no longer says what the container was made with (base, ephemeral, size,
+        volumes): it belongs to the layer's owner, and a daemon writes into a stopped container's rootfs directory
+        (`lxc file push FILE NAME/.pycor/layer.json`), so pycor's record in the store (Registration) is the word."""
+        reg = self._registration(name, lay.rootfs)
+        if reg is None or reg.base is None or reg.identity != layer_identity(lay.rootfs_fd):
+            return  # not seen here yet, or a new container at an old one's path: its first start records it
+        changed = [d for d in reg.differences(lay.meta) if d.split(":")[0] not in changing]
+        if changed:
+            raise Damaged(f"container {shown}: {lay.rootfs}/{layer.META} no longer says what the container was made with "
+                          f"({'; '.join(changed)}): something other than pycor wrote it, such as a file pushed into "
+                          "its .pycor while it was stopped",
+                          f"put back what pycor wrote ({', '.join(f'{k}: {getattr(reg, k)!r}' for k in ('base', 'ephemeral', 'size', 'volumes'))}); "
+                          f"if this really is another container made by hand at the same path, remove {self._registration_path(name, lay.rootfs)}")
+
+    def record_choices(self, reg: Registration, meta: LayerMeta) -> None:
+        """Record what the admin chose for a layer (create, `pycor set`): its later layer.json must say the same."""
+        fd = layer.open_rootfs(reg.rootfs)
+        try:
+            self.register(reg.chosen(fd, meta), replace=True)
+        finally:
+            os.close(fd)
 
     def stopped_layer(self, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,
                       shown: str | None = None, open_layer: bool = True) -> StoppedLayer:
         """The one way to a writer of a container's layer (rebase, resolve --base, reset, commit): see StoppedLayer."""
         return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer)
 
-    def register(self, reg: Registration) -> None:
+    def register(self, reg: Registration, replace: bool = False) -> None:
+        """Remember a layer (gc, doctor and ls find it) and, with its identity, what it was made with. A record of
+        the same rootfs directory that already holds the choices is kept, unless replace (the admin's word)."""
         if (reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/")) or \
                 os.path.basename(os.path.dirname(reg.rootfs)) == layer.UPGRADE_DIR:
             return  # a builder's or an upgrade's throwaway container: never a layer or an lxcpath to remember
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.registry_dir, runstate.volume_key(reg.name, reg.rootfs) + ".json")
-        if os.path.exists(path):
-            return
+        path = self._registration_path(reg.name, reg.rootfs)
+        if not replace:
+            old = self._registration(reg.name, reg.rootfs) if os.path.exists(path) else None
+            if old is not None and (reg.identity is None or (old.identity == reg.identity and old.base is not None)):
+                return
         write_json(path, reg.to_json(), mode=0o600)
         if reg.lxcpath and reg.runtime == "lxc":
             self.store.remember_lxcpath(reg.lxcpath)  # gc looks for copies of layers there, even after this one goes
@@ -253,9 +382,8 @@ class Driver:
                 continue
             path = os.path.join(self.registry_dir, entry)
             try:
-                raw = read_json(path)
-                reg = Registration(str(raw["name"]), str(raw["rootfs"]), str(raw["runtime"]), raw.get("lxcpath"))
-            except (OSError, ValueError, KeyError, PycorError):
+                reg = registration_from_json(read_json(path))
+            except (OSError, ValueError, KeyError, TypeError, PycorError):
                 continue
             if layer.is_layer(reg.rootfs):
                 found.append(reg)
@@ -361,7 +489,7 @@ class Driver:
                     state = self._record_start(lay, name, idmap, monitor, version, held, unshifted)
             finally:
                 move.close()
-        self.register(Registration(name, rootfs, runtime, lxcpath))
+        self.register(Registration(name, rootfs, runtime, lxcpath).chosen(lay.rootfs_fd, lay.meta))
         return state
 
     def _record_start(self, lay: layer.OpenLayer, name: str, idmap: IdMap | None, monitor: tuple[int, int],
@@ -389,7 +517,8 @@ class Driver:
             lowers, views = [made[i] for i in ids], ids
         state = RunState(name, rootfs, meta.base, version, lowers, time.time(),
                          idmap.key if idmap is not None else None, views, monitor[0], monitor[1], held,
-                         self._mount_layer(lay, name, idmap, monitor) if unshifted and idmap is not None else None)
+                         self._mount_layer(lay, name, idmap, monitor) if unshifted and idmap is not None else None,
+                         layer.choices(meta))
         os.makedirs(runstate.RUN_CONTAINERS, mode=0o755, exist_ok=True)
         own = runstate.record_path(name, rootfs)
         if any(s.idmap for s in runstate.sweep_stale_records(skip=own)):
@@ -442,6 +571,9 @@ class Driver:
                 fds.append(src)
             fds[1:1] = layer.open_layer_dirs(src, rootfs)
             meta = layer.read_meta(src, rootfs)
+            if state.choices is not None and layer.choices(meta) != state.choices:
+                raise Damaged(f"container {name}: {rootfs}/{layer.META} changed while it started (something other than "
+                              "pycor wrote it, such as a file pushed into its .pycor)", "start it again")
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -769,7 +901,8 @@ class Driver:
         idmap = parse_idmap(idmap_text)
         lay, rootfs = held.layer, held.rootfs
         self.store.sweep_staging()  # first stops the throwaway container of a killed upgrade, if one still runs
-        upgrade.discard(rootfs)  # then removes the copy it worked on
+        upgrade.sweep()  # then removes its lxcpath
+        upgrade.discard(rootfs)  # and the copy it worked on
         meta = lay.meta
         with self.store.lock(exclusive=False):
             self.store.require(meta.base)
@@ -789,7 +922,10 @@ class Driver:
                 layer.write_meta(copy_rootfs, copy.meta.but(pin=target))  # the throwaway container runs on target
             with self.store.staging("upgrade") as st:
                 lxcpath = upgrade.prepare(self.store, meta.base, st, copy_rootfs, b_layers, idmap)
-                rc, unreached = upgrade.run(lxcpath)
+                try:
+                    rc, unreached = upgrade.run(lxcpath)
+                finally:
+                    upgrade.forget(lxcpath)
                 if rc != 0 or unreached:
                     raise upgrade.failed(rc, unreached)
             upgrade.tidy(copy_rootfs, b_layers, had_policy)
@@ -871,15 +1007,15 @@ class Driver:
         reconcile.write_findings(lay.rootfs_fd, record)
         return rel
 
-    def compare_with_base(self, rootfs: str, path: str, version: str) -> list[Difference]:
+    def compare_with_base(self, name: str, rootfs: str, path: str, version: str, shown: str) -> list[Difference]:
         """Where the base's view of path (at version) and the container's differ: diff.compare's Differences,
-        a the base's side, b the container's (a directory compared entry by entry)."""
+        a the base's side, b the container's (a directory compared entry by entry). The base is the one the
+        container was made on (open_layer): never another tenant's a pushed layer.json names."""
         from .diff import compare
 
-        meta = self.volume_meta(rootfs)
-        with self.store.lock(exclusive=False):
-            lowers = self.store.lower_stack(meta.base, version)
-        with layer.OpenLayer(rootfs) as lay:
+        with self.open_layer(name, rootfs, shown) as lay:
+            with self.store.lock(exclusive=False):
+                lowers = self.store.lower_stack(lay.meta.base, version)
             return compare(lowers, [lay.upper, *lowers], path.strip("/"))
 
     # -- moves in flight: what gc keeps while a merge runs without the store lock -------------------
@@ -987,7 +1123,7 @@ class StoppedLayer:
         try:
             self.driver.require_stopped(self.name, self.rootfs, runtime_state, self._what, self._how)
             if self._open:
-                self._layer = self.driver.open_layer(self.shown, self.rootfs)
+                self._layer = self.driver.open_layer(self.name, self.rootfs, self.shown)
                 self.driver.recover_volume(self._layer)
         except BaseException as e:
             self.__exit__(type(e))

@@ -18,6 +18,7 @@ import os
 import sys
 
 from .errors import PycorError
+from .names import printable
 
 HOOKS = ("pre-start", "pre-mount", "post-stop")
 
@@ -197,7 +198,7 @@ def main(hook: str, argv: list[str] | None = None) -> int:
             text = str(e)
         else:  # a damaged record under /run/pycor or the store
             text = f"unreadable pycor record ({type(e).__name__}: {e})"
-        line = f"pycor-{hook}: container {who}: {text}"
+        line = printable(f"pycor-{hook}: container {who}: {text}", 1 << 16)  # a log line: nothing a terminal acts on
         # LXC files a hook's stdout in the container's log (lxc-start -o, at
         # INFO level) and passes stderr to lxc-start's own: say it on both.
         print(line, file=sys.stderr, flush=True)

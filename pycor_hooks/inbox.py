@@ -39,6 +39,7 @@ import time
 from . import faults, linux
 from .errors import PycorError
 from .layer import PYCOR_DIR, beside, give_to_owner, owner_at
+from .names import PATH_SHOWN, printable
 
 INBOX = f"{PYCOR_DIR}/inbox"
 REJECTED = "rejected"
@@ -294,7 +295,7 @@ def summary(work: Replay) -> str:
     line = f"put {len(work.done)} path(s) pushed while it was stopped in place"
     if work.rejected:
         where, why = work.rejected[0]
-        line += (f"; {len(work.rejected)} could not go in place ({where}: {why}) and are kept in "
+        line += (f"; {len(work.rejected)} could not go in place ({printable(where, PATH_SHOWN)}: {why}) and are kept in "
                  f"{INBOX}/{REJECTED} ('pycor ls' counts them)")
     return line
 

@@ -20,9 +20,11 @@ import os
 import stat
 import sys
 
+from . import lxcconfig
 from .errors import PycorError
 
 HOOKS = ("pycor-pre-start", "pycor-pre-mount", "pycor-post-stop")
+SECCOMP = lxcconfig.SECCOMP
 TEMPLATE = "lxc-pycor"
 LXC_HOOKS_DIR = "/usr/share/lxc/hooks"
 LXC_TEMPLATES_DIR = "/usr/share/lxc/templates"
@@ -252,5 +254,10 @@ def install(hooks_dir: str = LXC_HOOKS_DIR, templates_dir: str = LXC_TEMPLATES_D
             text = render(f.read(), python, hooks_dir, folder)
         target = os.path.join(dest, name)
         write_executable(target, text)
+        written.append(target)
+    with open(os.path.join(src, "hooks", SECCOMP), encoding="utf-8") as f:
+        target = os.path.join(hooks_dir, SECCOMP)
+        write_executable(target, f.read())
+        os.chmod(target, 0o644)
         written.append(target)
     return written

@@ -36,6 +36,8 @@ RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (v
 # The namespace a layer's overlay xattrs are in (trusted.overlay.*: a privileged mount; user.overlay.*: userxattr),
 # or a conversion under way between them, phase 1 or 2 (see ovlxattr.py).
 XATTR_STATES = ("trusted", "user", "trusted>user:1", "trusted>user:2", "user>trusted:1", "user>trusted:2")
+# Daemon folders whose storage pools hold instance rootfs directories (LXD deb, LXD snap, Incus).
+DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
 UPGRADE_DIR = ".pycor-upgrade"  # beside .pycor: the copy an upgrade works on (upgrade.py), and its throwaway container
 
 
@@ -67,6 +69,11 @@ class LayerMeta(Record):
     def but(self, **changes: Any) -> LayerMeta:
         """A copy with some fields changed: every other field (volumes, ...) kept."""
         return LayerMeta(**{**self.to_json(), **changes})
+
+
+def choices(meta: LayerMeta) -> str:
+    """What its creator chose for a layer (base, in-memory layer, size, volumes), as one comparable text."""
+    return flatjson.dumps({"base": meta.base, "ephemeral": meta.ephemeral, "size": meta.size, "volumes": meta.volumes})
 
 
 def rootfs_dir(path: str) -> str:
@@ -161,6 +168,9 @@ def read_meta_stat(rootfs_fd: int, rootfs: str) -> tuple[LayerMeta, os.stat_resu
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PycorError(f"{where} is not a regular file", "something replaced the container's layer metadata; recreate it")
+        if st.st_nlink != 1:  # linked from the container's own files (a daemon's SFTP links), it could write it running
+            raise PycorError(f"{where} has {st.st_nlink} names: something linked it into the container's files",
+                             "copy it to a file of its own (cp layer.json x && mv x layer.json)")
         data = f.read(META_LIMIT + 1)
     if len(data) > META_LIMIT:
         raise PycorError(f"{where} is larger than {META_LIMIT} bytes", "it was not written by pycor")

@@ -27,10 +27,7 @@ from collections.abc import Iterable, Iterator
 from . import lxc
 from .driver import Driver
 from .errors import PycorError
-from .layer import LayerMeta, is_layer
-
-# Daemon folders whose storage pools hold instance rootfs directories (LXD deb, LXD snap, Incus).
-DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
+from .layer import DAEMON_DIRS, LayerMeta, is_layer
 
 
 def layer_versions(meta: LayerMeta) -> set[str]:

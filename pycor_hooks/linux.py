@@ -171,6 +171,7 @@ SIGKILL = 9
 
 STATX_TYPE = 0x1
 STATX_INO = 0x100
+STATX_BTIME = 0x800
 STATX_ATTR_MOUNT_ROOT = 0x2000
 _STATX_SIZE = 256  # struct statx is 256 bytes; we read stx_attributes (8) and stx_attributes_mask (56)
 
@@ -276,6 +277,17 @@ def statx_attributes(dirfd: int, path: str, flags: int = AT_SYMLINK_NOFOLLOW | A
     (attributes,) = struct.unpack_from("=Q", buf, 8)
     (mask,) = struct.unpack_from("=Q", buf, 56)
     return attributes, mask
+
+
+def birth_time(fd: int) -> int | None:
+    """When the file of fd was created (ns since the epoch), or None where the filesystem does not say."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, buf), None, "statx")
+    (mask,) = struct.unpack_from("=I", buf, 0)
+    if not mask & STATX_BTIME:
+        return None
+    sec, nsec = struct.unpack_from("=qI", buf, 80)  # stx_btime: tv_sec, tv_nsec
+    return int(sec) * 1_000_000_000 + int(nsec)
 
 
 def set_pdeathsig(sig: int) -> None:

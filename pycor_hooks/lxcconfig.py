@@ -34,6 +34,11 @@ _SEPARATORS = frozenset("\x85\u2028\u2029")  # what str.splitlines() also breaks
 _SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
 
 
+# The seccomp policy of a container with volumes, beside the hooks: LXC's common one and btrfs's subvolume and
+# snapshot creation (BTRFS_IOC_SNAP_CREATE, SUBVOL_CREATE and their _V2) refused: a volume lies on the layer's own
+# filesystem, and a subvolume made in it would escape the layer's qgroup limit
+SECCOMP = "pycor.seccomp"
+
 def check_value(value: str, what: str = "value") -> str:
     """value, if it can be one LXC config value (or one template argument LXC copies into a comment line)."""
     if not isinstance(value, str):

@@ -32,6 +32,7 @@ def check_version(version: str) -> str:
 
 
 TEXT_MAX = 1024
+PATH_SHOWN = 8192  # a container path as pycor shows it (printable()): a tenant names its own files
 
 
 def printable(text: object, limit: int = TEXT_MAX) -> str:

@@ -54,7 +54,7 @@ from collections.abc import Iterator
 
 from . import linux, merge
 from .diff import LowerStack, file_type, is_opaque_at
-from .errors import Conflict, Damaged
+from .errors import Conflict, Damaged, PycorError
 from .fsutil import same_content, walk
 from .layer import give_to_owner, owner_at
 from .overlay import stat_is_whiteout
@@ -758,14 +758,66 @@ def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
         os.close(pycor)
 
 
+PLAN_LIMIT = 64 << 20  # bytes: a plan names each path it changes once
+_PLAN_FIELDS = {"target": 2, "replace": 3, "drop": 2, "unopaque": 2, "mkdir": 5, "whiteout": 4}
+
+
+def _below_upper(rel: str) -> bool:
+    """A path below upper as pycor writes one into a plan: relative, no empty, '.' or '..' part."""
+    return bool(rel) and all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def read_plan(rdir: int) -> list[list[str]]:
+    """The committed plan's records, each checked: the plan lies in .pycor, which belongs to the layer's owner and
+    which a daemon's file push writes, and host root carries it out. Raises Damaged, having done nothing, for
+    anything pycor would not have written: a staged file is named by its number in the plan's folder, every path
+    is one below upper, modes and ids are in range."""
+    from .names import check_version
+
+    fd = os.open(PLAN, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=rdir)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Damaged(f"{RECONCILE_DIR}/{PLAN} is not a regular file", _PLAN_FIX)
+        data = f.read(PLAN_LIMIT + 1)
+    try:
+        if len(data) > PLAN_LIMIT:
+            raise ValueError(f"larger than {PLAN_LIMIT} bytes")
+        records = list(_records(data))
+        for fields in records:
+            if _PLAN_FIELDS.get(fields[0]) != len(fields):
+                raise ValueError(f"a record {fields[0][:20]!r} of {len(fields)} fields")
+            if fields[0] == "target":
+                check_version(fields[1])
+                continue
+            if fields[0] == "replace" and not (fields[1].isdigit() and fields[1].isascii()):
+                raise ValueError(f"a staged file named {fields[1][:80]!r}")
+            rel = fields[2] if fields[0] == "replace" else fields[1]
+            if not _below_upper(rel):
+                raise ValueError(f"a path {rel[:200]!r}")
+            numbers = fields[2:] if fields[0] in ("mkdir", "whiteout") else []  # MODE UID GID, UID GID
+            if not all(n.isdigit() and n.isascii() for n in numbers):
+                raise ValueError(f"a mode or id {numbers!r}")
+            if fields[0] == "mkdir" and int(fields[2]) > 0o7777:
+                raise ValueError(f"a mode {fields[2]}")
+            if fields[0] in ("mkdir", "whiteout") and any(int(n) > ID_MAX for n in fields[-2:]):
+                raise ValueError(f"an id out of range in {fields[-2:]}")
+    except (ValueError, PycorError) as e:
+        raise Damaged(f".pycor/{RECONCILE_DIR}/{PLAN} was not written by pycor ({e})", _PLAN_FIX) from None
+    return records
+
+
+_PLAN_FIX = ("remove .pycor/reconcile in the container's rootfs directory (the interrupted move is then dropped, "
+             "as 'pycor reset' would drop it) and start it again: it moves afresh")
+ID_MAX = (1 << 32) - 2
+
+
 def _carry_out(pycor: int, upper_fd: int) -> str:
     """Do what a committed plan says (each step is skipped when already done), then remove the plan."""
     from . import faults
 
     rdir = os.open(RECONCILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pycor)
     try:
-        with os.fdopen(os.open(PLAN, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=rdir), "rb") as f:
-            records = list(_records(f.read()))
+        records = read_plan(rdir)
         target = ""
         for fields in records:
             if fields[0] == "target":
@@ -946,6 +998,11 @@ def take_base(upper_fd: int, rel: str, b_layers: list[str]) -> tuple[list[str], 
 # -- the conflicts record ------------------------------------------------------------------------
 
 
+FINDINGS_LIMIT = 4 << 20
+_FINDINGS_FIX = ("remove it (.pycor/conflicts.json in the container's rootfs directory): "
+                 "the next move reports what still conflicts")
+
+
 def read_findings(rootfs_fd: int) -> dict:
     """{"from": A, "to": B, "findings": [...]} of the layer's reconciliations, or an empty record."""
     pycor = _open_pycor(rootfs_fd)
@@ -957,10 +1014,23 @@ def read_findings(rootfs_fd: int) -> dict:
         os.close(pycor)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise Damaged(f"{CONFLICTS} is not a regular file")
-        raw = json.loads(f.read(4 << 20) or b"{}")
-    if not isinstance(raw, dict) or not isinstance(raw.get("findings", []), list):
-        raise Damaged(f"{CONFLICTS} was not written by pycor")
+            raise Damaged(f"{CONFLICTS} is not a regular file", _FINDINGS_FIX)
+        data = f.read(FINDINGS_LIMIT + 1)
+    # The file is the layer owner's, and a daemon's file push into the stopped container writes it: every
+    # reader (ls, doctor, a start's move) gets this shape or Damaged, never a crash.
+    try:
+        if len(data) > FINDINGS_LIMIT:
+            raise ValueError(f"larger than {FINDINGS_LIMIT} bytes")
+        raw = json.loads(data or b"{}")
+        findings = raw.get("findings", []) if isinstance(raw, dict) else None
+        if not isinstance(findings, list) or not all(
+                isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("kind"), str)
+                and isinstance(f.get("detail", ""), str) for f in findings):
+            raise ValueError("not pycor's findings")
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the json module goes
+        raise Damaged(f"{CONFLICTS} was not written by pycor", _FINDINGS_FIX) from None
+    for f in findings:
+        f.setdefault("detail", "")
     return raw
 
 

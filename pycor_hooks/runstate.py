@@ -36,7 +36,7 @@ class RunState(Record):
     """What pre-start resolved for one start of one container."""
 
     __slots__ = ("name", "rootfs", "base", "version", "lowerdirs", "started", "idmap", "views", "monitor", "monitor_start", "held",
-                 "layer_mount")
+                 "layer_mount", "choices")
     name: str
     rootfs: str
     base: str
@@ -51,12 +51,15 @@ class RunState(Record):
     # unprivileged on a daemon's idmapped storage (its layer unshifted on disk): the idmapped mount of its
     # rootfs directory pre-mount takes upper and work from (idmap.mount_layer), else None
     layer_mount: str | None
+    # what pre-start checked layer.json to say (layer.choices): pre-mount mounts only a layer.json that still says it
+    # (a daemon writes into the rootfs directory of a container that is starting as of one that is stopped)
+    choices: str | None
 
     def __init__(self, name: str, rootfs: str, base: str, version: str, lowerdirs: list[str], started: float,
                  idmap: str | None, views: list[str], monitor: int, monitor_start: int, held: str | None,
-                 layer_mount: str | None = None) -> None:
+                 layer_mount: str | None = None, choices: str | None = None) -> None:
         super().__init__(name, rootfs, base, version, lowerdirs, started, idmap, views, monitor, monitor_start, held,
-                         layer_mount)
+                         layer_mount, choices)
 
 
 def run_state_from_json(raw: dict) -> RunState:
@@ -65,7 +68,8 @@ def run_state_from_json(raw: dict) -> RunState:
                     str(raw["idmap"]) if raw.get("idmap") else None, [str(v) for v in raw.get("views", [])],
                     int(raw.get("monitor", 0)), int(raw.get("monitor_start", 0)),
                     str(raw["held"]) if raw.get("held") else None,
-                    str(raw["layer_mount"]) if raw.get("layer_mount") else None)
+                    str(raw["layer_mount"]) if raw.get("layer_mount") else None,
+                    str(raw["choices"]) if raw.get("choices") else None)
 
 
 def release_layer_mount(state: RunState) -> None:

@@ -137,6 +137,8 @@ class LxcRuntime(Runtime):
     def create(self, want: ContainerSpec, driver: Driver, template: str | None = None) -> None:
         """lxc-create -t pycor; --size on disk makes the rootfs a btrfs subvolume (checked before anything is made)."""
         driver.store.require(want.base)
+        # before lxc-create, whose cleanup of a failed create removes the rootfs directory it was given
+        driver.check_place(want.name, want.rootfs or os.path.join(self.lxcpath, want.name, "rootfs"), self.lxcpath, want.adopt)
         if want.pin:
             driver.store.version(want.base, want.pin)
         backing = None

@@ -128,6 +128,8 @@ def lxc_lines(spec: ContainerSpec, rootfs: str, base_lxc: list[str], hooks_dir: 
     lines.extend(lxcconfig.base_line(text) for text in base_lxc)
     if spec.ephemeral:
         lines.append(lxcconfig.line("lxc.ephemeral", "1"))
+    elif spec.volumes:  # on the layer's own filesystem: no subvolume made in one escapes its limit (install.SECCOMP)
+        lines.append(lxcconfig.line("lxc.seccomp.profile", os.path.join(hooks_dir, lxcconfig.SECCOMP)))
     return lines
 
 

@@ -28,8 +28,10 @@ breaks, a kill) leaves the container exactly as it was; what a killed run
 leaves in ROOTFS/.pycor-upgrade is removed by the next one (and is never
 seen by the container: the overlay is mounted over ROOTFS). The throwaway
 container's config lives in a staging directory of the store, whose
-recovery stops it if the command was killed. Its lxcpath is never recorded
-as one pycor has seen.
+recovery stops it if the command was killed; its lxcpath is host root's,
+under /run/pycor/upgrades: nothing host root reads as config is ever in the
+container's rootfs directory, which a daemon's file API writes while the
+container is stopped. Its lxcpath is never recorded as one pycor has seen.
 
 Not a hot path: the CLI uses this, never a hook.
 """
@@ -46,6 +48,7 @@ from . import builder, layer, linux
 from .errors import PycorError, Unsupported
 from .idmap import IdMap
 from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
+from .staging import RUN_UPGRADES
 from .store import Store, hooks_dir
 
 SCRATCH = layer.UPGRADE_DIR  # beside .pycor in the container's rootfs directory
@@ -180,28 +183,52 @@ def config(store: Store, base: str, rootfs: str, support: str, view: list[str], 
 def prepare(store: Store, base: str, staging: str, rootfs: str, b_layers: list[str], idmap: IdMap | None) -> str:
     """The throwaway container for the copy at rootfs; returns its lxcpath.
 
-    Its config and the builder's files live beside the copy, in ROOTFS/.pycor-upgrade, where an
-    unprivileged container's root reaches them (LXC refuses a container directory it cannot reach,
-    and the store is root's alone); staging/lxc links there, so the store's recovery stops the
-    container if this command is killed.
+    Its lxcpath and config are host root's, in RUN_UPGRADES (an unprivileged container's root must
+    traverse its container directory; the store is root's alone), never in ROOTFS: a daemon's file
+    API writes into a stopped container's rootfs directory, so a config there could gain a hook
+    line between this write and LXC's read, and a link there could lead the store's recovery to
+    another lxcpath. staging/lxc links there, so the store's recovery stops the container if this
+    command is killed. The builder's files (bind mount sources) are staged with it, unless the
+    container is unprivileged: its root must reach and write them, so they live beside the copy in
+    ROOTFS/.pycor-upgrade (LXC resolves those sources as that root).
     """
-    support = os.path.dirname(rootfs)
+    support = os.path.dirname(rootfs) if idmap is not None else staging
     builder.write_builder_files(support)
-    lxcpath = os.path.join(support, "lxc")
-    os.mkdir(lxcpath, 0o755)
-    os.mkdir(os.path.join(lxcpath, NAME), 0o770)
+    os.makedirs(RUN_UPGRADES, 0o711, exist_ok=True)
+    os.chmod(RUN_UPGRADES, 0o711)
+    lxcpath = os.path.join(RUN_UPGRADES, os.path.basename(staging))
+    os.mkdir(lxcpath, 0o711)
+    os.symlink(lxcpath, os.path.join(staging, "lxc"))
+    os.mkdir(os.path.join(lxcpath, NAME), 0o711)
     if idmap is not None:
         uid, gid = idmap.root()
-        os.chown(os.path.join(lxcpath, NAME), uid, gid)  # as lxc-create leaves an unprivileged container's directory
         for folder, _, files in os.walk(os.path.join(support, builder.APT_DIR)):
             for path in [folder, *(os.path.join(folder, f) for f in files)]:
                 os.chown(path, uid, gid, follow_symlinks=False)  # apt writes its lists and downloads there
     view = [os.path.join(rootfs, layer.UPPER), *b_layers]
-    fd = os.open(os.path.join(lxcpath, NAME, "config"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    fd = os.open(os.path.join(lxcpath, NAME, "config"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(config(store, base, rootfs, support, view, idmap))
-    os.symlink(lxcpath, os.path.join(staging, "lxc"))
     return lxcpath
+
+
+def forget(lxcpath: str) -> None:
+    """Remove the throwaway container's lxcpath (its container has stopped)."""
+    shutil.rmtree(lxcpath, ignore_errors=True)
+
+
+def sweep() -> None:
+    """Remove the lxcpaths killed upgrades left in RUN_UPGRADES (named after their staging: LABEL.PID.RANDOM).
+
+    Run after the store's sweep_staging, which stops their containers."""
+    try:
+        entries = os.listdir(RUN_UPGRADES)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        parts = entry.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
+            forget(os.path.join(RUN_UPGRADES, entry))
 
 
 def run(lxcpath: str) -> tuple[int, list[str]]:

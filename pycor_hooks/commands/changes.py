@@ -7,7 +7,7 @@ import argparse
 from .. import layer, locks
 from ..driver import Driver
 from ..errors import PycorError
-from ..names import check_name, check_version
+from ..names import PATH_SHOWN, check_name, check_version, printable
 from ..units import human_size
 from ._common import add_format, add_images, add_lxcpath, emit, find_container, note_pending, note_volumes, stopped
 
@@ -44,7 +44,7 @@ def diff(args: argparse.Namespace, driver: Driver) -> None:
     # ids as the container saw them: an unshifted layer (a daemon's idmapped rootfs) already holds them
     idmap = IdMap.parse_lxc_config((c.rt.idmap(c.name) if c.rt.shifted(c.name) else None) or "")
     # under the layer lock, a reset or a start cannot swap upper or the version between the check and the walk
-    with locks.layer_lock(c.rootfs), layer.OpenLayer(c.rootfs) as lay:
+    with locks.layer_lock(c.rootfs), driver.open_layer(c.lxc_name, c.rootfs, c.name) as lay:
         version = driver.volume_version(lay.meta, driver.run_state(c.lxc_name, c.rootfs))  # a live one says it runs
         namespace = driver.settle_xattrs(lay, None, f"container {c.name}")  # opaque as its own mount reads it
         with driver.store.lock(exclusive=False):  # gc cannot remove the version while it is read
@@ -57,7 +57,7 @@ def diff(args: argparse.Namespace, driver: Driver) -> None:
         return
     marks = {"added": "A", "changed": "C", "deleted": "D", "replaced": "R"}
     for ch in changes:
-        print(f"{marks[ch.kind]} {ch.path}{'/' if ch.type == 'dir' else ''}")
+        print(f"{marks[ch.kind]} {printable(ch.path, PATH_SHOWN)}{'/' if ch.type == 'dir' else ''}")  # names are the tenant's
 
 
 def commit(args: argparse.Namespace, driver: Driver) -> None:

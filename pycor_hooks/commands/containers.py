@@ -10,7 +10,7 @@ from .. import layer, runtime
 from ..driver import Driver
 from ..errors import Conflict, NotFound, PycorError
 from ..fsutil import disk_usage
-from ..names import check_name
+from ..names import PATH_SHOWN, check_name, printable
 from ..units import human_size
 from ._common import add_format, add_lxcpath, all_containers, emit, find_container, lxcpath_of
 
@@ -89,7 +89,7 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
         row["rejected_pushes"] = len(kept)
         if kept:
             notes.append(f"{c.name}: {len(kept)} file(s) pushed while it was stopped could not be put in place "
-                         f"(first: {kept[0]}); kept in {c.rootfs}/.pycor/inbox/rejected (see 'pycor doctor')")
+                         f"(first: {printable(kept[0], PATH_SHOWN)}); kept in {c.rootfs}/.pycor/inbox/rejected (see 'pycor doctor')")
         rows.append(row)
     if args.format != "json":
         for r in rows:
@@ -103,7 +103,7 @@ def ls(args: argparse.Namespace, driver: Driver) -> None:
                       ("state", "STATE"), ("changes", "CHANGES"), ("quota", "USED/LIMIT"), ("conflicts", "CONFLICTS")])
     for r in rows:
         if r["damaged"] and args.format != "json":
-            print(f"{r['name']}: {r['detail']}", file=sys.stderr)
+            print(f"{r['name']}: {printable(r['detail'], PATH_SHOWN)}", file=sys.stderr)
     if args.format != "json":
         for note in notes:
             print(note, file=sys.stderr)
@@ -128,10 +128,12 @@ def set_(args: argparse.Namespace, driver: Driver) -> None:
         key, sep, value = item.partition("=")
         if not sep or key != "size":
             raise PycorError(f"unknown setting {item!r}", "pycor set NAME size=10GiB (or size= to remove the limit)")
-        meta = driver.volume_meta(c.rootfs)
+        with driver.open_layer(c.lxc_name, c.rootfs, c.name, changing=("size",)) as lay:  # one pycor did not write: refused
+            meta = lay.meta
         size = parse_size(value) if value else None
         if meta.ephemeral:
             layer.write_meta(c.rootfs, meta.but(size=size))
+            driver.record_choices(c.registration(), meta.but(size=size))  # its next start checks layer.json against it
             print(f"container {c.name}: in-memory layer {'limited to ' + human_size(size) if size else 'unlimited'} "
                   "from its next start")
             continue

@@ -9,7 +9,7 @@ import sys
 from .. import layer
 from ..driver import Driver
 from ..errors import PycorError
-from ..names import check_name, check_version
+from ..names import PATH_SHOWN, check_name, check_version, printable
 from ..reconcile import HOLDING, holding_message
 from ..runtime import Container
 from ._common import add_format, add_lxcpath, all_containers, emit, find_container, stopped
@@ -111,7 +111,7 @@ def print_findings(rows: list[dict]) -> None:
     marks = {"merged": "M", "dropped": "D", "conflict": "C", "collision": "!", "breaks": "B", "unopaque": "O",
              "whiteout": "W", "upgraded": "U", "held": "H"}
     for r in rows:
-        print(f"  {marks.get(r['kind'], '?')} {r['path']}: {r['detail']}")
+        print(f"  {marks.get(r['kind'], '?')} {printable(r['path'], PATH_SHOWN)}: {printable(r['detail'], PATH_SHOWN)}")
     if not rows:
         print("  no path changed on both sides")
 
@@ -151,8 +151,8 @@ def print_base_diff(driver: Driver, c: Container, path: str) -> None:
     meta = driver.volume_meta(c.rootfs)
     version = driver.volume_version(meta, driver.run_state(c.lxc_name, c.rootfs) if c.state == "RUNNING" else None)
     base_name, ours_name = f"base {meta.base} version {version}", f"container {c.name}"
-    for d in driver.compare_with_base(c.rootfs, rel, version):
-        shown = "/" + d.path
+    for d in driver.compare_with_base(c.lxc_name, c.rootfs, rel, version, c.name):
+        shown = printable("/" + d.path, PATH_SHOWN)
         if d.kind == "only in a":
             print(f"only in the {base_name}: {shown}")
         elif d.kind == "only in b":
@@ -176,14 +176,14 @@ def resolve(args: argparse.Namespace, driver: Driver) -> None:
     else:
         driver.keep_conflict(c.rootfs, args.path)
         replaced, kept, deleted = [], [], []
-    print(f"container {c.name}: {args.path} " + ("now shows the base's version" if args.base else "keeps the container's version"))
+    print(f"container {c.name}: {printable(args.path, PATH_SHOWN)} " + ("now shows the base's version" if args.base else "keeps the container's version"))
     for title, paths in (("the container's copy removed, the base's shows", replaced),
                          ("the container's own, kept (the base has none)", kept),
                          ("the container's own, removed (the base has no directory there)", deleted)):
         if paths:
             print(f"  {title}: {len(paths)}")
             for p in paths:
-                print(f"    {p}")
+                print(f"    {printable(p, PATH_SHOWN)}")
 
 
 def arguments(command: str, p: argparse.ArgumentParser) -> None:

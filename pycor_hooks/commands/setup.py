@@ -7,6 +7,7 @@ import argparse
 from .. import runtime
 from ..driver import Driver
 from ..errors import PycorError
+from ..names import printable
 from ._common import add_format, emit, lxcpath_of
 
 
@@ -21,7 +22,8 @@ def doctor(args: argparse.Namespace, driver: Driver) -> None:
         emit(args, [r.to_json() for r in results], [])
     else:
         for r in results:
-            print(f"{'ok ' if r.ok else 'MISS'} {r.name}: {r.detail}" + ("" if r.ok or not r.fix else f"\n     fix: {r.fix}"))
+            print(f"{'ok ' if r.ok else 'MISS'} {r.name}: {printable(r.detail, 1 << 16)}"
+                  + ("" if r.ok or not r.fix else f"\n     fix: {printable(r.fix, 1 << 16)}"))
     if any(not r.ok and r.required for r in results):
         raise PycorError("pycor cannot work here until the misses marked required are fixed")
 
