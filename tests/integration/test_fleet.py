@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import uuid
 
 from helpers import PYCOR, run
 
@@ -109,3 +111,69 @@ cd {REPO} && {pycor} doctor --fleet 1000 --bridge tbr0 --format json || true
     assert dhcp["capacity"] == 1021
     ports = next(r for r in report["limits"] if r["limit"] == "bridge ports on tbr0")
     assert ports["capacity"] == 1023
+
+
+def test_lxd_up_with_pycor_ksm_starts_a_daemon_whose_container_monitors_merge_equal_pages(tmp_path):
+    """PYCOR_KSM=1 (a second LXD daemon of the test's own, never the host's): the daemon runs under
+    prctl(PR_SET_MEMORY_MERGE), and so does each container's monitor, a forked daemon; ksmd runs."""
+    lxd_dir = f"/var/lib/pycor-test-lxd2-{uuid.uuid4().hex[:6]}"
+    bridge = f"tk{uuid.uuid4().hex[:6]}"
+    cidr = run(["bash", FLEET_NET, "cidr"]).stdout.strip()
+    env = dict(os.environ, LXD_DIR=lxd_dir, PYCOR_KSM="1", PYCOR_LXD_BRIDGE=bridge, PYCOR_LXD_BRIDGE_ADDR=cidr)
+    with open(KSM_RUN) as f:
+        ksm_before = f.read().strip()
+    os.mkdir(lxd_dir, 0o755)
+    try:
+        run(["bash", os.path.join(REPO, "scripts", "lxd-up.sh")], env=env, timeout=300)
+        (daemon,) = pids(f"lxd --group root --logfile {lxd_dir}/daemon.log")
+        assert merging(daemon)
+        with open(KSM_RUN) as f:
+            assert f.read().strip() == "1"
+        # a container whose init only sleeps: its monitor is the daemon forked and exec'd again
+        rootfs = tmp_path / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        (rootfs / "sbin").mkdir()
+        shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+        (rootfs / "sbin" / "init").write_text("#!/bin/busybox sh\nexec /bin/busybox sleep 1000000\n")
+        (rootfs / "sbin" / "init").chmod(0o755)
+        (tmp_path / "metadata.yaml").write_text("architecture: x86_64\ncreation_date: 1700000000\nproperties: {}\n")
+        run(["tar", "-cf", str(tmp_path / "image.tar"), "-C", str(tmp_path), "metadata.yaml", "rootfs"])
+        run(["lxc", "image", "import", str(tmp_path / "image.tar"), "--alias", "sleeper"], env=env)
+        run(["lxc", "launch", "sleeper", "k1"], env=env, timeout=120)
+        (monitor,) = pids(f"[lxc monitor] {lxd_dir}/containers k1")
+        assert merging(monitor)
+    finally:
+        subprocess.run(["lxc", "delete", "--force", "k1"], env=env, capture_output=True, timeout=120)
+        subprocess.run(["lxc", "network", "delete", bridge], env=env, capture_output=True, timeout=60)
+        subprocess.run(["lxd", "shutdown", "--timeout", "60"], env=env, capture_output=True, timeout=120)
+        for pid in pids(f"lxd --group root --logfile {lxd_dir}/daemon.log"):
+            os.kill(pid, 9)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if line.split()[4].startswith(lxd_dir)]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(lxd_dir, ignore_errors=True)
+        if ksm_before != "1":
+            with open(KSM_RUN, "w") as f:
+                f.write(ksm_before)
+    assert bridge not in run(["ip", "-o", "link"]).stdout
+
+
+KSM_RUN = "/sys/kernel/mm/ksm/run"
+
+
+def pids(cmdline_start: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().replace(b"\0", b" ").decode(errors="replace").startswith(cmdline_start):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def merging(pid: int) -> bool:
+    with open(f"/proc/{pid}/ksm_stat") as f:
+        return "ksm_merge_any: yes" in f.read()
