@@ -1,10 +1,13 @@
 """A fleet of booted containers on one host: the default base's per-container settings, the kernel limits
-scripts/sysctl-up.sh sets, and 'pycor doctor --fleet N''s verdict."""
+scripts/sysctl-up.sh sets, 'pycor doctor --fleet N''s verdict, and the fleet benchmark's own logic."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
+import sys
+from types import ModuleType
 
 import pytest
 
@@ -211,3 +214,57 @@ def test_dhcp_addresses_are_read_from_dnsmasqs_range_and_lease_cap():
     assert doctor.dnsmasq_addresses(wide, "dhcp-lease-max=1021\n") == 1021  # LXD's raw.dnsmasq
     assert doctor.dnsmasq_addresses(["dnsmasq", "--dhcp-range=10.23.0.2,10.23.3.254,1h", "--dhcp-lease-max=1021"]) == 1021
     assert doctor.dnsmasq_addresses(["dnsmasq", "--interface=br0"]) is None  # no DHCP there
+
+
+# -- benchmarks/fleet.py: its own logic ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet() -> ModuleType:
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("fleet_benchmark", os.path.join(REPO, "benchmarks", "fleet.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fleet_steps_end_at_max_n(fleet):
+    assert fleet.default_steps(2000)[:6] == [25, 50, 100, 150, 200, 300] and fleet.default_steps(2000)[-1] == 2000
+    assert fleet.default_steps(60) == [25, 50, 60]
+
+
+def test_fleet_gives_each_container_its_own_mac_and_a_bridge_per_1000(fleet):
+    macs = {fleet.mac(s, i) for s in range(6) for i in range(3000)}
+    assert len(macs) == 18000 and all(int(m.split(":")[0], 16) & 2 for m in macs)  # locally administered
+
+    class Net(fleet.Fleet):
+        def make_network(self, name: str) -> None:
+            made.append(name)
+
+    made: list[str] = []
+    system = type("S", (), {"name": "pycor-lxc"})()
+    net = Net(system, 0, None, "ab12")
+    assert net.network(0) == net.network(999) == "flab120n0" and net.network(1000) == "flab120n1" and len(made) == 2
+    assert all(len(n) <= 15 for n in made)  # a Linux interface name
+
+
+def test_fleet_criterion_names_the_first_condition_a_step_fails(fleet):
+    crit = fleet.Criterion(fleet.argparse.Namespace(time_base=120, time_per_container=2, psi_max=10, memavail_min=5, guard=3,
+                                                   idle=60, disk_reserve=15))
+    ok = {"n": 100, "guard": False, "oom_kills": 0, "late": [], "bad": [], "addresses": 100, "http_ok": 100,
+          "psi_some_avg10_max": 2.0, "memavailable_min_bytes": 4 * GiB, "memtotal_bytes": 24 * GiB}
+    assert crit.judge(ok) is None
+    assert crit.judge({**ok, "psi_some_avg10_max": 10.0}) == "psi"
+    assert crit.judge({**ok, "memavailable_min_bytes": GiB}) == "memavailable"
+    assert crit.judge({**ok, "http_ok": 99, "psi_some_avg10_max": 50}) == "http"  # the containers first, then memory
+    assert crit.judge({**ok, "late": ["f1"], "addresses": 0}) == "time"
+    assert crit.time_limit(100) == 320
+
+
+def test_fleet_reads_dnsmasq_leases_by_container_name(fleet, tmp_path):
+    leases = tmp_path / "leases"
+    leases.write_text("1796623963 02:fc:00:00:00:07 10.23.0.9 fpycorlxc7 01:02:fc:00:00:00:07\n"
+                      "1796623963 02:fc:00:00:00:08 10.23.0.10 * *\nbroken\n")
+    assert fleet.read_leases(str(leases)) == {"fpycorlxc7": "10.23.0.9"}
+    assert fleet.read_leases(str(tmp_path / "none")) == {}
