@@ -428,7 +428,7 @@ def judge(data: dict, crit: Criterion) -> None:
 
 
 def detail_of(why: str, p: dict) -> str:
-    return {"time": f"{len(p['late'])} of the step's {p['added']} not 'running' after {p['time_limit_s']:.0f} s: {p['late'][:5]}",
+    return {"time": f"{len(p['late'])} of the step's {p['added']} not 'running' after {p['time_limit_s']:.1f} s: {p['late'][:5]}",
             "state": f"{p['bad'][:5]}", "address": f"{p['addresses']} of {p['n']} have an address",
             "http": f"{p['http_ok']} of {p['n']} answer HTTP",
             "psi": f"memory PSI some avg10 reached {p['psi_some_avg10_max']:.1f} %",
