@@ -29,6 +29,7 @@ import platform
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,19 +50,19 @@ from pycor_hooks.versions import merged_view  # noqa: E402
 BOOT_TIMEOUT = 300
 SLOPES = ("page_cache_bytes", "shmem_bytes", "memavailable_drop_bytes", "cgroup_cache_bytes", "cgroup_anon_bytes")
 MEMORY_FLOOR = 0.15  # of MemTotal: stop growing N below it
-LXC_NET = ["lxc.net.0.type = veth", "lxc.net.0.link = lxcbr0", "lxc.net.0.flags = up"]
-NIC_PROFILE = "density-nic"
 
 
-def link_to_bridge(system: System, c: str) -> None:
-    """Give an LXC container LXC's default network: the systems make them without one."""
+def link_to_bridge(system: System, c: str, bridge: str = "lxcbr0", hwaddr: str | None = None) -> None:
+    """Give an LXC container a veth on bridge (LXC's default network: lxcbr0): the systems make them without one."""
     if not isinstance(system, LxcSystem):
         return  # LXD instances get eth0 from the project's profile
     config = os.path.join(system.ctx.lxcpath, c, "config")
     with open(config) as f:
         lines = [line for line in f.read().splitlines() if not re.match(r"\s*lxc\.net\.", line)]
+    lines += ["lxc.net.0.type = veth", f"lxc.net.0.link = {bridge}", "lxc.net.0.flags = up"]
+    lines += [f"lxc.net.0.hwaddr = {hwaddr}"] if hwaddr else []
     with open(config, "w") as f:
-        f.write("\n".join(lines + LXC_NET) + "\n")
+        f.write("\n".join(lines) + "\n")
 
 
 def init_pid(system: System, c: str) -> int:
@@ -83,18 +84,30 @@ def charged(pid: int) -> dict[str, int]:
     mount, path = ("/sys/fs/cgroup/memory", v1[0]) if v1 else ("/sys/fs/cgroup", next(p for h, _, p in lines if h == "0"))
     parts = path.strip("/").split("/")
     top = next((i for i, part in enumerate(parts) if part.startswith("lxc.payload")), len(parts) - 1)
-    with open(os.path.join(mount, *parts[:top + 1], "memory.stat")) as f:
+    return charges(os.path.join(mount, *parts[:top + 1]), bool(v1))
+
+
+def charges(cgroup: str, v1: bool) -> dict[str, int]:
+    """What the memory cgroup at folder cgroup (its children included) is charged: page cache (cache),
+    processes (anon), tmpfs (shmem), the page cache its processes map (mapped_file: what reclaim cannot
+    take without the container faulting it straight back) and kernel objects (kernel)."""
+    with open(os.path.join(cgroup, "memory.stat")) as f:
         stat = {k: int(v) for k, v in (line.split() for line in f if len(line.split()) == 2)}
     if v1:
-        return {"cache": stat["total_cache"] - stat["total_shmem"], "anon": stat["total_rss"], "shmem": stat["total_shmem"]}
-    return {"cache": stat["file"] - stat["shmem"], "anon": stat["anon"], "shmem": stat["shmem"]}
+        with open(os.path.join(cgroup, "memory.kmem.usage_in_bytes")) as f:
+            kernel = int(f.read())
+        return {"cache": stat["total_cache"] - stat["total_shmem"], "anon": stat["total_rss"], "shmem": stat["total_shmem"],
+                "mapped_file": stat["total_mapped_file"], "kernel": kernel}
+    return {"cache": stat["file"] - stat["shmem"], "anon": stat["anon"], "shmem": stat["shmem"],
+            "mapped_file": stat["file_mapped"], "kernel": stat.get("kernel", stat["slab"] + stat["kernel_stack"] + stat["pagetables"])}
 
 
-def boot_state(system: System, c: str) -> str:
+def boot_state(system: System, c: str, timeout: int = BOOT_TIMEOUT) -> str:
+    """What systemd in c says once it finished booting ('running', 'degraded'...), waiting up to timeout s."""
     try:
-        return system.sh(c, wait_for_boot_script(BOOT_TIMEOUT) + "; true").strip()
-    except RuntimeError as e:
-        return f"unreachable: {e}"
+        return system.sh(c, wait_for_boot_script(timeout) + "; true").strip() or "no answer"
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return f"unreachable: {str(e)[-200:]}"
 
 
 def measure_point(system: System, n: int, log) -> dict:  # type: ignore[no-untyped-def]
@@ -163,13 +176,19 @@ def measure_system(system: System, ns: list[int], log) -> dict:  # type: ignore[
     return {"system": system.name, "points": points, "per_container_bytes": {k: slope(per_n, k) for k in SLOPES}}
 
 
-def prepare(work: str, env: dict[str, str], project: str, base: str | None, log) -> Context:  # type: ignore[no-untyped-def]
-    for script in ("sysctl-up.sh", "lxc-net-up.sh"):  # inotify limits: Debian's allow about 17 booted containers
-        sh(["bash", os.path.join(os.path.dirname(HERE), "scripts", script)])
-    sh(["bash", os.path.join(os.path.dirname(HERE), "scripts", "lxd-up.sh")], timeout=300)
-    make_project(project, nic="lxdbr0")
+def prepare(work: str, env: dict[str, str], project: str, base: str | None, log,  # type: ignore[no-untyped-def]
+            nic: str | None = "lxdbr0", fleet_n: int | None = None, own_base: str = "density") -> Context:
+    """The host set up (kernel limits for fleet_n containers, lxc-net when nic is LXD's default bridge, LXD),
+    the run's LXD project (eth0 on nic, if given), the base (built as own_base if not given), and a copy of
+    its merged view for the systems that need their own."""
+    scripts = os.path.join(os.path.dirname(HERE), "scripts")
+    sh(["bash", os.path.join(scripts, "sysctl-up.sh"), *([str(fleet_n)] if fleet_n else [])])  # Debian's inotify limits boot ~17
+    if nic:
+        sh(["bash", os.path.join(scripts, "lxc-net-up.sh")])
+    sh(["bash", os.path.join(scripts, "lxd-up.sh")], timeout=300)
+    make_project(project, nic=nic)
     if base is None:
-        base = "density"
+        base = own_base
         suite = sh(["sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME"]).strip() or "bookworm"
         log(f"building the bootable base: debootstrap {suite}")
         t0 = time.perf_counter()

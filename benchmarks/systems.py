@@ -164,8 +164,12 @@ class LxcCopy(LxcFromSource):
 class LxdSystem(System):
     pool = "default"
 
-    def lxc(self, *args: str, check: bool = True) -> str:
-        return sh(["lxc", "--project", self.ctx.project, *args], check=check)
+    def lxc(self, *args: str, check: bool = True, timeout: float = 900) -> str:
+        return sh(["lxc", "--project", self.ctx.project, *args], check=check, timeout=timeout)
+
+    def init_options(self, c: str) -> list[str]:
+        """More 'lxc init' arguments for container c (the fleet benchmark's network and MAC address)."""
+        return []
 
     def start(self, c: str) -> None:
         self.lxc("start", c)
@@ -196,7 +200,7 @@ class PycorLxd(LxdSystem):
         sh(PYCOR + ["lxd", "init"], env=self.ctx.env)
 
     def create(self, c: str) -> None:
-        self.lxc("init", f"pycor/{self.ctx.base}", c, "--profile", "default", "--profile", "overlay")
+        self.lxc("init", f"pycor/{self.ctx.base}", c, "--profile", "default", "--profile", "overlay", *self.init_options(c))
 
 
 PLAIN = "bench-plain"
@@ -219,7 +223,7 @@ class LxdImage(LxdSystem):
         os.unlink(tarball)
 
     def create(self, c: str) -> None:
-        self.lxc("init", PLAIN, c, "-s", self.pool)
+        self.lxc("init", PLAIN, c, "-s", self.pool, *self.init_options(c))
 
 
 class LxdDir(LxdImage):
@@ -228,11 +232,12 @@ class LxdDir(LxdImage):
 
 class LxdBtrfs(LxdImage):
     name = "lxd-btrfs"
+    pool_gib = 24  # its loop file: sparse, it takes what the containers write
 
     def setup(self) -> None:
         self.pool = f"bench-btrfs-{self.ctx.project[-6:]}"
         if sh(["lxc", "storage", "show", self.pool], check=False) == "":
-            sh(["lxc", "storage", "create", self.pool, "btrfs", "size=24GiB"])
+            sh(["lxc", "storage", "create", self.pool, "btrfs", f"size={self.pool_gib}GiB"])
         super().setup()
 
     def disk(self, c: str) -> int:

@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field, replace
 
 from . import overlay
 from .driver import Driver
@@ -323,3 +324,218 @@ def quota_check(lxcpath: str | None) -> Check:
     kind, why = quota.backend(probe)
     return Check("disk quotas", kind is not None, f"containers in {path}: {why}",
                  "put the LXC path on btrfs, or on ext4 ('-O quota,project') / XFS mounted with prjquota", required=False)
+
+
+# -- pycor doctor --fleet N: the limit that stops N booted containers on this host ----------------------------
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class FleetNeeds:
+    """What one booted container of the default base takes from the host's shared budgets (Linux 6.18,
+    Debian 12, measured by benchmarks/fleet.py; another base or workload takes more)."""
+
+    memory: int = 19 * MiB  # MemAvailable it takes: processes 9.3, kernel objects (its own 3.6, the host's ~3), page cache ~1.1, monitor 0.4
+    disk: int = 10 * MiB  # its own layer once its journal is full (8 MiB cap); a full copy takes the base's size
+    tasks: int = 12  # systemd, journald, networkd, resolved, logind, dbus, nginx and a worker, getty; its monitor
+    tasks_booting: int = 40  # generators and short-lived units while it boots
+    ptys: int = 5  # LXC: its console and lxc.tty.max = 4 (LXC's common.conf); LXD and Incus: 1
+    inotify_instances: int = 9
+    inotify_watches: int = 31
+    keys: int = 17  # an unprivileged container's, on the one host uid every container with its idmap shares
+    key_bytes: int = 330
+
+
+LXD_MONITOR = 11 * MiB  # LXD's and Incus's per-container monitor is a forked daemon: ~11 (Incus ~13) MiB anonymous
+
+
+def fleet_needs(runtime: str) -> FleetNeeds:
+    if runtime == "lxc":
+        return FleetNeeds()
+    return replace(FleetNeeds(), memory=FleetNeeds().memory + LXD_MONITOR, ptys=1)
+
+
+FLEET_SYSCTLS = ("kernel.pid_max", "kernel.threads-max", "kernel.pty.max", "kernel.pty.reserve", "kernel.keys.maxkeys",
+                 "kernel.keys.maxbytes", "kernel.keys.root_maxkeys", "fs.inotify.max_user_instances",
+                 "fs.inotify.max_user_watches", "net.ipv4.neigh.default.gc_thresh3")
+BRIDGE_PORTS = 1023  # a Linux bridge's ports (BR_MAX_PORTS 1024, port 0 reserved): the 1024th veth gets EXFULL
+
+
+@dataclass
+class FleetHost:
+    """What this host offers a fleet (read_fleet_host reads it)."""
+
+    sysctl: dict[str, int | None] = field(default_factory=dict)
+    mem_total: int = 0
+    mem_available: int = 0
+    disk_free: int = 0
+    tasks: int = 0  # tasks running now
+    bridges: dict[str, int | None] = field(default_factory=dict)  # bridge: DHCP addresses its dnsmasq hands out (None: unknown)
+
+
+@dataclass(frozen=True)
+class FleetLimit:
+    name: str
+    kind: str  # memory, disk, kernel, network
+    value: int | None
+    capacity: int  # booted containers it lets this host run
+    fix: str
+
+    def to_json(self) -> dict:
+        return {"limit": self.name, "kind": self.kind, "value": self.value, "capacity": self.capacity, "fix": self.fix}
+
+
+def fleet_capacities(host: FleetHost, needs: FleetNeeds, n: int, privileged: bool, booting: int = 20,
+                     memory_floor: float = 0.05) -> list[FleetLimit]:
+    """Every limit as the number of booted containers it lets this host run, with the fix that lets n run.
+    Pure: host holds what was read."""
+    rows: list[FleetLimit] = []
+    s = host.sysctl
+
+    def add(name: str, kind: str, value: int | None, each: float, fixed: float, fix: str) -> None:
+        if value is not None and each > 0:
+            rows.append(FleetLimit(name, kind, value, max(0, int((value - fixed) // each)), fix))
+
+    def sysctl(key: str, each: float, fixed: float = 0) -> None:
+        need = int(fixed + each * n) + 1
+        add(key, "kernel", s.get(key), each, fixed,
+            f"sysctl -w {key}={need}, and the same in /etc/sysctl.d/ (pycor's scripts/sysctl-up.sh {n} does both)")
+
+    floor = int(memory_floor * host.mem_total)
+    add("memory", "memory", host.mem_available, needs.memory, floor,
+        f"about {needs.memory // MiB} MiB each, keeping {round(memory_floor * 100)} % of the memory free: more memory, "
+        "or fewer services in the base")
+    add("disk", "disk", host.disk_free, needs.disk, GiB, "more disk where the containers live")
+    busy = host.tasks + booting * needs.tasks_booting
+    sysctl("kernel.pid_max", needs.tasks, busy)
+    add("kernel.threads-max", "kernel", s.get("kernel.threads-max"), needs.tasks, busy, "more memory (the kernel sizes it from RAM)")
+    # every devpts but the host's own takes from kernel.pty.max less kernel.pty.reserve; past it a container
+    # cannot get its console or ttys and does not start (lxc.tty.max = 0 in its config: 1 pty each, not 5)
+    sysctl("kernel.pty.max", needs.ptys, s.get("kernel.pty.reserve") or 1024)
+    sysctl("fs.inotify.max_user_instances", needs.inotify_instances, 128)
+    sysctl("fs.inotify.max_user_watches", needs.inotify_watches, 8192)
+    sysctl("net.ipv4.neigh.default.gc_thresh3", 1, 64)
+    if privileged:  # its service users (systemd-network, ...) are host uids: one key each per container
+        sysctl("kernel.keys.maxkeys", 1)
+        sysctl("kernel.keys.root_maxkeys", needs.keys)
+    else:
+        sysctl("kernel.keys.maxkeys", needs.keys)
+        sysctl("kernel.keys.maxbytes", needs.key_bytes)
+    if host.bridges:
+        add(f"bridge ports on {', '.join(host.bridges)}", "network", BRIDGE_PORTS * len(host.bridges),
+            1, 0, "one more bridge per 1000 containers (pycor's scripts/fleet-net.sh up fleetbr1 10.23.4.1/22)")
+        leases = [v for v in host.bridges.values() if v is not None]
+        if len(leases) == len(host.bridges):
+            add(f"DHCP addresses on {', '.join(host.bridges)}", "network", sum(leases), 1, 0,
+                "a bridge whose subnet and dnsmasq --dhcp-lease-max hold the fleet (pycor's scripts/fleet-net.sh; "
+                "LXD: lxc network set NET ipv4.address=10.23.8.1/22 raw.dnsmasq=dhcp-lease-max=1021)")
+    return rows
+
+
+def fleet_verdict(n: int, rows: list[FleetLimit]) -> tuple[FleetLimit | None, list[FleetLimit]]:
+    """(the limit that stops a fleet soonest, the limits n passes, lowest first)."""
+    first = min(rows, key=lambda r: r.capacity) if rows else None
+    return first, sorted((r for r in rows if r.capacity < n), key=lambda r: r.capacity)
+
+
+def dnsmasq_addresses(argv: list[str], conf: str = "") -> int | None:
+    """How many DHCP leases a dnsmasq hands out: its ranges' sizes, capped by --dhcp-lease-max (default 1000).
+    argv: its command line; conf: the text of its --conf-file (LXD's raw.dnsmasq lands there)."""
+    opts = [line.strip() for line in conf.splitlines()]
+    for i, a in enumerate(argv):  # --key=value, or --key value (lxc-net writes --dhcp-range A,B)
+        if a.startswith("--"):
+            with_value = "=" in a or i + 1 == len(argv) or argv[i + 1].startswith("-")
+            opts.append(a[2:] if with_value else f"{a[2:]}={argv[i + 1]}")
+    size, lease_max = 0, 1000
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key == "dhcp-range":
+            ips = [f for f in value.split(",") if f.count(".") == 3 and all(p.isdigit() for p in f.split("."))]
+            if len(ips) >= 2 and not ips[1].startswith("255."):
+                first, last = (int.from_bytes(bytes(int(p) for p in ip.split(".")), "big") for ip in ips[:2])
+                size += max(0, last - first + 1)
+        elif key == "dhcp-lease-max" and value.isdigit():
+            lease_max = int(value)
+    return min(size, lease_max) if size else None
+
+
+def bridge_addresses(bridge: str) -> int | None:
+    """DHCP addresses the dnsmasq serving bridge hands out (lxc-net's, LXD's, Incus's or pycor's), or None."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+                if f.read().strip() != "dnsmasq":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as fb:
+                argv = fb.read(1 << 16).decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if f"--interface={bridge}" not in argv:
+            continue
+        conf = ""
+        for a in argv:
+            if a.startswith("--conf-file=") and a != "--conf-file=/dev/null":
+                try:
+                    with open(a.split("=", 1)[1], encoding="utf-8", errors="replace") as f:
+                        conf += f.read(1 << 16)
+                except OSError:
+                    pass
+        return dnsmasq_addresses(argv, conf)
+    return None
+
+
+def read_sysctls(keys: tuple[str, ...] = FLEET_SYSCTLS, proc_sys: str = "/proc/sys") -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for key in keys:
+        try:
+            with open(os.path.join(proc_sys, *key.split(".")), encoding="ascii") as f:
+                out[key] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            out[key] = None
+    return out
+
+
+def host_tasks() -> int:
+    """Tasks (threads) running on the host now."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                total += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    return total
+
+
+def read_fleet_host(path: str, bridges: list[str]) -> FleetHost:
+    """The host's budgets: sysctls, memory, disk free under path, tasks, and each bridge's DHCP addresses."""
+    mem = {}
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            mem[key] = int(value.split()[0]) * 1024
+    st = os.statvfs(path)
+    return FleetHost(sysctl=read_sysctls(), mem_total=mem["MemTotal"], mem_available=mem["MemAvailable"],
+                     disk_free=st.f_bavail * st.f_frsize, tasks=host_tasks(), bridges={b: bridge_addresses(b) for b in bridges})
+
+
+def default_bridge(runtime: str, lxc_default_conf: str = "/etc/lxc/default.conf") -> str:
+    """The bridge new containers of a runtime join: LXC's default config's lxc.net.0.link, lxdbr0, incusbr0."""
+    if runtime == "lxc":
+        from .lxcconfig import read_keys
+
+        links = read_keys(lxc_default_conf).get("lxc.net.0.link") if os.path.exists(lxc_default_conf) else None
+        return links[-1] if links else "lxcbr0"
+    return {"lxd": "lxdbr0", "incus": "incusbr0"}[runtime]
+
+
+def fleet_check(n: int, runtime: str, privileged: bool, bridges: list[str], path: str) -> tuple[list[FleetLimit], FleetLimit | None]:
+    """This host's limits for n booted containers of the default base, lowest capacity first, and the
+    one that stops n (None: n fits)."""
+    rows = fleet_capacities(read_fleet_host(path, bridges), fleet_needs(runtime), n, privileged)
+    first, short = fleet_verdict(n, rows)
+    return sorted(rows, key=lambda r: r.capacity), (short[0] if short else None)

@@ -70,11 +70,42 @@ clear_dead_daemon_networks() {
 
 # Start daemon command "$@" (from /, in its own session, every fd away from ours: a caller that reads
 # our output, CI or a test, must see its end) and wait until it answers ($WAITREADY: its waitready command).
+# PYCOR_KSM=1: under the kernel's samepage merging (see ksm_wrapper).
 start_daemon() {
-    local log=$1
+    local log=$1 wrap=()
     shift
     mkdir -p "$(dirname "$log")"
-    (cd / && exec setsid nohup "$@" --group root --logfile "$log") </dev/null >/dev/null 2>&1 &
+    if [ "${PYCOR_KSM:-0}" = 1 ]; then
+        wrap=("${KSM_WRAPPER[@]}")
+        ksm_check
+        echo 1 > /sys/kernel/mm/ksm/run
+    fi
+    (cd / && exec setsid nohup "${wrap[@]}" "$@" --group root --logfile "$log") </dev/null >/dev/null 2>&1 &
+}
+
+# PYCOR_KSM=1 starts the daemon with prctl(PR_SET_MEMORY_MERGE) (Linux 6.4; kept across fork and exec), so
+# its memory, its container monitors' and the containers' own processes' may be merged by ksmd where pages
+# are equal, and turns ksmd on. A monitor is a forked daemon holding ~11 MiB (LXD 5.0; Incus 6.0 ~13) of
+# anonymous memory that is mostly the same in every one: merged, ~4 MiB each. The trade: ksmd's CPU
+# (it scans what opted in), and equal pages shared across containers, which lets one container learn by
+# timing whether another holds a given page: for containers of one owner (a CI farm), not for tenants.
+KSM_WRAPPER=(/usr/bin/python3 -c '
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(67, 1, 0, 0, 0) != 0:  # PR_SET_MEMORY_MERGE
+    sys.exit("pycor: PYCOR_KSM=1: prctl(PR_SET_MEMORY_MERGE): " + os.strerror(ctypes.get_errno()) + " (needs Linux 6.4)")
+os.execvp(sys.argv[1], sys.argv[1:])' )
+
+# Fail clearly, before any daemon starts, where PYCOR_KSM=1 cannot work.
+ksm_check() {
+    if [ ! -w /sys/kernel/mm/ksm/run ] || ! "${KSM_WRAPPER[@]}" true; then
+        echo "PYCOR_KSM=1: this kernel has no per-process samepage merging (CONFIG_KSM, Linux 6.4 or newer)" >&2
+        exit 1
+    fi
+}
+
+# Whether process $1 runs under samepage merging (PYCOR_KSM=1).
+ksm_merging() {
+    grep -qx 'ksm_merge_any: yes' "/proc/$1/ksm_stat" 2>/dev/null
 }
 
 # Managed networks of the daemon ($1: its client, lxc or incus) that are not up: "NAME STATUS ADDRESS" a line.

@@ -7,6 +7,7 @@
 # rootfs idmapped, which pycor's overlay profile and hooks handle.
 # INCUS_DIR picks another daemon (default /var/lib/incus), PYCOR_INCUS_BRIDGE
 # and PYCOR_INCUS_BRIDGE_ADDR its bridge (default incusbr0, 10.0.113.1/24).
+# PYCOR_KSM=1 starts it under the kernel's samepage merging (see daemon-up-lib.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/daemon-up-lib.sh"
 INCUSD=/usr/libexec/incus/incusd

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs what pycor needs on a Debian machine, idempotently: LXC and the tools
 # bases are built with (apt), pycor itself in .venv (pip), and pycor's LXC hooks
-# and template (pycor install). Sourced by demo.sh and test.sh; run as root.
+# and template (pycor install). Run by demo.sh and test.sh; run as root.
+#   setup.sh --fleet N   also bridges for N LXC containers (fleet-net.sh fleet N: fleetbr0...), and the
+#                        kernel limits for N booted containers if N is above 2000 (sysctl-up.sh's default)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+fleet=
+case "${1:-}" in
+    --fleet) fleet=${2:-}; [[ $fleet =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [--fleet N]" >&2; exit 2; } ;;
+    "") ;;
+    *) echo "usage: $0 [--fleet N]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
     echo "pycor setup: run this as root (sudo): it installs packages and starts containers" >&2
@@ -85,8 +93,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check '.[test]'
 .venv/bin/pycor install >/dev/null
-bash scripts/sysctl-up.sh
+bash scripts/sysctl-up.sh $(( ${fleet:-0} > 2000 ? fleet : 2000 ))  # ceilings for 2000 cost nothing (see the script)
 bash scripts/lxc-net-up.sh
 bash scripts/lxd-up.sh
 bash scripts/incus-up.sh
+if [ -n "$fleet" ]; then
+    bash scripts/fleet-net.sh fleet "$fleet"
+fi
 echo "pycor setup: $(.venv/bin/pycor --version 2>/dev/null || echo pycor) installed in .venv, hooks and template installed for LXC; LXD and Incus running"

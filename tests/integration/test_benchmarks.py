@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
-from helpers import host_overlays, view_mounts
+from helpers import host_overlays, view_mounts, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -94,3 +96,67 @@ def test_start_benchmark_smoke_run_writes_every_figure_and_leaves_nothing(lxd_pr
     md = (out / "start.md").read_text()
     assert "| pre-mount work (whole run less interpreter and imports) |" in md and "privileged LXC start" in md
     assert ours() <= before
+
+
+FLEET = os.path.join(REPO, "benchmarks", "fleet.py")
+
+
+def fleet_leftovers() -> set[str]:
+    """What a fleet run makes on the host, by its names: LXD projects and networks, bridges and their dnsmasq and
+    leases, its folder, LXD's log folders, LXC monitors, overlays of its containers."""
+    run_names = re.compile(r"^fl[0-9a-f]{4}\d+n\d+$")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    monitors = subprocess.run(["pgrep", "-a", "-f", r"^\[lxc monitor\] .*pycor-fleet"], capture_output=True, text=True).stdout
+    dnsmasq = subprocess.run(["pgrep", "-a", "-x", "dnsmasq"], capture_output=True, text=True).stdout
+    return ({n for n in lxd_names("project", "list") if n.startswith("pycor-fleet-")}
+            | {n for n in lxd_names("network", "list") if run_names.match(n)}
+            | {f"link {line.split(':')[1].strip().split('@')[0]}" for line in links.splitlines()
+               if run_names.match(line.split(":")[1].strip().split("@")[0])}
+            | {f"dnsmasq {line}" for line in dnsmasq.splitlines() if re.search(r"--interface=fl[0-9a-f]{4}\d+n\d+\b", line)}
+            | {f"monitor {line}" for line in monitors.splitlines()}
+            | set(glob.glob("/var/tmp/pycor-fleet-*")) | set(glob.glob("/var/log/lxd/pycor-fleet-*"))
+            | set(glob.glob("/var/lib/misc/dnsmasq.fl*.leases"))
+            | {m for m in host_overlays() if "pycor-fleet-" in m})
+
+
+def test_fleet_benchmark_smoke_run_holds_small_n_measures_and_leaves_nothing(lxd_project, bootable_base, store, tmp_path):
+    before, views = fleet_leftovers(), view_mounts()
+    out = tmp_path / "fleet"
+    proc = subprocess.run([sys.executable, FLEET, "--systems", "pycor-lxc,pycor-lxd,lxd-dir", "--max-n", "4", "--steps", "2,4",
+                           "--idle", "5", "--store", store, "--base", bootable_base, "--out", str(out)],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "fleet.json").read_text())
+    assert data["complete"] and [r["system"] for r in data["systems"]] == ["pycor-lxc", "pycor-lxd", "lxd-dir"]
+    for r in data["systems"]:
+        assert (r["held"], r["end_reason"], [p["n"] for p in r["points"]]) == (4, "max-n", [2, 4]), r
+        for p in r["points"]:
+            assert p["running"] == p["addresses"] == p["http_ok"] == p["cgroups_read"] == p["monitors"]["n"] == p["n"], p
+            assert p["states"] == {"running": 2} and p["fails"] is None
+            assert p["cgroup_bytes"]["anon"] > 0 and p["tasks"] >= 8 * p["n"] and p["idle_samples"]
+    assert (out / "fleet.png").stat().st_size > 0
+    md = (out / "fleet.md").read_text()
+    assert "| pycor-lxc | 4 | max-n |" in md and "| pycor-lxd | 4 | " in md
+    # it tore everything down: containers, leases, bridges and their dnsmasq, LXD networks and project, idmapped views
+    assert fleet_leftovers() <= before
+    assert set(view_mounts()) <= set(views)
+    assert os.path.isdir(os.path.join(store, "bases", bootable_base))  # the base it was given stays
+
+
+def test_fleet_benchmark_killed_with_sigkill_is_torn_down_by_cleanup(lxd_project, bootable_base, store, tmp_path):
+    before, views = fleet_leftovers(), view_mounts()
+    proc = subprocess.Popen([sys.executable, FLEET, "--systems", "pycor-lxd", "--max-n", "2", "--idle", "600", "--store", store,
+                             "--base", bootable_base, "--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # killed while its containers boot: containers, network, project, views all there
+            if "booting" in line:
+                break
+        wait_for(lambda: len(fleet_leftovers() - before) >= 5, 60, "the run's containers and network")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert fleet_leftovers() - before
+    subprocess.run([sys.executable, FLEET, "--cleanup"], check=True, capture_output=True, timeout=900)
+    assert fleet_leftovers() <= before
+    assert set(view_mounts()) <= set(views)

@@ -125,3 +125,19 @@ def test_bootable_without_debootstrap_is_one_clear_error_and_makes_nothing(env, 
     assert proc.returncode != 0
     assert "--bootable needs --debootstrap" in proc.stderr
     assert not os.path.exists(os.path.join(store, "bases", "bb"))
+
+
+def test_bootable_base_keeps_what_each_container_costs_small(make_container, bootable_base, lxc_bridge):
+    """A fleet runs a thousand of them: a journal capped at 8 MiB on the container's layer (Debian's first
+    file alone is 8 MiB of page cache), one nginx worker (not one per host CPU), and no apt timers."""
+    c = make_container(base=bootable_base, extra=("--network", "default"))
+    c.start()
+    boots_to_running(c.sh)
+    journald = c.sh("journalctl -b -q -t systemd-journald --no-pager").stdout
+    assert "System Journal (/var/log/journal/" in journald and "max 8.0M" in journald, journald
+    workers = c.sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^nginx: worker'",
+                   check=False).stdout.strip()
+    assert workers == "1"
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        assert c.sh(f"systemctl is-enabled {timer}", check=False).stdout.strip() == "disabled"
+    assert c.sh("systemctl is-enabled dpkg-db-backup.timer", check=False).stdout.strip() == "enabled"  # only apt's
