@@ -23,7 +23,7 @@ if ! lxc info >/dev/null 2>&1; then
     fi
     timeout 120 lxd waitready
 fi
-pid=$(daemon_pid "$LXD_DIR/unix.socket")
+pid=$(daemon_pid "$DIR/unix.socket")
 if [ "${PYCOR_KSM:-0}" = 1 ] && [ -n "$pid" ] && ! ksm_merging "$pid"; then
     echo "lxd-up: LXD (pid $pid) runs without samepage merging: PYCOR_KSM=1 applies when this script starts it" >&2
 fi

@@ -414,3 +414,12 @@ def test_doctor_fix_detaches_the_layer_mount_of_a_killed_start_and_keeps_a_start
         os.close(fd)
         for path in paths:
             idmap.remove_layer_mount(path)
+
+
+@pytest.mark.parametrize("script", ["lxd-up.sh", "incus-up.sh"])
+def test_up_scripts_run_against_the_default_daemons_as_setup_runs_them(script):
+    """setup.sh runs them with no LXD_DIR or INCUS_DIR set (an unset variable once stopped lxd-up.sh under set -u)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LXD_DIR", "INCUS_DIR", "PYCOR_KSM")}
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
