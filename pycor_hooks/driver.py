@@ -14,6 +14,7 @@ Hot path: hooks import this module; keep its imports cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -388,7 +389,8 @@ class Driver:
             if layer.is_layer(reg.rootfs):
                 found.append(reg)
             else:
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):  # commands run in parallel prune the same records
+                    os.unlink(path)
         return found
 
     # -- starting and stopping -----------------------------------------------

@@ -129,7 +129,8 @@ def test_fleet_benchmark_smoke_run_holds_small_n_measures_and_leaves_nothing(lxd
     data = json.loads((out / "fleet.json").read_text())
     assert data["complete"] and [r["system"] for r in data["systems"]] == ["pycor-lxc", "pycor-lxd", "lxd-dir"]
     for r in data["systems"]:
-        assert (r["held"], r["end_reason"], [p["n"] for p in r["points"]]) == (4, "max-n", [2, 4]), r
+        assert (r["held"], r["end_reason"], [p["n"] for p in r["points"]]) == (4, "max-n", [2, 4]), \
+            f"{r['system']} ended by {r['end_reason']}: {r['end_detail']}"
         for p in r["points"]:
             assert p["running"] == p["addresses"] == p["http_ok"] == p["cgroups_read"] == p["monitors"]["n"] == p["n"], p
             assert p["states"] == {"running": 2} and p["fails"] is None

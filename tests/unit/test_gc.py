@@ -48,3 +48,26 @@ def test_taking_the_store_lock_clears_leftovers_but_never_a_live_commands_stagin
     store.end_staging(live)
     os.rmdir(running_removal)
     assert store.check() == []
+
+
+def test_pruning_a_removed_containers_record_that_another_command_pruned_first_goes_on(tmp_path, monkeypatch):
+    # seen in CI: containers created in parallel each prune the same stale records; the slower one's unlink
+    # found the file gone and its `create` failed with "No such file or directory: .../volumes/NAME.json"
+    from pycor_hooks import driver as driver_mod
+    from pycor_hooks.driver import Driver, Registration
+
+    drv = Driver(Store(str(tmp_path / "store")))
+    for name in ("gone1", "gone2"):
+        (tmp_path / name).mkdir()
+        drv.register(Registration(name, str(tmp_path / name), "lxc", None))
+    paths = sorted(os.path.join(drv.registry_dir, e) for e in os.listdir(drv.registry_dir))
+    assert len(paths) == 2
+
+    def another_pruner_was_first(rootfs: str) -> bool:
+        for path in paths:
+            if os.path.exists(path):
+                os.unlink(path)
+        return False
+
+    monkeypatch.setattr(driver_mod.layer, "is_layer", another_pruner_was_first)
+    assert drv.registrations() == [] and os.listdir(drv.registry_dir) == []
