@@ -13,6 +13,8 @@ from ._common import add_format, emit, lxcpath_of
 def doctor(args: argparse.Namespace, driver: Driver) -> None:
     from ..doctor import run_checks
 
+    for done, line in driver.recover_upgrades():  # a killed upgrade: the container's old layer back
+        print(f"{'fixed' if done else 'note'}: {line}")
     if args.fix:
         for state in driver.clear_stale():
             print(f"fixed: removed the stale run record of container {state.name} ({state.rootfs})")
