@@ -15,7 +15,6 @@ Hot path: hooks import this module; keep its imports cheap.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from . import faults, layer, locks, overlay, runstate
@@ -329,6 +328,8 @@ class Driver:
                         "or whose upgrade was interrupted", "start that container once (or 'pycor rebase' it), then this clone")
         said = self.recover_upgrade(name, rootfs, starting=True)
         if said:
+            import sys
+
             line = f"pycor: container {name}: {said}"
             print(line, file=sys.stderr, flush=True)  # LXC files a hook's stdout in the container's log
             if not os.isatty(1) and os.path.sameopenfile(1, 2) is False:
@@ -867,12 +868,13 @@ class Driver:
             upgrade.note(lay.rootfs_fd, changes, target)
             layer.write_meta(rootfs, lay.meta.but(pin=meta.pin), durable=True)
             lay.meta = lay.meta.but(pin=meta.pin)
-        except BaseException:
+        except BaseException as e:
             if not held.holding:
+                why = e.message if isinstance(e, PycorError) else f"{type(e).__name__}: {e}"
                 raise PycorError(f"the upgrade of container {held.shown} stopped half-way, and the container could "
-                                 "not be held again (it may still run on the upgraded copy of its layer)",
+                                 f"not be held again (it may still run on the upgraded copy of its layer): {why}",
                                  f"stop it ({rt.stop_hint(name)}): its next start, or 'pycor rebase {held.shown}', puts "
-                                 "its old layer back") from sys.exc_info()[1]
+                                 "its old layer back") from e
             upgrade.undo(rootfs)
             held.reopen()  # its fds named the upgraded copy, which is gone
             raise
@@ -1092,9 +1094,18 @@ class StoppedLayer:
         """Let go of the layer and its lock (the container's start may take them); retake() holds them again."""
         self.__exit__()
 
-    def retake(self) -> None:
-        """Hold the layer again, checked as at first (stopped; its layer reopened)."""
-        self.__enter__()
+    def retake(self, wait: float = 60.0) -> None:
+        """Hold the layer again, checked as at first (stopped; its layer reopened). A container its runtime just
+        stopped may still have its start recorded until its post-stop hook has run: wait for that."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.__enter__()
+                return
+            except InUse:
+                if time.monotonic() > deadline or self._runtime_state() != "STOPPED":
+                    raise
+            time.sleep(0.2)
 
     def reopen(self) -> None:
         """Open the layer again (the lock kept): what .pycor is now, after a writer swapped it."""
