@@ -12,7 +12,9 @@ container of its own: the anchors), are upgraded in place as Debian says:
 sources to TO, apt-get update, apt-get full-upgrade (no questions: the
 default answer, else the installed conffile). pycor upgrades the base the
 same way (pycor base update) and moves each container with `pycor rebase
-NAME --upgrade`. Then, booted side by side, each pair is compared: the
+NAME --upgrade`, which runs apt in the container itself, confined as it
+runs (its own network, through its runtime): its time includes booting the
+container and stopping it again. Then, booted side by side, each pair is compared: the
 installed package set (name, version, state), apt-mark showauto, apt-get
 check, dpkg --audit, dpkg --verify, each container's own programs, its
 users, and /etc file by file. Also: what `pycor rebase --dry-run` said
@@ -260,6 +262,9 @@ def report(result: dict) -> str:
     lines = [f"# A {result['from']} -> {result['to']} upgrade: pycor rebase --upgrade against apt-get full-upgrade in place", "",
              f"Kernel {result['kernel']}. Base import {result.get('base_import_s', '?')} s, base upgrade "
              f"{result.get('base_upgrade_s', '?')} s (pycor base update). Made by benchmarks/upgrade.py.", "",
+             "pycor's upgrade runs apt in the container itself (started through its runtime, on its own network): its "
+             "time includes staging the copy of the layer, booting the container, and stopping it again; the in-place "
+             "upgrade's is apt's alone, in a container already booted.", "",
              "/etc is compared file by file without the conffiles dpkg keeps beside an edited one (.dpkg-dist): where "
              "dpkg in place keeps the edited file and writes the new one beside it, pycor keeps the container's file and "
              "reports a conflict (the last column counts both). login.defs and adduser.conf carry pycor's id ranges "

@@ -429,8 +429,8 @@ def run_apt(rt: Runtime, name: str) -> tuple[int, list[str]]:
 
 def run_in(rt: Runtime, name: str) -> None:
     """Start the container, wait until it is up, run apt in it, stop it (also when anything failed)."""
-    rt.start(name)
     try:
+        rt.start(name)
         faults.point("upgrade-started")
         wait_until_up(rt, name)
         rc, unreached = run_apt(rt, name)
