@@ -220,7 +220,14 @@ def main() -> int:
             row["conflicts_before"] = len([f for f in dry["findings"] if f["kind"] == "conflict"])
             log(f"{name}: pycor rebase --upgrade")
             t0 = time.monotonic()
-            moved = json.loads(r.pycor("rebase", name, "-P", r.lxcpath, "--upgrade", "--format", "json", timeout=7200))[0]
+            try:
+                moved = json.loads(r.pycor("rebase", name, "-P", r.lxcpath, "--upgrade", "--format", "json", timeout=7200))[0]
+            except RuntimeError as e:  # refused or failed: the container is unchanged; say why, go on with the others
+                row["pycor_upgrade_s"] = round(time.monotonic() - t0, 1)
+                row["refused"] = [line for line in str(e).splitlines() if "error:" in line or "hint:" in line][-2:]
+                log(f"{name}: {' '.join(row['refused'])}")
+                result["containers"][name] = row
+                continue
             row["pycor_upgrade_s"] = round(time.monotonic() - t0, 1)
             row["upgraded"] = moved["upgraded"]
             anchor = anchors[name]
@@ -273,6 +280,10 @@ def report(result: dict) -> str:
              "apt-get check | dpkg --audit | dpkg --verify | programs | /etc | conffiles kept: conflicts (pycor) / .dpkg-dist (in place) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in result["containers"].items():
+        if "refused" in row:
+            lines.append(f"| {name}{' (unprivileged)' if row['unprivileged'] else ''} | {len(row['breaks_before'])} | "
+                         f"refused after {row['pycor_upgrade_s']} s | | | | | | | | | |")
+            continue
         c = row["compare"]
         check = "/".join(x[0] if x else "?" for x in (c["apt_check"]["pycor"], c["apt_check"]["anchor"]))
         lines.append(
@@ -283,9 +294,14 @@ def report(result: dict) -> str:
             f"{len(row['conflicts_after'])} / {len(c['kept_conffiles']['only_anchor'])} |")
     lines.append("")
     for name, row in result["containers"].items():
-        c = row["compare"]
         lines.append(f"## {name}")
         lines.append("")
+        if "refused" in row:
+            lines.append(f"- before the move, `pycor rebase --dry-run`: {len(row['breaks_before'])} broken")
+            lines.append(f"- `pycor rebase --upgrade` refused, the container unchanged: {' '.join(row['refused'])}")
+            lines.append("")
+            continue
+        c = row["compare"]
         lines.append(f"- before the move, `pycor rebase --dry-run`: {len(row['breaks_before'])} broken, e.g. "
                      + "; ".join(row["breaks_before"][:3]))
         lines.append(f"- its own packages brought along: {len(row['upgraded'] or [])} changed")
