@@ -14,7 +14,6 @@ Hot path: hooks import this module; keep its imports cheap.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from .idmap import IdMap
     from .reconcile import Plan
     from .spec import ContainerSpec
+    from .upgrade import Runtime
 
 
 class Registration(Record):
@@ -351,16 +351,17 @@ class Driver:
             os.close(fd)
 
     def stopped_layer(self, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,
-                      shown: str | None = None, open_layer: bool = True) -> StoppedLayer:
-        """The one way to a writer of a container's layer (rebase, resolve --base, reset, commit): see StoppedLayer."""
-        return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer)
+                      shown: str | None = None, open_layer: bool = True,
+                      report: Callable[[str], None] | None = None) -> StoppedLayer:
+        """The one way to a writer of a container's layer (rebase, resolve --base, reset, commit): see StoppedLayer.
+        report: where to say what an interrupted upgrade of the container called for."""
+        return StoppedLayer(self, name, rootfs, runtime_state, what, how, shown or name, open_layer, report)
 
     def register(self, reg: Registration, replace: bool = False) -> None:
         """Remember a layer (gc, doctor and ls find it) and, with its identity, what it was made with. A record of
         the same rootfs directory that already holds the choices is kept, unless replace (the admin's word)."""
-        if (reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/")) or \
-                os.path.basename(os.path.dirname(reg.rootfs)) == layer.UPGRADE_DIR:
-            return  # a builder's or an upgrade's throwaway container: never a layer or an lxcpath to remember
+        if (reg.lxcpath and reg.lxcpath.startswith(self.store.staging_dir + "/")):
+            return  # a builder: never a layer or an lxcpath to remember
         os.makedirs(self.registry_dir, mode=0o700, exist_ok=True)
         path = self._registration_path(reg.name, reg.rootfs)
         if not replace:
@@ -389,8 +390,10 @@ class Driver:
             if layer.is_layer(reg.rootfs):
                 found.append(reg)
             else:
-                with contextlib.suppress(FileNotFoundError):  # commands run in parallel prune the same records
+                try:
                     os.unlink(path)
+                except FileNotFoundError:
+                    pass  # commands run in parallel prune the same records
         return found
 
     # -- starting and stopping -----------------------------------------------
@@ -409,7 +412,7 @@ class Driver:
         monitor = runstate.hook_monitor()
         # The layer lock is held from reading the layer to writing the run
         # state: a reset, commit or diff either finishes first or sees the start.
-        with locks.layer_lock(rootfs), self.open_layer(name, rootfs) as lay:
+        with locks.layer_lock(rootfs), self._open_to_start(name, rootfs) as lay:
             try:
                 return self._prepare_start(lay, name, runtime, lxcpath, idmap, monitor, unshifted)
             except BaseException:
@@ -431,9 +434,67 @@ class Driver:
                 "(pre-mount --prepare is for privileged containers)",
                 "add lxc.hook.pre-start = .../pycor-pre-start and drop --prepare, or create it again with lxc-create -t pycor",
             )
-        with locks.layer_lock(rootfs), self.open_layer(name, rootfs) as lay:
+        with locks.layer_lock(rootfs), self._open_to_start(name, rootfs) as lay:
             state = self._prepare_start(lay, name, "lxc", lxcpath, None, runstate.hook_monitor(in_pre_mount=True))
             self._mount(state, [os.dup(fd) for fd in (lay.rootfs_fd, lay.upper_fd, lay.work_fd)], lay.meta, userxattr=False)
+
+    def _open_to_start(self, name: str, rootfs: str) -> layer.OpenLayer:
+        """A start's open layer (its lock held), after what an interrupted upgrade of it calls for: one stat when none.
+
+        An upgrade's marker whose process is gone: the old layer is swapped back, and the start says so; the
+        upgrade's own start (its process alive) goes on. An LXC overlay clone of a container with a marker is
+        refused: its origin's layer is its lowerdir.
+        """
+        lay = self.open_layer(name, rootfs)
+        try:
+            os.stat(layer.UPGRADE_MARKER, dir_fd=lay.rootfs_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return lay
+        except BaseException:
+            lay.__exit__()
+            raise
+        lay.__exit__()
+        if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
+            raise InUse(f"container {name} is an overlay clone of the container in {rootfs}, which is being upgraded "
+                        "or whose upgrade was interrupted", "start that container once (or 'pycor rebase' it), then this clone")
+        said = self.recover_upgrade(name, rootfs, starting=True)
+        if said:
+            import sys
+
+            line = f"pycor: container {name}: {said}"
+            print(line, file=sys.stderr, flush=True)  # LXC files a hook's stdout in the container's log
+            if not os.isatty(1) and os.path.sameopenfile(1, 2) is False:
+                print(line, flush=True)
+        return self.open_layer(name, rootfs)
+
+    def recover_upgrade(self, name: str, rootfs: str, starting: bool = False) -> str | None:
+        """What an upgrade's marker in the layer calls for (upgrade.recover), the layer lock held and the container
+        stopped; returns what was done, to say (None: nothing)."""
+        from . import upgrade
+
+        return upgrade.recover(name, rootfs, starting)
+
+    def recover_upgrades(self) -> list[tuple[bool, str]]:
+        """For doctor: every registered container whose upgrade was interrupted (its marker's process gone) and that
+        does not run gets its old layer back. (True, what was done), and (False, what is left): an upgrade in
+        progress, one whose container still runs."""
+        said: list[tuple[bool, str]] = []
+        for reg in self.registrations():
+            if not os.path.lexists(os.path.join(reg.rootfs, layer.UPGRADE_MARKER)):
+                continue
+            try:
+                with locks.layer_lock(reg.rootfs, wait=False):
+                    state = runstate.read(reg.name, reg.rootfs)
+                    if state is not None and is_live(state):
+                        said.append((False, f"container {reg.name} runs on the copy an upgrade made of its layer: stop "
+                                            f"it; its next start, or 'pycor rebase {reg.name}', ends the upgrade"))
+                        continue
+                    done = self.recover_upgrade(reg.name, reg.rootfs)
+                    if done:
+                        said.append((True, f"container {reg.name}: {done}"))
+            except PycorError as e:  # in progress (InUse), or its layer busy (Busy)
+                said.append((False, e.message))
+        return said
 
     def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap: IdMap | None,
                        monitor: tuple[int, int], unshifted: bool = False) -> RunState:
@@ -888,23 +949,21 @@ class Driver:
         with layer.OpenLayer(rootfs) as lay:
             return upgrade.has_own_packages(lay.upper_fd)
 
-    def upgrade_volume(self, held: StoppedLayer, idmap_text: str | None, to: str | None = None,
+    def upgrade_volume(self, held: StoppedLayer, rt: Runtime, name: str, to: str | None = None,
                        force: bool = False) -> tuple[str, Plan | None, list[str] | None]:
         """Move a stopped container's changes to version `to` (default: its pin, else current) and bring the
-        packages it installed itself along, as apt-get full-upgrade in place would; all or nothing (upgrade.py).
+        packages it installed itself along, as apt-get full-upgrade in place would, in the container itself,
+        started through its runtime rt (name: its name there); all or nothing (upgrade.py). It is stopped again
+        after.
 
         Returns (target, the move's plan, what the upgrade changed: "NAME OLD -> NEW" lines, or None when the
-        container has no packages of its own and only moved). idmap_text: the container's config (its
-        lxc.idmap lines), None for a privileged one. Raises PycorError, the container unchanged, when the
-        upgrade fails.
+        container has no packages of its own and only moved). Raises PycorError, the container unchanged,
+        when the upgrade fails.
         """
         from . import reconcile, upgrade
 
-        idmap = parse_idmap(idmap_text)
         lay, rootfs = held.layer, held.rootfs
-        self.store.sweep_staging()  # first stops the throwaway container of a killed upgrade, if one still runs
-        upgrade.sweep()  # then removes its lxcpath
-        upgrade.discard(rootfs)  # and the copy it worked on
+        upgrade.discard(rootfs)  # what a killed run left that never became the container's (held: no marker)
         meta = lay.meta
         with self.store.lock(exclusive=False):
             self.store.require(meta.base)
@@ -913,37 +972,48 @@ class Driver:
             b_layers = self.store.lower_stack(meta.base, target)
         if not upgrade.has_own_packages(lay.upper_fd):
             return target, self.move_volume(lay, target, force), None
-        if idmap is not None:
-            check_layer_owner(os.fstat(lay.upper_fd), idmap, held.shown, rootfs)
-        had_policy = upgrade.has_policy(lay.upper_fd)
-        copy_rootfs = upgrade.stage(lay, idmap.root() if idmap is not None else None)
+        copy_rootfs = upgrade.stage(lay)
         try:
             with layer.OpenLayer(copy_rootfs) as copy:
                 plan = self.move_volume(copy, target, force, allow_breaks=True)
+                upgrade.require_init(held.shown, [copy.upper, *b_layers])
                 before = upgrade.package_versions(copy.upper_fd)
-                layer.write_meta(copy_rootfs, copy.meta.but(pin=target))  # the throwaway container runs on target
-            with self.store.staging("upgrade") as st:
-                lxcpath = upgrade.prepare(self.store, meta.base, st, copy_rootfs, b_layers, idmap)
-                try:
-                    rc, unreached = upgrade.run(lxcpath)
-                finally:
-                    upgrade.forget(lxcpath)
-                if rc != 0 or unreached:
-                    raise upgrade.failed(rc, unreached)
-            upgrade.tidy(copy_rootfs, b_layers, had_policy)
-            with layer.OpenLayer(copy_rootfs) as copy:
-                problems = reconcile.package_problems(copy.upper_fd, b_layers)
-                if problems:
-                    raise PycorError(f"after the upgrade, apt-get check still finds {len(problems)} problem(s): "
-                                     + "; ".join(problems[:3]) + "; the container is unchanged",
-                                     "a package held back (apt-mark showhold) or one its sources no longer offer: "
-                                     "fix that in the container, then run the same command again")
-                changes = upgrade.changed(before, upgrade.package_versions(copy.upper_fd))
-                upgrade.note(copy.rootfs_fd, changes, target)
-                layer.write_meta(copy_rootfs, copy.meta.but(pin=meta.pin))
-            upgrade.commit(rootfs)
-        finally:
-            upgrade.discard(rootfs)  # the copy after a failure; nothing after the commit
+                layer.write_meta(copy_rootfs, copy.meta.but(pin=target), durable=True)  # its start runs on target
+            upgrade.write_marker(copy_rootfs, meta.based_on, target)
+            faults.point("upgrade-staged")
+            upgrade.swap(rootfs)  # the copy is the container's layer, the old one aside (the marker says so)
+        except BaseException:
+            upgrade.discard(rootfs)
+            raise
+        try:
+            faults.point("upgrade-swapped")
+            held.release()  # the container's start takes the layer lock
+            try:
+                upgrade.run_in(rt, name)
+            finally:
+                held.retake()  # stopped again, checked; the layer (the upgraded one) reopened
+            lay = held.layer
+            problems = reconcile.package_problems(lay.upper_fd, b_layers)
+            if problems:
+                raise PycorError(f"after the upgrade, apt-get check still finds {len(problems)} problem(s): "
+                                 + "; ".join(problems[:3]) + "; the container is unchanged",
+                                 "a package held back (apt-mark showhold) or one its sources no longer offer: "
+                                 "fix that in the container, then run the same command again")
+            changes = upgrade.changed(before, upgrade.package_versions(lay.upper_fd))
+            upgrade.note(lay.rootfs_fd, changes, target)
+            layer.write_meta(rootfs, lay.meta.but(pin=meta.pin), durable=True)
+            lay.meta = lay.meta.but(pin=meta.pin)
+        except BaseException as e:
+            if not held.holding:
+                why = e.message if isinstance(e, PycorError) else f"{type(e).__name__}: {e}"
+                raise PycorError(f"the upgrade of container {held.shown} stopped half-way, and the container could "
+                                 f"not be held again (it may still run on the upgraded copy of its layer): {why}",
+                                 f"stop it ({rt.stop_hint(name)}): its next start, or 'pycor rebase {held.shown}', puts "
+                                 "its old layer back") from e
+            upgrade.undo(rootfs)
+            held.reopen()  # its fds named the upgraded copy, which is gone
+            raise
+        upgrade.commit(rootfs)  # the commit point: the marker goes; then the old layer
         return target, plan, changes
 
     def volume_conflicts(self, rootfs: str) -> dict:
@@ -1100,15 +1170,21 @@ class StoppedLayer:
     runtime_state() is asked first, outside the lock (a start waiting for the
     lock in pre-start holds up its monitor, which answers lxc-info and LXD);
     then, under the layer lock held until exit, Driver.require_stopped: the
-    container does not run, nor does an overlay clone of it. With open_layer,
-    the layer is opened (naming an interrupted reset and what finishes it)
-    and an interrupted reconciliation is finished first.
+    container does not run, nor does an overlay clone of it. Then an
+    interrupted upgrade of it is undone (said through report), or one in
+    progress refuses (Driver.recover_upgrade). With open_layer, the layer is
+    opened (naming an interrupted reset and what finishes it) and an
+    interrupted reconciliation is finished first.
+
+    release() and retake() let the container's own start through meanwhile
+    (an upgrade runs in the container: its pre-start takes the layer lock).
     """
 
     def __init__(self, driver: Driver, name: str, rootfs: str, runtime_state: Callable[[], str], what: str, how: str,
-                 shown: str, open_layer: bool) -> None:
+                 shown: str, open_layer: bool, report: Callable[[str], None] | None = None) -> None:
         self.driver, self.name, self.rootfs, self.shown = driver, name, rootfs, shown
         self._runtime_state, self._what, self._how, self._open = runtime_state, what, how, open_layer
+        self._report = report
         self._lock: locks.Flock | None = None
         self._layer: layer.OpenLayer | None = None
 
@@ -1124,6 +1200,9 @@ class StoppedLayer:
         self._lock.__enter__()
         try:
             self.driver.require_stopped(self.name, self.rootfs, runtime_state, self._what, self._how)
+            said = self.driver.recover_upgrade(self.shown, self.rootfs)
+            if said and self._report is not None:
+                self._report(f"container {self.shown}: {said}")
             if self._open:
                 self._layer = self.driver.open_layer(self.name, self.rootfs, self.shown)
                 self.driver.recover_volume(self._layer)
@@ -1141,3 +1220,32 @@ class StoppedLayer:
             if self._lock is not None:
                 self._lock.__exit__(exc_type)
                 self._lock = None
+
+    @property
+    def holding(self) -> bool:
+        return self._lock is not None
+
+    def release(self) -> None:
+        """Let go of the layer and its lock (the container's start may take them); retake() holds them again."""
+        self.__exit__()
+
+    def retake(self, wait: float = 60.0) -> None:
+        """Hold the layer again, checked as at first (stopped; its layer reopened). A container its runtime just
+        stopped may still have its start recorded until its post-stop hook has run: wait for that."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.__enter__()
+                return
+            except InUse:
+                if time.monotonic() > deadline or self._runtime_state() != "STOPPED":
+                    raise
+            time.sleep(0.2)
+
+    def reopen(self) -> None:
+        """Open the layer again (the lock kept): what .pycor is now, after a writer swapped it."""
+        if self._layer is not None:
+            self._layer.__exit__()
+            self._layer = None
+        if self._open:
+            self._layer = self.driver.open_layer(self.shown, self.rootfs)

@@ -38,7 +38,10 @@ RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (v
 XATTR_STATES = ("trusted", "user", "trusted>user:1", "trusted>user:2", "user>trusted:1", "user>trusted:2")
 # Daemon folders whose storage pools hold instance rootfs directories (LXD deb, LXD snap, Incus).
 DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
-UPGRADE_DIR = ".pycor-upgrade"  # beside .pycor: the copy an upgrade works on (upgrade.py), and its throwaway container
+# beside .pycor: the copy an upgrade works on, then (swapped) the old layer while the container upgrades (upgrade.py);
+# never a file pushed into the stopped container (beside() leaves it out)
+UPGRADE_DIR = ".pycor-upgrade"
+UPGRADE_MARKER = f"{PYCOR_DIR}/upgrade.json"  # an upgrade in progress: whose, from and to which version (upgrade.py)
 
 
 class LayerMeta(Record):
@@ -195,11 +198,12 @@ def beside(rootfs_fd: int) -> list[str]:
     """What lies beside .pycor in the rootfs directory (an O_PATH fd of it), sorted: one listdir.
 
     Nothing, for a pycor container; what LXD and Incus wrote there for a file
-    push into the stopped container otherwise (see inbox.py).
+    push into the stopped container otherwise (see inbox.py). An upgrade's
+    UPGRADE_DIR is pycor's own, never a pushed file.
     """
     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfs_fd)
     try:
-        return sorted(n for n in os.listdir(fd) if n != PYCOR_DIR)
+        return sorted(n for n in os.listdir(fd) if n != PYCOR_DIR and n != UPGRADE_DIR)
     finally:
         os.close(fd)
 

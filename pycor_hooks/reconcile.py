@@ -248,8 +248,9 @@ class _Versions:
 
 
 def _exists(fd: int, rel: str) -> bool:
+    """Whether something is at rel below fd, never following a symlink (in a parent directory either)."""
     try:
-        os.stat(rel, dir_fd=fd, follow_symlinks=False)
+        os.close(linux.open_beneath(fd, rel, os.O_PATH | os.O_NOFOLLOW))
         return True
     except OSError:
         return False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -103,8 +104,9 @@ def _upgrade(driver: Driver, c: Container, target: str) -> None:
     c.rt.stop(c.name)
     try:
         with driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), "rollout --upgrade",
-                                  c.rt.stop_hint(c.name), shown=c.name) as held:
-            driver.upgrade_volume(held, c.rt.idmap(c.name), target)
+                                  c.rt.stop_hint(c.name), shown=c.name,
+                                  report=lambda line: print(f"pycor: {line}", file=sys.stderr)) as held:
+            driver.upgrade_volume(held, c.rt, c.name, target)
     finally:
         c.rt.start(c.name)
 

@@ -81,6 +81,13 @@ class Runtime:
         self.start(name)
 
     def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the running container, confined as the container is; its output captured."""
+        cmd, env = self.exec_argv(name, argv)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        """The command line (and environment, None: ours) that runs argv inside the running container, through
+        the runtime's own tool: for exec, and for a caller that streams the output (an upgrade's apt)."""
         raise NotImplementedError
 
     def destroy(self, name: str, force: bool = False) -> None:
@@ -179,9 +186,8 @@ class LxcRuntime(Runtime):
         if self.state(name) != "STOPPED":
             self.tool("lxc-stop", name, "-k")
 
-    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["lxc-attach", "-n", name, "-P", self.lxcpath, "--clear-env", "--", *argv],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        return ["lxc-attach", "-n", name, "-P", self.lxcpath, "--clear-env", "--", *argv], None
 
     def destroy(self, name: str, force: bool = False) -> None:
         from . import locks
@@ -253,9 +259,8 @@ class DaemonRuntime(Runtime):
     def restart(self, name: str) -> None:
         self.client.set_state(name, "restart", timeout=30)
 
-    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.client.cli_argv("exec", name, "--", *argv), env=self.client.cli_env(),
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        return self.client.cli_argv("exec", name, "--", *argv), self.client.cli_env()
 
     def delete(self, name: str) -> None:
         self.client.delete(name)

@@ -23,16 +23,11 @@ from .linux import MNT_DETACH, mounts_under, umount2
 log = logging.getLogger("pycor")
 
 
-RUN_UPGRADES = "/run/pycor/upgrades"  # rebase --upgrade's throwaway containers' lxcpaths (0711, root's)
-
 def discard(path: str) -> None:
     """Remove a leftover tree: stop a builder container still running in it, detach its mounts, delete."""
     if not os.path.lexists(path):
         return
     stop_builders(path)
-    link = os.path.join(path, "lxc")  # an upgrade's lxcpath lives under RUN_UPGRADES, linked from its staging
-    if os.path.islink(link) and os.path.dirname(os.readlink(link)) == RUN_UPGRADES:
-        remove_tree(os.readlink(link))
     # Never walk into a mount (a helper's /proc or /sys bind): detach them first.
     if not detach_mounts_under(path):
         log.error("left %s in place: something is still mounted under it", path)

@@ -4,36 +4,43 @@ A move merges dpkg's database, but the packages a container installed itself
 keep their versions over the new base's: after a release upgrade of the base
 perl needs the old perl-base, the old locales break the new libc6, and the
 container's programs die. Upgrading in place (apt full-upgrade) would have
-brought them along; this does the same on the container's layer, all or
-nothing, before the container runs on the new version:
+brought them along; this does the same, in the container itself, all or
+nothing (Driver.upgrade_volume runs the steps):
 
 1. stage: a copy of the container's layer (its .pycor: upper, layer.json,
-   conflicts.json, a fresh workdir) in ROOTFS/.pycor-upgrade/rootfs/.pycor,
-   on the container's own filesystem; the base is never copied;
-2. move the copy to the target version (reconciliation, which would break
-   the packages: that is what comes next);
-3. upgrade its own packages on the target version, in a throwaway LXC
-   container whose rootfs is the copy (pycor's own hooks mount it over the
-   target version, with the container's idmap), on the host's network with
-   the builder's runtime (a tmpfs /run, the host's name servers, apt's lists
-   and downloads outside the layer, no question on a changed conffile, no
-   service started): apt-get update, -f install, full-upgrade, clean;
-4. check: apt-get check on the result (depcheck) says nothing the base alone
+   conflicts.json, pushed files, a fresh workdir) in ROOTFS/.pycor-upgrade/.pycor
+   (root's alone, on the container's own filesystem; the base is never copied);
+2. move the copy to the target version (reconciliation, which would break the
+   packages: that is what comes next) and pin it there;
+3. swap: the copy becomes the container's .pycor (one renameat2(RENAME_EXCHANGE)),
+   its old layer kept aside in ROOTFS/.pycor-upgrade/.pycor; the copy carries
+   the marker (.pycor/upgrade.json) naming the upgrade and the pycor process
+   doing it (pid, start time, boot);
+4. run: the container starts through its own runtime (LXC, LXD, Incus), confined
+   exactly as it always runs (its network, namespaces, cgroup, AppArmor profile,
+   idmap); once systemd says it has booted and its network is up, apt-get
+   update, -f install, full-upgrade and clean run in it (runtime exec), with
+   no question asked (the options on apt's command line; nothing is mounted
+   into the container); then it stops;
+5. check: apt-get check on the result (depcheck) says nothing the base alone
    does not;
-5. commit: the container's .pycor and the copy's swap places with one
-   renameat2(RENAME_EXCHANGE); the old layer goes.
+6. commit: the marker goes (the commit point); then the old layer.
 
-Any failure before 5 (a fetch, a maintainer script, a result that still
-breaks, a kill) leaves the container exactly as it was; what a killed run
-leaves in ROOTFS/.pycor-upgrade is removed by the next one (and is never
-seen by the container: the overlay is mounted over ROOTFS). The throwaway
-container's config lives in a staging directory of the store, whose
-recovery stops it if the command was killed; its lxcpath is host root's,
-under /run/pycor/upgrades: nothing host root reads as config is ever in the
-container's rootfs directory, which a daemon's file API writes while the
-container is stopped. Its lxcpath is never recorded as one pycor has seen.
+Any failure before 6 (no init that brings up the network, a fetch, a
+maintainer script, a result that still breaks) swaps the old layer back:
+the container is exactly as it was. A killed pycor leaves the marker, whose
+process is gone: the container's next start (its pre-start, or pre-mount
+--prepare), `pycor rebase`, `reset` or `doctor` swaps the old layer back and
+says so; the upgrade's own start (the marker's process alive) goes on.
+A copy that never became the container's (killed before 3), or an old
+layer after 6, is removed by the next command that holds the container's
+layer (StoppedLayer).
 
-Not a hot path: the CLI uses this, never a hook.
+The marker is a file in the layer like every pycor file in .pycor: owned
+like the layer, read bounded, and never trusted for a path (the places
+are fixed; it names only versions and a process).
+
+Not a hot path: the CLI uses this, and a hook only when a marker is there.
 """
 
 from __future__ import annotations
@@ -44,21 +51,70 @@ import stat
 import subprocess
 import sys
 
-from . import builder, layer, linux
-from .errors import PycorError, Unsupported
-from .idmap import IdMap
-from .lxcconfig import LXC_CONFIG_DIR, hook_lines, line
-from .staging import RUN_UPGRADES
-from .store import Store, hooks_dir
+from . import faults, layer, linux
+from .errors import InUse, PycorError, Unsupported
+from .names import check_version
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Protocol
+
+    class Runtime(Protocol):
+        """What an upgrade needs of the container's runtime (runtime.Runtime has it; driver sits below runtime)."""
+
+        def state(self, name: str) -> str: ...
+        def start(self, name: str) -> None: ...
+        def stop(self, name: str, force: bool = False) -> None: ...
+        def exec(self, name: str, argv: list[str], timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+        def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]: ...
+        def stop_hint(self, name: str) -> str: ...
 
 SCRATCH = layer.UPGRADE_DIR  # beside .pycor in the container's rootfs directory
-NAME = "upgrade"  # the throwaway container's name, in its own lxcpath
+MARKER = "upgrade.json"  # in .pycor (layer.UPGRADE_MARKER)
+MARKER_LIMIT = 4096
 STATUS = "var/lib/dpkg/status"
-# What an in-place `apt full-upgrade` does, without questions. -f install first: a container whose
-# packages the move left broken needs apt to fix them before it will upgrade anything.
-SCRIPT = ("set -e; export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "
-          "apt-get -q -o Dpkg::Use-Pty=0 update; apt-get -q -y -o Dpkg::Use-Pty=0 -f install; "
-          "apt-get -q -y -o Dpkg::Use-Pty=0 full-upgrade; apt-get -q clean")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What an in-place `apt full-upgrade` does, without questions: every setting on apt's command line (they
+# win over the container's apt.conf.d), nothing mounted into the container.
+# - a fetch that fails (a name not resolved, a mirror unreachable) fails apt-get update (exit 100)
+#   instead of a warning over old lists (apt >= 2.1.16: bookworm's 2.6, trixie's 3.0);
+# - no question on a changed conffile: the default answer, else the installed file (the new one as .dpkg-dist).
+APT = ("apt-get -q -o Dpkg::Use-Pty=0 -o APT::Update::Error-Mode=any "
+       "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+# -f install first: a container whose packages the move left broken needs apt to fix them before it upgrades anything.
+SCRIPT = (f"set -e; export PATH={PATH} DEBIAN_FRONTEND=noninteractive APT_LISTCHANGES_FRONTEND=none; "
+          f"{APT} update; {APT} -y -f install; {APT} -y full-upgrade; {APT} clean")
+BOOT_SECONDS = 300  # systemd's boot, then the network
+NETWORK_SECONDS = 90
+INIT_SECONDS = 10  # for the container's first process to become its init
+
+
+def boot_script() -> str:
+    """Wait until the container's systemd has booted and its network is up; exit 3 when its init is not
+    systemd, 4 when the boot did not finish well, 5 when the network did not come up. Prints what it saw."""
+    from .debian import wait_for_boot_script
+
+    tab = "\t"
+    return (
+        f"export PATH={PATH}; i=0; "
+        f"while [ \"$(cat /proc/1/comm)\" != systemd ] && [ $i -lt {INIT_SECONDS * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+        "init=$(cat /proc/1/comm); echo \"init: $init\"; [ \"$init\" = systemd ] || exit 3; "
+        f"state=$({wait_for_boot_script(BOOT_SECONDS)}); echo \"boot: $state\"; "
+        "case \"$state\" in running|degraded) ;; *) exit 4;; esac; "
+        # its network: a default route, once it has an interface other than lo (none: nothing to bring up)
+        "i=0; while :; do "
+        "links=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -vx lo || true); "
+        "[ -z \"$links\" ] && { echo 'network: none but lo'; exit 0; }; "
+        f"if grep -q '^[^{tab}]*{tab}00000000{tab}' /proc/net/route || "
+        "grep '^00000000000000000000000000000000 00 ' /proc/net/ipv6_route | grep -qv ' lo$'; then "
+        "echo \"network: up ($(echo $links))\"; exit 0; fi; "
+        f"[ $i -ge {NETWORK_SECONDS * 10} ] && {{ echo \"network: no default route on $(echo $links)\"; exit 5; }}; "
+        "sleep 0.1; i=$((i+1)); done"
+    )
+
+
+# -- what the container has ------------------------------------------------------------------
 
 
 def _lstat_beneath(upper_fd: int, rel: str) -> os.stat_result | None:
@@ -78,37 +134,65 @@ def has_own_packages(upper_fd: int) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode)
 
 
+def require_init(name: str, view: list[str]) -> None:
+    """Refuse (nothing changed yet) a container whose /sbin/init, in its view on the target version
+    (upper first), is not systemd: the upgrade runs in the container as it runs, and only systemd says
+    when it has booted and brought up its network."""
+    from .builder import resolve_lower
+
+    found = resolve_lower(view, "sbin/init")
+    if found is not None and found[1] is not None and stat.S_ISREG(found[1].st_mode) and \
+            os.path.basename(found[0]) == "systemd":
+        return
+    shown = "missing" if found is None or found[1] is None else f"/{found[0]}"
+    raise no_init(name, f"its /sbin/init is {shown}")
+
+
+def no_init(name: str, why: str) -> PycorError:
+    return PycorError(f"container {name} has no init that brings up its network ({why}): --upgrade runs apt in the "
+                      "container as it runs, and waits for systemd to finish booting it; nothing was changed",
+                      "a base with systemd as init ('pycor base import NAME --debootstrap SUITE --bootable'), or "
+                      f"move it without --upgrade ('pycor rebase {name} --force') and run apt-get full-upgrade inside")
+
+
+# -- staging and swapping ----------------------------------------------------------------------
+
+
 def _open_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def _rmtree_at(dir_fd: int, name: str) -> None:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(name, dir_fd=dir_fd)  # never follows a symlink (dir_fd-based rmtree)
+
+
 def discard(rootfs: str) -> None:
-    """Remove what an earlier upgrade left in ROOTFS/.pycor-upgrade (never following a symlink)."""
+    """Remove ROOTFS/.pycor-upgrade: a copy that never became the container's, or an old layer after the commit."""
     fd = _open_dir(rootfs)
     try:
-        try:
-            os.stat(SCRATCH, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(SCRATCH, dir_fd=fd)
+        _rmtree_at(fd, SCRATCH)
     finally:
         os.close(fd)
 
 
-def _make_like(parent: int, name: str, like: os.stat_result) -> None:  # a directory with like's owner and mode
-    os.mkdir(name, 0o700, dir_fd=parent)
-    os.chown(name, like.st_uid, like.st_gid, dir_fd=parent, follow_symlinks=False)
-    os.chmod(name, stat.S_IMODE(like.st_mode), dir_fd=parent, follow_symlinks=False)
+def has_scratch(rootfs_fd: int) -> bool:
+    try:
+        os.stat(SCRATCH, dir_fd=rootfs_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
-def stage(lay: layer.OpenLayer, mapped_root: tuple[int, int] | None) -> str:
-    """A copy of the container's layer, for the throwaway container: returns the rootfs directory holding it.
+def stage(lay: layer.OpenLayer) -> str:
+    """A copy of the container's layer: returns the directory holding it (ROOTFS/.pycor-upgrade, root's alone).
 
     The whole .pycor is copied (GNU tar through tario: owners, xattrs, whiteouts kept): upper, layer.json,
     the conflicts record, files pushed while it was stopped (its inbox), anything later pycor keeps there;
-    the workdir's contents are not (overlayfs's scratch space). ROOTFS/.pycor-upgrade is root's (0700), or
-    its group is the container's mapped root (0710), so an unprivileged container's root reaches the copy
-    as it reaches its own layer.
+    the workdir's contents are not (overlayfs's scratch space).
     """
     from . import tario
     from .proc import Progress
@@ -119,23 +203,16 @@ def stage(lay: layer.OpenLayer, mapped_root: tuple[int, int] | None) -> str:
     rootfs_fd = _open_dir(lay.rootfs)
     try:
         os.mkdir(SCRATCH, 0o700, dir_fd=rootfs_fd)
-        if mapped_root is not None:
-            os.chown(SCRATCH, 0, mapped_root[1], dir_fd=rootfs_fd, follow_symlinks=False)
-            os.chmod(SCRATCH, 0o710, dir_fd=rootfs_fd, follow_symlinks=False)
-        scratch = _open_dir(os.path.join(lay.rootfs, SCRATCH))
+        scratch = linux.open_beneath(rootfs_fd, SCRATCH, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            _make_like(scratch, "rootfs", os.fstat(rootfs_fd))
-            inner = linux.open_beneath(scratch, "rootfs", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.mkdir(layer.PYCOR_DIR, 0o700, dir_fd=inner)  # tar gives it the original's owner and mode
-            finally:
-                os.close(inner)
+            os.chmod(scratch, 0o700)  # whatever the umask: the container's old layer will lie here
+            os.mkdir(layer.PYCOR_DIR, 0o700, dir_fd=scratch)  # tar gives it the original's owner and mode
         finally:
             os.close(scratch)
         pycor = linux.open_beneath(rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         os.close(rootfs_fd)
-    target = os.path.join(lay.rootfs, SCRATCH, "rootfs")
+    target = os.path.join(lay.rootfs, SCRATCH)
     try:
         tario.copy_tree(linux.shared_fd_path(pycor), os.path.join(target, layer.PYCOR_DIR), Progress())
     finally:
@@ -152,94 +229,207 @@ def stage(lay: layer.OpenLayer, mapped_root: tuple[int, int] | None) -> str:
     return target
 
 
-def config(store: Store, base: str, rootfs: str, support: str, view: list[str], idmap: IdMap | None) -> str:
-    """The throwaway container's LXC config: the copy over the target version, the container's idmap,
-    the host's network, the builder's runtime (support: where its files are, view: upper over the
-    target version's layers, for where /etc/resolv.conf leads)."""
-    lines = [
-        line("lxc.rootfs.path", f"dir:{rootfs}"),
-        line("lxc.include", os.path.join(LXC_CONFIG_DIR, "common.conf")),
-    ]
-    if idmap is not None:
-        lines.append(line("lxc.include", os.path.join(LXC_CONFIG_DIR, "userns.conf")))
-        lines += [line("lxc.idmap", f"{e.kind} {e.nsid} {e.hostid} {e.range}") for e in idmap.entries]
-        # an unprivileged container cannot mount a sysfs in the host's network namespace; apt needs none
-        lines += ["lxc.mount.auto =", line("lxc.mount.auto", "proc:mixed cgroup:mixed")]
-    lines += [
-        line("lxc.net.0.type", "none"),  # the host's network, as a builder's
-        line("lxc.uts.name", "pycor-upgrade"),
-        line("lxc.apparmor.profile", "unconfined"),
-        line("lxc.environment", "DEBIAN_FRONTEND=noninteractive"),
-        line("lxc.environment", "APT_LISTCHANGES_FRONTEND=none"),
-        *hook_lines(hooks_dir(), store.hook_arg, privileged=idmap is None),
-        *store.base(base).lxc,
-        *builder.runtime_mounts(view, support),
-        # what apt and maintainer scripts leave in /tmp is no part of the container
-        line("lxc.mount.entry", "tmpfs tmp tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0"),
-    ]
-    return "\n".join(lines) + "\n"
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read(64).strip()
 
 
-def prepare(store: Store, base: str, staging: str, rootfs: str, b_layers: list[str], idmap: IdMap | None) -> str:
-    """The throwaway container for the copy at rootfs; returns its lxcpath.
+def _me() -> dict:
+    from .runstate import proc_start_time
 
-    Its lxcpath and config are host root's, in RUN_UPGRADES (an unprivileged container's root must
-    traverse its container directory; the store is root's alone), never in ROOTFS: a daemon's file
-    API writes into a stopped container's rootfs directory, so a config there could gain a hook
-    line between this write and LXC's read, and a link there could lead the store's recovery to
-    another lxcpath. staging/lxc links there, so the store's recovery stops the container if this
-    command is killed. The builder's files (bind mount sources) are staged with it, unless the
-    container is unprivileged: its root must reach and write them, so they live beside the copy in
-    ROOTFS/.pycor-upgrade (LXC resolves those sources as that root).
-    """
-    support = os.path.dirname(rootfs) if idmap is not None else staging
-    builder.write_builder_files(support)
-    os.makedirs(RUN_UPGRADES, 0o711, exist_ok=True)
-    os.chmod(RUN_UPGRADES, 0o711)
-    lxcpath = os.path.join(RUN_UPGRADES, os.path.basename(staging))
-    os.mkdir(lxcpath, 0o711)
-    os.symlink(lxcpath, os.path.join(staging, "lxc"))
-    os.mkdir(os.path.join(lxcpath, NAME), 0o711)
-    if idmap is not None:
-        uid, gid = idmap.root()
-        for folder, _, files in os.walk(os.path.join(support, builder.APT_DIR)):
-            for path in [folder, *(os.path.join(folder, f) for f in files)]:
-                os.chown(path, uid, gid, follow_symlinks=False)  # apt writes its lists and downloads there
-    view = [os.path.join(rootfs, layer.UPPER), *b_layers]
-    fd = os.open(os.path.join(lxcpath, NAME, "config"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(config(store, base, rootfs, support, view, idmap))
-    return lxcpath
+    pid = os.getpid()
+    return {"pid": pid, "start": proc_start_time(pid) or 0, "boot": _boot_id()}
 
 
-def forget(lxcpath: str) -> None:
-    """Remove the throwaway container's lxcpath (its container has stopped)."""
-    shutil.rmtree(lxcpath, ignore_errors=True)
-
-
-def sweep() -> None:
-    """Remove the lxcpaths killed upgrades left in RUN_UPGRADES (named after their staging: LABEL.PID.RANDOM).
-
-    Run after the store's sweep_staging, which stops their containers."""
+def write_marker(copy_rootfs: str, old: str | None, target: str) -> None:
+    """The marker in the copy's .pycor (before the swap: it becomes the container's with it), owned like the layer."""
+    fd = _open_dir(copy_rootfs)
     try:
-        entries = os.listdir(RUN_UPGRADES)
+        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        os.close(fd)
+    try:
+        from .flatjson import dumps
+
+        wfd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pycor)
+        layer.give_to_owner(wfd, layer.owner_at(pycor))
+        with os.fdopen(wfd, "w", encoding="utf-8") as f:
+            f.write(dumps({"from": old, "to": target, **_me()}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.fsync(pycor)
+    finally:
+        os.close(pycor)
+
+
+class Marker:
+    """What a marker says: the upgrade (from, to) and the pycor process doing it (pid, start time, boot)."""
+
+    __slots__ = ("old", "target", "pid", "start", "boot")
+
+    def __init__(self, old: str | None, target: str | None, pid: int, start: int, boot: str) -> None:
+        self.old, self.target, self.pid, self.start, self.boot = old, target, pid, start, boot
+
+    def alive(self) -> bool:
+        """Whether the process that wrote it still runs (the same process: pid, start time and boot)."""
+        from .runstate import proc_start_time
+
+        return self.pid > 0 and self.boot == _boot_id() and proc_start_time(self.pid) == self.start
+
+    def mine(self) -> bool:
+        me = _me()
+        return (self.pid, self.start, self.boot) == (me["pid"], me["start"], me["boot"])
+
+    def shown(self) -> str:
+        return f"the upgrade to version {self.target or '?'} by pycor process {self.pid}"
+
+
+def read_marker(rootfs_fd: int) -> Marker | None:
+    """The container's marker (bounded read, no symlink followed), None when it has none; one that cannot be
+    read as pycor writes it names no live process (its upgrade is undone)."""
+    from .flatjson import load
+
+    try:
+        fd = linux.open_beneath(rootfs_fd, layer.UPGRADE_MARKER, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
+        return None
+    except OSError:
+        return Marker(None, None, 0, 0, "")  # not a file pycor wrote (a symlink, a directory...)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MARKER_LIMIT + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    try:
+        if len(data) > MARKER_LIMIT:
+            raise ValueError("too large")
+        raw = load(data)
+        old, target = raw.get("from"), raw.get("to")
+        return Marker(check_version(str(old)) if old else None, check_version(str(target)) if target else None,
+                      int(raw["pid"]), int(raw["start"]), str(raw["boot"])[:64])
+    except (ValueError, KeyError, TypeError, PycorError):
+        return Marker(None, None, 0, 0, "")
+
+
+def swap(rootfs: str) -> None:
+    """The container's .pycor and the one in ROOTFS/.pycor-upgrade change places in one rename (both ways alike)."""
+    fd = _open_dir(rootfs)
+    try:
+        aside = linux.open_beneath(fd, SCRATCH, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            other = linux.open_beneath(aside, layer.PYCOR_DIR, os.O_PATH | os.O_NOFOLLOW)
+            try:
+                if not stat.S_ISDIR(os.fstat(other).st_mode):
+                    raise PycorError(f"{rootfs}/{SCRATCH}/{layer.PYCOR_DIR} is not a directory",
+                                     "it was not left by pycor: remove it")
+            finally:
+                os.close(other)
+            linux.renameat2(aside, layer.PYCOR_DIR, fd, layer.PYCOR_DIR, linux.RENAME_EXCHANGE)
+            os.fsync(fd)
+            os.fsync(aside)
+        finally:
+            os.close(aside)
+    finally:
+        os.close(fd)
+
+
+def commit(rootfs: str) -> None:
+    """The commit point: the marker goes (durably); then the old layer."""
+    fd = _open_dir(rootfs)
+    try:
+        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.unlink(MARKER, dir_fd=pycor)
+            os.fsync(pycor)
+        finally:
+            os.close(pycor)
+        faults.point("upgrade-committed")
+        _rmtree_at(fd, SCRATCH)
+    finally:
+        os.close(fd)
+
+
+def undo(rootfs: str) -> None:
+    """Swap the old layer back (the container exactly as before) and remove the copy, marker and all."""
+    swap(rootfs)
+    discard(rootfs)
+
+
+def recover(name: str, rootfs: str, starting: bool) -> str | None:
+    """What a container's marker calls for, its layer lock held and the container not running: nothing (no
+    marker, or this process's own); the upgrade's own start goes on (starting, its process alive); another
+    command refuses (InUse); an upgrade whose process is gone is undone. Returns what was done, to say."""
+    fd = _open_dir(rootfs)
+    try:
+        marker = read_marker(fd)
+        scratch = has_scratch(fd)
+    finally:
+        os.close(fd)
+    if marker is None:
+        if scratch and not starting:
+            discard(rootfs)  # a copy that never became the container's, or an old layer after the commit
+        return None
+    if marker.mine():
+        return None
+    if marker.alive():
+        if starting:
+            return None  # the upgrade's own start
+        raise InUse(f"container {name}: {marker.shown()} is in progress",
+                    "wait for it to finish (it stops the container again), then run this again")
+    where = f"{rootfs}/{layer.UPGRADE_MARKER}"
+    if not scratch:
+        # no old layer to go back to (removed by hand): the layer stays as it is
+        _drop_marker(rootfs)
+        return (f"{marker.shown()} was interrupted and its old layer is gone: the container keeps the layer it has "
+                f"({where} removed)")
+    undo(rootfs)
+    on = f" (version {marker.old})" if marker.old else ""
+    return f"{marker.shown()} was interrupted: its old layer{on} is back, as before the upgrade"
+
+
+def _drop_marker(rootfs: str) -> None:
+    fd = _open_dir(rootfs)
+    try:
+        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.unlink(MARKER, dir_fd=pycor)
+        finally:
+            os.close(pycor)
+    finally:
+        os.close(fd)
+
+
+# -- in the container ----------------------------------------------------------------------------
+
+
+def wait_until_up(rt: Runtime, name: str) -> None:
+    """Wait until the running container has booted and its network is up (boot_script); a clear error if not."""
+    try:
+        proc = rt.exec(name, ["/bin/sh", "-c", boot_script()], timeout=BOOT_SECONDS + NETWORK_SECONDS + INIT_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        raise PycorError(f"container {name} did not answer while it booted for its upgrade; nothing was changed",
+                         "start it and see why, then run this again") from None
+    said = (proc.stdout or "").strip().replace("\n", "; ")[-300:]
+    if proc.returncode == 0:
         return
-    for entry in entries:
-        parts = entry.rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-            forget(os.path.join(RUN_UPGRADES, entry))
+    if proc.returncode == 3:
+        raise no_init(name, f"its first process is {said.removeprefix('init: ') or '?'}, not systemd")
+    if proc.returncode == 5:
+        raise PycorError(f"container {name} started, but its network did not come up within {NETWORK_SECONDS} s ({said}); "
+                         "nothing was changed", "start it and see why ('networkctl', 'journalctl -b'), then run this again")
+    raise PycorError(f"container {name} did not finish booting for its upgrade (exit {proc.returncode}: "
+                     f"{said or (proc.stderr or '').strip()[-300:]}); nothing was changed",
+                     "start it and see why ('systemctl --failed', 'journalctl -b'), then run this again")
 
 
-def run(lxcpath: str) -> tuple[int, list[str]]:
-    """apt-get update, -f install, full-upgrade and clean in the throwaway container, its output on our stderr;
-    returns its exit status and what apt said it could not fetch (builder.relay_stderr)."""
+def run_apt(rt: Runtime, name: str) -> tuple[int, list[str]]:
+    """apt-get update, -f install, full-upgrade and clean in the running container (its runtime's exec), its output
+    on our stderr; returns apt's exit status and what apt said it could not fetch (builder.relay_stderr)."""
+    from .builder import relay_stderr
+
+    argv, env = rt.exec_argv(name, ["/bin/sh", "-c", SCRIPT])
     sys.stderr.flush()
-    proc = subprocess.Popen(["lxc-execute", "-n", NAME, "-P", lxcpath, "--", "/bin/sh", "-c", SCRIPT],
-                            stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
-        unreached = builder.relay_stderr(proc.stderr)
+        unreached = relay_stderr(proc.stderr)
         proc.wait()
     finally:
         if proc.poll() is None:
@@ -248,19 +438,28 @@ def run(lxcpath: str) -> tuple[int, list[str]]:
     return proc.returncode, unreached
 
 
-def tidy(rootfs: str, b_layers: list[str], had_policy: bool) -> None:
-    """What LXC made in the copy's upper only to mount on (the policy-rc.d binding) is no change of the container's."""
-    if had_policy:
-        return  # the container's own policy-rc.d: left as it is
-    upper = _open_dir(os.path.join(rootfs, layer.UPPER))
+def run_in(rt: Runtime, name: str) -> None:
+    """Start the container, wait until it is up, run apt in it, stop it (also when anything failed)."""
     try:
-        builder._drop_mount_points(upper, b_layers)
+        rt.start(name)
+        faults.point("upgrade-started")
+        wait_until_up(rt, name)
+        rc, unreached = run_apt(rt, name)
+        if rc != 0 or unreached:
+            raise failed(rc, unreached)
+        faults.point("upgrade-ran")
     finally:
-        os.close(upper)
+        stop(rt, name)
 
 
-def has_policy(upper_fd: int) -> bool:
-    return _lstat_beneath(upper_fd, builder.POLICY_RC_D) is not None
+def stop(rt: Runtime, name: str) -> None:
+    """Stop the container: cleanly, else by force."""
+    try:
+        rt.stop(name)
+    except (PycorError, OSError, subprocess.SubprocessError):
+        pass
+    if rt.state(name) != "STOPPED":
+        rt.stop(name, force=True)
 
 
 def failed(rc: int, unreached: list[str]) -> PycorError:
@@ -268,10 +467,13 @@ def failed(rc: int, unreached: list[str]) -> PycorError:
     if unreached:
         return PycorError(f"apt could not fetch {', '.join(unreached)} in the container's upgrade (exit {rc}): "
                           "nothing was upgraded and the container is unchanged",
-                          "the upgrade uses the host's network and name servers: make the container's apt sources "
-                          "reachable from the host, then run the same command again")
+                          "the upgrade runs in the container, on its own network and name servers: make its apt "
+                          "sources reachable from it, then run the same command again")
     return PycorError(f"the upgrade of the container's own packages failed (exit {rc}); the container is unchanged",
                       "the output above says why; fix it and run the same command again")
+
+
+# -- what it did ------------------------------------------------------------------------------------
 
 
 def package_versions(upper_fd: int) -> dict[str, str]:
@@ -299,7 +501,7 @@ def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 
 def note(rootfs_fd: int, changes: list[str], target: str) -> None:
-    """The copy's record: the move's breaks are gone (the upgrade mended them), and what the upgrade did."""
+    """The layer's record: the move's breaks are gone (the upgrade mended them), and what the upgrade did."""
     from . import reconcile
 
     record = reconcile.read_findings(rootfs_fd)
@@ -309,22 +511,3 @@ def note(rootfs_fd: int, changes: list[str], target: str) -> None:
                      "detail": f"its own packages brought to version {target}: " + (shown or "none needed a change")})
     record["findings"] = findings
     reconcile.write_findings(rootfs_fd, record)
-
-
-def commit(rootfs: str) -> None:
-    """The commit point: the container's .pycor and the upgraded copy's swap places in one rename; the old one goes."""
-    fd = _open_dir(rootfs)
-    try:
-        inner = linux.open_beneath(fd, f"{SCRATCH}/rootfs", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            from . import faults
-
-            faults.point("upgrade-staged")
-            linux.renameat2(inner, layer.PYCOR_DIR, fd, layer.PYCOR_DIR, linux.RENAME_EXCHANGE)
-            os.fsync(fd)
-        finally:
-            os.close(inner)
-        faults.point("upgrade-committed")
-        shutil.rmtree(SCRATCH, dir_fd=fd)
-    finally:
-        os.close(fd)

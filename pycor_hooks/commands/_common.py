@@ -57,7 +57,12 @@ def find_container(driver: Driver, args: argparse.Namespace, name: str | None = 
 def stopped(driver: Driver, c: runtime.Container, what: str, open_layer: bool = True) -> StoppedLayer:
     """The container's layer, locked and checked stopped (Driver.stopped_layer), for a command that writes it."""
     return driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), what, c.rt.stop_hint(c.name),
-                                shown=c.name, open_layer=open_layer)
+                                shown=c.name, open_layer=open_layer, report=say)
+
+
+def say(line: str) -> None:
+    """A note for the person on stderr (what a command did on the way: an interrupted upgrade undone)."""
+    print(f"pycor: {line}", file=sys.stderr)
 
 
 def used_versions(driver: Driver, args: argparse.Namespace, problems: list[str] | None = None) -> dict[str, set[str]]:

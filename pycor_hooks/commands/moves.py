@@ -76,7 +76,7 @@ def rebase(args: argparse.Namespace, driver: Driver) -> None:
         target, plan = driver.rebase_plan(c.rootfs, to)
     elif args.upgrade:
         with stopped(driver, c, "rebase --upgrade") as held:
-            target, plan, changes = driver.upgrade_volume(held, c.rt.idmap(c.name), to, args.force)
+            target, plan, changes = driver.upgrade_volume(held, c.rt, c.name, to, args.force)
     else:
         with stopped(driver, c, "rebase") as held:
             target, plan = driver.rebase_volume(held, to, args.force)

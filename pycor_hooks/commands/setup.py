@@ -17,6 +17,8 @@ def doctor(args: argparse.Namespace, driver: Driver) -> None:
 
     if args.fleet is not None:
         return fleet(args)
+    for done, line in driver.recover_upgrades():  # a killed upgrade: the container's old layer back
+        print(f"{'fixed' if done else 'note'}: {line}")
     if args.fix:
         for state in driver.clear_stale():
             print(f"fixed: removed the stale run record of container {state.name} ({state.rootfs})")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import uuid
 
 import pytest
@@ -18,7 +20,7 @@ from helpers import PYCOR, layer_of, run, tree_checksum
 pytestmark = pytest.mark.slow
 
 # mkdeb NAME VERSION [CONTROL LINES] [FILE...]: $DEBS/NAME_VERSION_all.deb with /usr/bin/NAME (prints "NAME VERSION")
-# and each FILE (an absolute path, holding "NAME VERSION"); mkrepo: a flat apt repository of $DEBS at
+# and each FILE (an absolute path, holding "NAME VERSION"), and $POSTINST as its postinst if set; mkrepo: a flat apt repository of $DEBS at
 # /srv/repo, the container's only apt source (apt-get update reads files: no network).
 SHELL = r"""
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -29,6 +31,7 @@ mkdeb() {
   printf '#!/bin/sh\necho %s %s\n' "$n" "$v" > $t/usr/bin/$n; chmod 755 $t/usr/bin/$n
   for f in "$@"; do mkdir -p "$t$(dirname "$f")"; echo "$n $v" > "$t$f"; done
   printf "Package: $n\nVersion: $v\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n${c:+$c\n}" > $t/DEBIAN/control
+  if [ -n "${POSTINST:-}" ]; then printf '#!/bin/sh\n%s\n' "$POSTINST" > $t/DEBIAN/postinst; chmod 755 $t/DEBIAN/postinst; fi
   dpkg-deb --root-owner-group --build $t $DEBS/${n}_${v}_all.deb >/dev/null
 }
 mkrepo() {
@@ -139,7 +142,7 @@ def test_an_upgrade_that_cannot_fetch_leaves_the_container_as_it_was(make_contai
     assert not [p for p in lxcpaths if p.startswith(os.path.join(store, "staging")) or ".pycor-upgrade" in p]
 
 
-@pytest.mark.parametrize("step", ["upgrade-staged", "upgrade-committed"])
+@pytest.mark.parametrize("step", ["upgrade-staged", "upgrade-swapped", "upgrade-committed"])
 def test_an_upgrade_killed_half_way_and_run_again_ends_as_one_run(make_container, mbase, env, store, step):
     tag = uuid.uuid4().hex[:6]
     lib, app = f"lib{tag}", f"app{tag}"
@@ -154,7 +157,9 @@ def test_an_upgrade_killed_half_way_and_run_again_ends_as_one_run(make_container
     assert proc.returncode != 0
     if step == "upgrade-staged":
         assert layer_sum(c) == before  # killed before the commit point: nothing changed
-    pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade")
+    again = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade")
+    if step == "upgrade-swapped":  # the copy was the container's layer: the old one came back first
+        assert "was interrupted: its old layer" in again.stderr
     assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
     c.start()
     assert sh(c, app).stdout.strip() == f"{app} 2.0" and listed(env, c)["version"] == new
@@ -258,3 +263,128 @@ def test_rollout_leaves_a_container_it_would_hold_back_running_and_rollout_upgra
     out = pycor(env, "rollout", mbase, "-P", own.lxcpath, "--upgrade", "--format", "json").stdout
     assert {o["name"]: o["status"] for o in json.loads(out)}[own.name] == "moved"
     assert sh(own, app).stdout.strip() == f"{app} 2.0" and listed(env, own)["version"] == new
+
+
+MARKER = ".pycor/upgrade.json"
+
+
+def test_an_upgrade_runs_in_the_containers_own_network_namespace_and_cgroup(make_container, mbase, env):
+    """The tenant's code an upgrade runs (here its package's postinst) is confined as the container is: its own
+    network namespace (a service on the host's loopback is out of reach) and its own cgroup."""
+    tag = uuid.uuid4().hex[:6]
+    lib, app = f"lib{tag}", f"app{tag}"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    reached: list[str] = []
+    done = threading.Event()
+
+    def serve() -> None:  # bounded: it ends when the test ends
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            reached.append(conn.recv(64).decode(errors="replace"))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        update(env, mbase, f"mkdeb {lib} 1.0 && dpkg -i $DEBS/{lib}_1.0_all.deb")
+        c = make_container(base=mbase)
+        c.start()
+        probe = (f"readlink /proc/self/ns/net /proc/1/ns/net > /var/lib/{app}.net; "
+                 f"readlink /proc/self/ns/cgroup /proc/1/ns/cgroup > /var/lib/{app}.cgroupns; "
+                 f"cat /proc/1/comm > /var/lib/{app}.init; grep ^0:: /proc/self/cgroup > /var/lib/{app}.cgroup; "
+                 f"if timeout 5 bash -c \"echo {app} > /dev/tcp/127.0.0.1/{port}\" 2>/dev/null; then echo reached; "
+                 f"else echo out of reach; fi > /var/lib/{app}.loopback; true")
+        sh(c, f"mkdeb {app} 1.0 'Depends: {lib} (= 1.0)' && POSTINST='{probe}' && mkdeb {app} 2.0 'Depends: {lib} (>= 2.0)' "
+              f"&& POSTINST= && mkrepo && dpkg -i $DEBS/{app}_1.0_all.deb >/dev/null")
+        c.stop()
+        update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
+        pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade")
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+    seen = {kind: open(os.path.join(c.upper, f"var/lib/{app}.{kind}")).read().split()
+            for kind in ("net", "cgroupns", "init", "cgroup", "loopback")}
+    # the postinst ran beside the container's own init (its systemd), in its network and cgroup namespaces
+    assert seen["init"] == ["systemd"], seen
+    for kind in ("net", "cgroup"):
+        mine, its_init = seen["net" if kind == "net" else "cgroupns"]
+        assert mine == its_init != os.readlink(f"/proc/self/ns/{kind}"), seen  # the test's own: the host's
+    # and in the container's cgroup: below its namespace's root (a process outside it would see /..)
+    assert seen["cgroup"][0].startswith("0::/") and ".." not in seen["cgroup"][0], seen
+    assert seen["loopback"] == ["out", "of", "reach"] and not reached, (seen, reached)
+    assert c.state() == "STOPPED"  # stopped before, stopped after
+
+
+def test_an_upgrade_refuses_a_container_without_an_init_that_brings_up_its_network(make_container, env):
+    c = make_container()  # busybox: its init is busybox's, no systemd
+    c.start()
+    c.sh("mkdir -p /var/lib/dpkg && printf 'Package: own\\nStatus: install ok installed\\nVersion: 1\\n"
+         "Architecture: all\\n\\n' > /var/lib/dpkg/status")  # a package of its own
+    c.stop()
+    before = layer_sum(c)
+    proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False)
+    assert proc.returncode == 1 and "has no init that brings up its network" in proc.stderr and "nothing was changed" in proc.stderr
+    assert layer_sum(c) == before and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert c.state() == "STOPPED"
+
+
+@pytest.mark.parametrize(("step", "then", "unprivileged"), [("upgrade-ran", "start", False), ("upgrade-swapped", "start", True),
+                                                            ("upgrade-swapped", "doctor", False)])
+def test_an_upgrade_killed_after_the_swap_is_undone_by_the_next_start_or_doctor(make_container, mbase, env, step, then,
+                                                                                unprivileged):
+    tag = uuid.uuid4().hex[:6]
+    lib, app = f"lib{tag}", f"app{tag}"
+    old = update(env, mbase, f"mkdeb {lib} 1.0 && dpkg -i $DEBS/{lib}_1.0_all.deb")
+    c = make_container(base=mbase, extra=("--unprivileged",) if unprivileged else ())
+    c.start()
+    own_app(c, lib, app)
+    c.stop()
+    update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
+    before = layer_sum(c)
+    proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False, PYCOR_FAULT=step)
+    assert proc.returncode != 0 and os.path.exists(os.path.join(c.rootfs, MARKER))
+    if step == "upgrade-ran":  # killed while the container ran its upgrade: it runs on, on the upgraded copy
+        assert c.state() == "RUNNING"
+        busy = pycor(env, "rebase", c.name, "-P", c.lxcpath, check=False)
+        assert busy.returncode == 1 and "running" in busy.stderr
+        c.stop()
+    if then == "doctor":
+        out = pycor(env, "doctor", check=False).stdout
+        assert f"fixed: container {c.name}: the upgrade to version" in out and "its old layer (version" in out, out
+        assert layer_sum(c) == before  # exactly as before the upgrade
+        c.start()
+    else:
+        c.start()  # its pre-mount --prepare (privileged) or pre-start (unprivileged) puts the old layer back
+        assert "was interrupted: its old layer" in open(c.log).read()
+    assert not os.path.exists(os.path.join(c.rootfs, MARKER)) and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert sh(c, app).stdout.strip() == f"{app} 1.0"  # held back again: on the version its packages work on
+    assert listed(env, c)["version"] == old
+    c.stop()
+
+
+def test_a_daemons_container_is_upgraded_through_its_daemon(launch, mbase, env):
+    tag = uuid.uuid4().hex[:6]
+    lib, app = f"lib{tag}", f"app{tag}"
+    update(env, mbase, f"mkdeb {lib} 1.0 && dpkg -i $DEBS/{lib}_1.0_all.deb")
+    c = launch(base=mbase)
+    denv = dict(env, **{f"PYCOR_{'LXD' if c.cli == 'lxc' else 'INCUS'}_PROJECT": c.project})
+    sh(c, f"mkdeb {app} 1.0 'Depends: {lib} (= 1.0)' && mkdeb {app} 2.0 'Depends: {lib} (>= 2.0)' && mkrepo && "
+          f"dpkg -i $DEBS/{app}_1.0_all.deb >/dev/null")
+    c.lxc("stop", c.name, timeout=120)
+    new = update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
+    out = run(PYCOR + ["rebase", c.name, "--upgrade"], env=denv, timeout=600).stdout
+    assert f"{app} 1.0 -> 2.0" in out
+    assert c.status() == "STOPPED" and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    c.lxc("start", c.name)
+    assert sh(c, app).stdout.strip() == f"{app} 2.0"
+    assert sh(c, "apt-get check >/dev/null && dpkg --audit").returncode == 0
+    rows = json.loads(run(PYCOR + ["ls", "--format", "json"], env=denv).stdout)
+    assert [r["version"] for r in rows if r["name"] == c.name] == [new]

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
-import time
 import uuid
 
 import pytest
@@ -31,42 +29,6 @@ def slow_tool(session_dir: str, tool: str, seconds: float) -> str:
         f.write(f"#!/bin/sh\nsleep {seconds}\nexec /usr/bin/{tool} \"$@\"\n")
     os.chmod(path, 0o755)
     return folder
-
-
-def test_a_file_push_during_rebase_upgrade_never_reaches_the_throwaway_containers_config(launch, denv, session_dir):
-    """The upgrade's throwaway LXC container once had its config in ROOTFS/.pycor-upgrade: a push there between
-    pycor's write and LXC's read added a hook that LXC ran as host root."""
-    c = launch(extra=("-c", "security.privileged=true"))
-    c.sh("mkdir -p /var/lib/dpkg && printf 'Package: x\\nStatus: install ok installed\\nVersion: 1\\n\\n' > /var/lib/dpkg/status")
-    c.lxc("stop", "--force", c.name)
-    marker = f"/tmp/pycor-red-team-{uuid.uuid4().hex[:8]}"
-    done, pushed = threading.Event(), []
-    evil = os.path.join(session_dir, f"evil-{c.name}.conf")
-
-    def push_a_hook() -> None:  # the tenant: pull the config once it is there, push it back with a hook line
-        while not done.is_set():
-            if c.lxc("file", "pull", f"{c.name}/.pycor-upgrade/lxc/upgrade/config", evil, check=False).returncode == 0:
-                with open(evil, "a") as f:
-                    f.write(f'lxc.hook.pre-start = /bin/sh -c "id > {marker}"\n')
-                pushed.append(c.lxc("file", "push", evil, f"{c.name}/.pycor-upgrade/lxc/upgrade/config", check=False).returncode)
-                return
-            time.sleep(0.1)
-
-    tenant = threading.Thread(target=push_a_hook)
-    tenant.start()
-    try:
-        env = dict(denv, PATH=slow_tool(session_dir, "lxc-execute", 4) + ":" + os.environ["PATH"])
-        proc = run(PYCOR + ["rebase", c.name, "--upgrade"], env=env, check=False)
-    finally:
-        done.set()
-        tenant.join()
-    try:
-        assert not os.path.exists(marker), f"a pushed hook ran as host root: {open(marker).read()}"
-    finally:
-        if os.path.exists(marker):
-            os.unlink(marker)
-    assert proc.returncode == 1 and "apt-get: not found" in proc.stderr  # the upgrade itself ran, and failed as it should
-    assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
 
 
 @pytest.fixture

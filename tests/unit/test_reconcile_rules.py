@@ -253,3 +253,17 @@ def test_a_directory_is_compared_entry_by_entry_within_a_read_budget(tmp_path):
     assert [(d.path, d.kind) for d in compare([base], [upper, base], "etc/app", budget=0)] == \
         [("etc/app/a", "differs in size"), ("etc/app/b", "only in a"), ("etc/app/new", "only in b"),
          ("etc/app/own", "only in b"), ("etc/app/sub", "only in a")]
+
+
+def test_a_symlink_planted_in_a_parent_directory_of_the_upper_is_not_followed(tmp_path):
+    """_check_ids asks whether the container has its own etc/passwd: a link at etc leads out of the layer."""
+    outside = tmp_path / "host-etc"
+    put(str(outside), {"passwd": b"root:x:0:0::/root:/bin/sh\n", "group": b"root:x:0:\n"})
+    m = Move(str(tmp_path), {"etc/passwd": b"root:x:0:0::/root:/bin/sh\n"}, {}, {"etc": ("link", str(outside))})
+    fd = os.open(m.upper, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not reconcile._exists(fd, "etc/passwd") and not reconcile._exists(fd, "etc/group")
+        put(m.upper, {"var/lib/x": b"x"})
+        assert reconcile._exists(fd, "var/lib/x") and not reconcile._exists(fd, "var/lib/y")
+    finally:
+        os.close(fd)
