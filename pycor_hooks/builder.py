@@ -229,12 +229,17 @@ MAX_UNREACHED = 5  # the last ones a message names
 MAX_LINE = 1 << 16
 
 
+# What a container's programs print reaches the admin's terminal: no control character but tab and newline.
+_SHOWN = bytes(c if c in (9, 10) or 32 <= c < 127 or c >= 128 else 63 for c in range(256))
+
+
 def relay_stderr(stream: IO[bytes]) -> list[str]:
-    """Copy a builder's stderr to ours as it comes (to EOF); return what apt said it could not
-    fetch, as 'URL (REASON)': the last MAX_UNREACHED, each at most 300 characters."""
+    """Copy a builder's stderr to ours as it comes (to EOF), control characters shown as '?'; return what apt
+    said it could not fetch, as 'URL (REASON)': the last MAX_UNREACHED, each at most 300 characters."""
     out = getattr(sys.stderr, "buffer", None)
     seen: collections.OrderedDict[str, None] = collections.OrderedDict()
     while chunk := stream.readline(MAX_LINE):
+        chunk = chunk.translate(_SHOWN)
         if out is not None:
             out.write(chunk)
             out.flush()

@@ -195,13 +195,10 @@ def interrupted_check(driver: Driver) -> Check:
         if aside:
             found.append(f"{reg.name}: a reset was interrupted ({pycor}/{aside[0]}{layer.RESET_ASIDE}): 'pycor reset {reg.name}' "
                          "finishes it")
-        elif os.path.lexists(os.path.join(reg.rootfs, layer.UPGRADE_MARKER)):
-            found.append(f"{reg.name}: an upgrade of its packages is in progress, or its container runs on the copy an "
-                         f"interrupted one made ({reg.rootfs}/{layer.UPGRADE_MARKER}): once it is stopped, its next start "
-                         f"or 'pycor rebase {reg.name}' ends it")
-        elif os.path.lexists(os.path.join(reg.rootfs, layer.UPGRADE_DIR)):
-            found.append(f"{reg.name}: an upgrade left {reg.rootfs}/{layer.UPGRADE_DIR} behind: 'pycor rebase {reg.name}' "
-                         "removes it")
+        elif os.path.lexists(layer.upgrade_scratch(reg.rootfs)):
+            found.append(f"{reg.name}: an upgrade of its packages is in progress, or one was interrupted "
+                         f"({layer.upgrade_scratch(reg.rootfs)}): once the container is stopped, its next start or "
+                         f"'pycor rebase {reg.name}' ends it")
         elif os.path.lexists(os.path.join(pycor, RECONCILE_DIR)):
             found.append(f"{reg.name}: a move to another base version was interrupted ({pycor}/{RECONCILE_DIR}): "
                          f"'pycor rebase {reg.name}' or its next start finishes it, 'pycor reset {reg.name}' discards it")

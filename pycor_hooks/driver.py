@@ -441,18 +441,13 @@ class Driver:
     def _open_to_start(self, name: str, rootfs: str) -> layer.OpenLayer:
         """A start's open layer (its lock held), after what an interrupted upgrade of it calls for: one stat when none.
 
-        An upgrade's marker whose process is gone: the old layer is swapped back, and the start says so; the
-        upgrade's own start (its process alive) goes on. An LXC overlay clone of a container with a marker is
-        refused: its origin's layer is its lowerdir.
+        An upgrade whose process is gone: the old layer is swapped back, and the start says so; the upgrade's own
+        start (its process alive) goes on. An LXC overlay clone of a container being upgraded is refused: its
+        origin's layer is its lowerdir.
         """
         lay = self.open_layer(name, rootfs)
-        try:
-            os.stat(layer.UPGRADE_MARKER, dir_fd=lay.rootfs_fd, follow_symlinks=False)
-        except FileNotFoundError:
+        if not os.path.lexists(layer.upgrade_scratch(rootfs)):
             return lay
-        except BaseException:
-            lay.__exit__()
-            raise
         lay.__exit__()
         if layer.is_overlay_clone(os.environ.get("LXC_ROOTFS_PATH", "")):
             raise InUse(f"container {name} is an overlay clone of the container in {rootfs}, which is being upgraded "
@@ -468,19 +463,19 @@ class Driver:
         return self.open_layer(name, rootfs)
 
     def recover_upgrade(self, name: str, rootfs: str, starting: bool = False) -> str | None:
-        """What an upgrade's marker in the layer calls for (upgrade.recover), the layer lock held and the container
+        """What an upgrade of the container left calls for (upgrade.recover), the layer lock held and the container
         stopped; returns what was done, to say (None: nothing)."""
         from . import upgrade
 
         return upgrade.recover(name, rootfs, starting)
 
     def recover_upgrades(self) -> list[tuple[bool, str]]:
-        """For doctor: every registered container whose upgrade was interrupted (its marker's process gone) and that
+        """For doctor: every registered container whose upgrade was interrupted (its process gone) and that
         does not run gets its old layer back. (True, what was done), and (False, what is left): an upgrade in
         progress, one whose container still runs."""
         said: list[tuple[bool, str]] = []
         for reg in self.registrations():
-            if not os.path.lexists(os.path.join(reg.rootfs, layer.UPGRADE_MARKER)):
+            if not os.path.lexists(layer.upgrade_scratch(reg.rootfs)):
                 continue
             try:
                 with locks.layer_lock(reg.rootfs, wait=False):
@@ -494,6 +489,8 @@ class Driver:
                         said.append((True, f"container {reg.name}: {done}"))
             except PycorError as e:  # in progress (InUse), or its layer busy (Busy)
                 said.append((False, e.message))
+            except OSError as e:
+                said.append((False, f"container {reg.name}: its upgrade's scratch {layer.upgrade_scratch(reg.rootfs)}: {e}"))
         return said
 
     def _prepare_start(self, lay: layer.OpenLayer, name: str, runtime: str, lxcpath: str | None, idmap: IdMap | None,
@@ -963,7 +960,7 @@ class Driver:
         from . import reconcile, upgrade
 
         lay, rootfs = held.layer, held.rootfs
-        upgrade.discard(rootfs)  # what a killed run left that never became the container's (held: no marker)
+        upgrade.discard(rootfs)  # what a killed run left that never became the container's (held: recovered)
         meta = lay.meta
         with self.store.lock(exclusive=False):
             self.store.require(meta.base)
@@ -981,7 +978,7 @@ class Driver:
                 layer.write_meta(copy_rootfs, copy.meta.but(pin=target), durable=True)  # its start runs on target
             upgrade.write_marker(copy_rootfs, meta.based_on, target)
             faults.point("upgrade-staged")
-            upgrade.swap(rootfs)  # the copy is the container's layer, the old one aside (the marker says so)
+            upgrade.swap(rootfs)  # the copy is the container's layer, the old one in the scratch
         except BaseException:
             upgrade.discard(rootfs)
             raise
@@ -1013,7 +1010,7 @@ class Driver:
             upgrade.undo(rootfs)
             held.reopen()  # its fds named the upgraded copy, which is gone
             raise
-        upgrade.commit(rootfs)  # the commit point: the marker goes; then the old layer
+        upgrade.commit(rootfs)  # the commit point: owner.json goes; then the old layer
         return target, plan, changes
 
     def volume_conflicts(self, rootfs: str) -> dict:

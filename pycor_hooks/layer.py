@@ -38,10 +38,19 @@ RESET_ASIDE = ".discard"  # upper.discard, work.discard: set aside by a reset (v
 XATTR_STATES = ("trusted", "user", "trusted>user:1", "trusted>user:2", "user>trusted:1", "user>trusted:2")
 # Daemon folders whose storage pools hold instance rootfs directories (LXD deb, LXD snap, Incus).
 DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
-# beside .pycor: the copy an upgrade works on, then (swapped) the old layer while the container upgrades (upgrade.py);
-# never a file pushed into the stopped container (beside() leaves it out)
+# UPGRADE_DIR.ROOTFS-NAME beside (never in) a container's rootfs directory: the copy an upgrade works on, then
+# (swapped) the old layer while the container upgrades (upgrade.scratch_path)
 UPGRADE_DIR = ".pycor-upgrade"
-UPGRADE_MARKER = f"{PYCOR_DIR}/upgrade.json"  # an upgrade in progress: whose, from and to which version (upgrade.py)
+UPGRADE_MARKER = f"{PYCOR_DIR}/upgrade.json"  # in an upgrade's copy: its nonce (upgrade.py)
+
+
+def upgrade_scratch(rootfs: str) -> str:
+    """Where an upgrade stages its copy and keeps the old layer: beside the container's rootfs directory, never in
+    it (LXD's and Incus's file API reach every name in a stopped container's rootfs directory, as root; none
+    outside it), on the same filesystem (RENAME_EXCHANGE). Only the admin controls the parent (the runtime's
+    config, a panel's --dir checked by Driver.check_place), so host root may use the path as a string."""
+    rootfs = rootfs.rstrip("/")
+    return os.path.join(os.path.dirname(rootfs), f"{UPGRADE_DIR}.{os.path.basename(rootfs)}")
 
 
 class LayerMeta(Record):
@@ -198,12 +207,11 @@ def beside(rootfs_fd: int) -> list[str]:
     """What lies beside .pycor in the rootfs directory (an O_PATH fd of it), sorted: one listdir.
 
     Nothing, for a pycor container; what LXD and Incus wrote there for a file
-    push into the stopped container otherwise (see inbox.py). An upgrade's
-    UPGRADE_DIR is pycor's own, never a pushed file.
+    push into the stopped container otherwise (see inbox.py).
     """
     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfs_fd)
     try:
-        return sorted(n for n in os.listdir(fd) if n != PYCOR_DIR and n != UPGRADE_DIR)
+        return sorted(n for n in os.listdir(fd) if n != PYCOR_DIR)
     finally:
         os.close(fd)
 

@@ -739,7 +739,7 @@ def apply(rootfs_fd: int, upper_fd: int, result: Plan, target: str) -> None:
             lines += [_encode(["unopaque", rel]) for rel in result.unopaque]
             lines += [_encode(["mkdir", rel, str(mode), str(uid), str(gid)]) for rel, mode, uid, gid in result.mkdir]
             lines += [_encode(["whiteout", rel, str(result.root[0]), str(result.root[1])]) for rel in result.whiteout]
-            fd = os.open("plan.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rdir)
+            fd = _create_new(rdir, "plan.new")
             try:
                 give_to_owner(fd, owner)
                 os.write(fd, b"".join(lines))
@@ -1035,10 +1035,25 @@ def read_findings(rootfs_fd: int) -> dict:
     return raw
 
 
+def _create_new(dir_fd: int, name: str) -> int:
+    """A new file NAME in dir_fd (in the layer: whoever may push into the stopped container may have put a FIFO, a
+    symlink or a directory there, whose open would hang or lead elsewhere): what is there goes first."""
+    try:
+        if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            import shutil
+
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+
+
 def write_findings(rootfs_fd: int, record: dict) -> None:
     pycor = _open_pycor(rootfs_fd)
     try:
-        fd = os.open(f"{CONFLICTS}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pycor)
+        fd = _create_new(pycor, f"{CONFLICTS}.new")
         give_to_owner(fd, owner_at(pycor))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)

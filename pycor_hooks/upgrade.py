@@ -8,37 +8,39 @@ brought them along; this does the same, in the container itself, all or
 nothing (Driver.upgrade_volume runs the steps):
 
 1. stage: a copy of the container's layer (its .pycor: upper, layer.json,
-   conflicts.json, pushed files, a fresh workdir) in ROOTFS/.pycor-upgrade/.pycor
-   (root's alone, on the container's own filesystem; the base is never copied);
+   conflicts.json, pushed files, a fresh workdir) in the scratch,
+   ROOTFS-PARENT/.pycor-upgrade.ROOTFS-NAME/.pycor: beside the container's
+   rootfs directory, never in it (a daemon's file API writes every name in a
+   stopped container's rootfs directory, as root; none outside it), root's
+   alone, on the same filesystem; the base is never copied;
 2. move the copy to the target version (reconciliation, which would break the
    packages: that is what comes next) and pin it there;
-3. swap: the copy becomes the container's .pycor (one renameat2(RENAME_EXCHANGE)),
-   its old layer kept aside in ROOTFS/.pycor-upgrade/.pycor; the copy carries
-   the marker (.pycor/upgrade.json) naming the upgrade and the pycor process
-   doing it (pid, start time, boot);
-4. run: the container starts through its own runtime (LXC, LXD, Incus), confined
+3. record: a marker with a fresh nonce in the copy's .pycor, then owner.json in
+   the scratch (the pycor process doing it: pid, start time, boot; the nonce);
+4. swap: the copy becomes the container's .pycor (one renameat2(RENAME_EXCHANGE)),
+   its old layer kept in the scratch;
+5. run: the container starts through its own runtime (LXC, LXD, Incus), confined
    exactly as it always runs (its network, namespaces, cgroup, AppArmor profile,
    idmap); once systemd says it has booted and its network is up, apt-get
    update, -f install, full-upgrade and clean run in it (runtime exec), with
    no question asked (the options on apt's command line; nothing is mounted
-   into the container); then it stops;
-5. check: apt-get check on the result (depcheck) says nothing the base alone
+   into the container), its output shown without control characters, within
+   APT_SECONDS; then it stops;
+6. check: apt-get check on the result (depcheck) says nothing the base alone
    does not;
-6. commit: the marker goes (the commit point); then the old layer.
+7. commit: owner.json goes (the commit point); then the marker and the old layer.
 
-Any failure before 6 (no init that brings up the network, a fetch, a
+Any failure before 7 (no init that brings up the network, a fetch, a
 maintainer script, a result that still breaks) swaps the old layer back:
-the container is exactly as it was. A killed pycor leaves the marker, whose
+the container is exactly as it was. A killed pycor leaves owner.json, whose
 process is gone: the container's next start (its pre-start, or pre-mount
 --prepare), `pycor rebase`, `reset` or `doctor` swaps the old layer back and
-says so; the upgrade's own start (the marker's process alive) goes on.
-A copy that never became the container's (killed before 3), or an old
-layer after 6, is removed by the next command that holds the container's
-layer (StoppedLayer).
+says so; the upgrade's own start (its process alive) goes on.
 
-The marker is a file in the layer like every pycor file in .pycor: owned
-like the layer, read bounded, and never trusted for a path (the places
-are fixed; it names only versions and a process).
+What happened is told by root's files alone: the swap happened when the
+scratch's .pycor no longer has the marker with owner.json's nonce (it is the
+old layer, not the copy). The marker in the container's layer is the
+tenant's to write, delete or replace; it decides nothing.
 
 Not a hot path: the CLI uses this, and a hook only when a marker is there.
 """
@@ -70,7 +72,8 @@ if TYPE_CHECKING:
         def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]: ...
         def stop_hint(self, name: str) -> str: ...
 
-SCRATCH = layer.UPGRADE_DIR  # beside .pycor in the container's rootfs directory
+scratch_path = layer.upgrade_scratch  # UPGRADE_DIR.ROOTFS-NAME beside the container's rootfs directory
+OWNER = "owner.json"  # in the scratch: the upgrade's pycor process and nonce (Owner)
 MARKER = "upgrade.json"  # in .pycor (layer.UPGRADE_MARKER)
 MARKER_LIMIT = 4096
 STATUS = "var/lib/dpkg/status"
@@ -86,6 +89,7 @@ APT = ("apt-get -q -o Dpkg::Use-Pty=0 -o APT::Update::Error-Mode=any "
 SCRIPT = (f"set -e; export PATH={PATH} DEBIAN_FRONTEND=noninteractive APT_LISTCHANGES_FRONTEND=none; "
           f"{APT} update; {APT} -y -f install; {APT} -y full-upgrade; {APT} clean")
 BOOT_SECONDS = 300  # systemd's boot, then the network
+APT_SECONDS = 3 * 3600  # update, -f install, full-upgrade and clean of a whole release
 NETWORK_SECONDS = 90
 INIT_SECONDS = 10  # for the container's first process to become its init
 
@@ -162,6 +166,11 @@ def _open_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def _open_scratch_parent(rootfs: str) -> tuple[int, str]:
+    path = scratch_path(rootfs)
+    return _open_dir(os.path.dirname(path)), os.path.basename(path)
+
+
 def _rmtree_at(dir_fd: int, name: str) -> None:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -171,24 +180,20 @@ def _rmtree_at(dir_fd: int, name: str) -> None:
 
 
 def discard(rootfs: str) -> None:
-    """Remove ROOTFS/.pycor-upgrade: a copy that never became the container's, or an old layer after the commit."""
-    fd = _open_dir(rootfs)
+    """Remove the scratch: a copy that never became the container's, or an old layer after the commit."""
+    fd, name = _open_scratch_parent(rootfs)
     try:
-        _rmtree_at(fd, SCRATCH)
+        _rmtree_at(fd, name)
     finally:
         os.close(fd)
 
 
-def has_scratch(rootfs_fd: int) -> bool:
-    try:
-        os.stat(SCRATCH, dir_fd=rootfs_fd, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
+def has_scratch(rootfs: str) -> bool:
+    return os.path.lexists(scratch_path(rootfs))
 
 
 def stage(lay: layer.OpenLayer) -> str:
-    """A copy of the container's layer: returns the directory holding it (ROOTFS/.pycor-upgrade, root's alone).
+    """A copy of the container's layer: returns the scratch directory holding it in .pycor (root's alone).
 
     The whole .pycor is copied (GNU tar through tario: owners, xattrs, whiteouts kept): upper, layer.json,
     the conflicts record, files pushed while it was stopped (its inbox), anything later pycor keeps there;
@@ -200,19 +205,23 @@ def stage(lay: layer.OpenLayer) -> str:
     if lay.meta.volumes:
         raise Unsupported(f"{lay.rootfs} has volumes, which an upgrade of the container's packages cannot stage",
                           "move it without --upgrade ('pycor rebase NAME --force') and run apt-get full-upgrade inside")
-    rootfs_fd = _open_dir(lay.rootfs)
+    target = scratch_path(lay.rootfs)
+    parent, name = _open_scratch_parent(lay.rootfs)
     try:
-        os.mkdir(SCRATCH, 0o700, dir_fd=rootfs_fd)
-        scratch = linux.open_beneath(rootfs_fd, SCRATCH, os.O_RDONLY | os.O_DIRECTORY)
+        if os.fstat(parent).st_dev != os.fstat(lay.rootfs_fd).st_dev:
+            raise Unsupported(f"{lay.rootfs} is a filesystem of its own (a mount point or a btrfs subvolume), so an "
+                              f"upgrade cannot stage its copy beside it ({target}) and swap it in",
+                              "move it without --upgrade ('pycor rebase NAME --force') and run apt-get full-upgrade inside")
+        os.mkdir(name, 0o700, dir_fd=parent)
+        scratch = linux.open_beneath(parent, name, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.chmod(scratch, 0o700)  # whatever the umask: the container's old layer will lie here
             os.mkdir(layer.PYCOR_DIR, 0o700, dir_fd=scratch)  # tar gives it the original's owner and mode
         finally:
             os.close(scratch)
-        pycor = linux.open_beneath(rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     finally:
-        os.close(rootfs_fd)
-    target = os.path.join(lay.rootfs, SCRATCH)
+        os.close(parent)
+    pycor = linux.open_beneath(lay.rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     try:
         tario.copy_tree(linux.shared_fd_path(pycor), os.path.join(target, layer.PYCOR_DIR), Progress())
     finally:
@@ -234,41 +243,61 @@ def _boot_id() -> str:
         return f.read(64).strip()
 
 
-def _me() -> dict:
-    from .runstate import proc_start_time
+def _write_at(dir_fd: int, name: str, text: str, owner: tuple[int, int] | None = None) -> None:
+    wfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    if owner is not None:
+        layer.give_to_owner(wfd, owner)
+    with os.fdopen(wfd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.fsync(dir_fd)
 
-    pid = os.getpid()
-    return {"pid": pid, "start": proc_start_time(pid) or 0, "boot": _boot_id()}
 
+def _read_bounded(dir_fd: int, name: str) -> dict | None:
+    """A small JSON object pycor wrote (no symlink followed, nothing but a regular file read, at most MARKER_LIMIT
+    bytes); None when absent; ValueError when it is anything else."""
+    from .flatjson import load
 
-def write_marker(copy_rootfs: str, old: str | None, target: str) -> None:
-    """The marker in the copy's .pycor (before the swap: it becomes the container's with it), owned like the layer."""
-    fd = _open_dir(copy_rootfs)
     try:
-        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
-    finally:
-        os.close(fd)
-    try:
+        fd = linux.open_beneath(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"not a file pycor wrote ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MARKER_LIMIT + 1)
+    if len(data) > MARKER_LIMIT:
+        raise ValueError("too large")
+    raw = load(data)
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    return raw
+
+
+class Owner:
+    """An upgrade under way, in the scratch's owner.json (host root's, where no tenant reaches): the pycor process
+    doing it (pid, start time, boot), the versions (from, to) and the nonce of the marker in its copy."""
+
+    __slots__ = ("pid", "start", "boot", "nonce", "old", "target")
+
+    def __init__(self, pid: int, start: int, boot: str, nonce: str, old: str | None, target: str | None) -> None:
+        self.pid, self.start, self.boot, self.nonce, self.old, self.target = pid, start, boot, nonce, old, target
+
+    @classmethod
+    def me(cls, old: str | None, target: str) -> Owner:
+        from .runstate import proc_start_time
+
+        pid = os.getpid()
+        return cls(pid, proc_start_time(pid) or 0, _boot_id(), os.urandom(16).hex(), old, target)
+
+    def to_json(self) -> str:
         from .flatjson import dumps
 
-        wfd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pycor)
-        layer.give_to_owner(wfd, layer.owner_at(pycor))
-        with os.fdopen(wfd, "w", encoding="utf-8") as f:
-            f.write(dumps({"from": old, "to": target, **_me()}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.fsync(pycor)
-    finally:
-        os.close(pycor)
-
-
-class Marker:
-    """What a marker says: the upgrade (from, to) and the pycor process doing it (pid, start time, boot)."""
-
-    __slots__ = ("old", "target", "pid", "start", "boot")
-
-    def __init__(self, old: str | None, target: str | None, pid: int, start: int, boot: str) -> None:
-        self.old, self.target, self.pid, self.start, self.boot = old, target, pid, start, boot
+        return dumps({"pid": self.pid, "start": self.start, "boot": self.boot, "nonce": self.nonce,
+                      "from": self.old, "to": self.target})
 
     def alive(self) -> bool:
         """Whether the process that wrote it still runs (the same process: pid, start time and boot)."""
@@ -277,47 +306,82 @@ class Marker:
         return self.pid > 0 and self.boot == _boot_id() and proc_start_time(self.pid) == self.start
 
     def mine(self) -> bool:
-        me = _me()
-        return (self.pid, self.start, self.boot) == (me["pid"], me["start"], me["boot"])
+        from .runstate import proc_start_time
+
+        return (self.pid, self.start, self.boot) == (os.getpid(), proc_start_time(os.getpid()) or 0, _boot_id())
 
     def shown(self) -> str:
         return f"the upgrade to version {self.target or '?'} by pycor process {self.pid}"
 
 
-def read_marker(rootfs_fd: int) -> Marker | None:
-    """The container's marker (bounded read, no symlink followed), None when it has none; one that cannot be
-    read as pycor writes it names no live process (its upgrade is undone)."""
-    from .flatjson import load
-
+def read_owner(rootfs: str) -> Owner | None:
+    """The upgrade under way, None when there is none: no scratch, or no owner.json in it (being staged, or
+    committed)."""
     try:
-        fd = linux.open_beneath(rootfs_fd, layer.UPGRADE_MARKER, os.O_RDONLY | os.O_NONBLOCK)
+        fd = _open_dir(scratch_path(rootfs))
     except FileNotFoundError:
         return None
-    except OSError:
-        return Marker(None, None, 0, 0, "")  # not a file pycor wrote (a symlink, a directory...)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(MARKER_LIMIT + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
     try:
-        if len(data) > MARKER_LIMIT:
-            raise ValueError("too large")
-        raw = load(data)
+        raw = _read_bounded(fd, OWNER)
+        if raw is None:
+            return None
         old, target = raw.get("from"), raw.get("to")
-        return Marker(check_version(str(old)) if old else None, check_version(str(target)) if target else None,
-                      int(raw["pid"]), int(raw["start"]), str(raw["boot"])[:64])
-    except (ValueError, KeyError, TypeError, PycorError):
-        return Marker(None, None, 0, 0, "")
+        return Owner(int(raw["pid"]), int(raw["start"]), str(raw["boot"]), str(raw["nonce"]),
+                     check_version(str(old)) if old else None, check_version(str(target)) if target else None)
+    except (ValueError, KeyError, TypeError, OverflowError, PycorError) as e:
+        raise PycorError(f"{scratch_path(rootfs)}/{OWNER} is not as pycor writes it ({e})",
+                         "only host root writes there: see what did; remove the directory to drop the upgrade") from None
+    finally:
+        os.close(fd)
+
+
+def write_marker(copy_rootfs: str, old: str | None, target: str) -> None:
+    """Make the upgrade's record, once its copy is ready: a marker with a fresh nonce in the copy's .pycor (owned
+    like the layer; the swap takes it into the container's layer), then owner.json in the scratch. Whether the
+    swap happened is then told by root's files alone: the copy, with the owner's nonce, is still in the scratch,
+    or it is not (swapped in)."""
+    from .flatjson import dumps
+
+    owner = Owner.me(old, target)
+    fd = _open_dir(copy_rootfs)  # the scratch
+    try:
+        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _write_at(pycor, MARKER, dumps({"nonce": owner.nonce}), layer.owner_at(pycor))
+        finally:
+            os.close(pycor)
+        _write_at(fd, OWNER, owner.to_json())
+    finally:
+        os.close(fd)
+
+
+def _copy_in_scratch(rootfs: str, owner: Owner) -> bool:
+    """Whether the scratch's .pycor is the upgrade's copy (its marker has the owner's nonce), not the old layer."""
+    fd = _open_dir(scratch_path(rootfs))
+    try:
+        try:
+            raw = _read_bounded(fd, layer.UPGRADE_MARKER)
+        except ValueError:
+            return False
+        return raw is not None and raw.get("nonce") == owner.nonce
+    finally:
+        os.close(fd)
 
 
 def swap(rootfs: str) -> None:
-    """The container's .pycor and the one in ROOTFS/.pycor-upgrade change places in one rename (both ways alike)."""
+    """The container's .pycor and the scratch's change places in one rename (both ways alike)."""
     fd = _open_dir(rootfs)
     try:
-        aside = linux.open_beneath(fd, SCRATCH, os.O_RDONLY | os.O_DIRECTORY)
+        parent, name = _open_scratch_parent(rootfs)
+        try:
+            aside = linux.open_beneath(parent, name, os.O_RDONLY | os.O_DIRECTORY)
+        finally:
+            os.close(parent)
         try:
             other = linux.open_beneath(aside, layer.PYCOR_DIR, os.O_PATH | os.O_NOFOLLOW)
             try:
                 if not stat.S_ISDIR(os.fstat(other).st_mode):
-                    raise PycorError(f"{rootfs}/{SCRATCH}/{layer.PYCOR_DIR} is not a directory",
+                    raise PycorError(f"{scratch_path(rootfs)}/{layer.PYCOR_DIR} is not a directory",
                                      "it was not left by pycor: remove it")
             finally:
                 os.close(other)
@@ -331,19 +395,16 @@ def swap(rootfs: str) -> None:
 
 
 def commit(rootfs: str) -> None:
-    """The commit point: the marker goes (durably); then the old layer."""
-    fd = _open_dir(rootfs)
+    """The commit point: owner.json goes (durably); then the marker in the layer, and the old layer."""
+    fd = _open_dir(scratch_path(rootfs))
     try:
-        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.unlink(MARKER, dir_fd=pycor)
-            os.fsync(pycor)
-        finally:
-            os.close(pycor)
-        faults.point("upgrade-committed")
-        _rmtree_at(fd, SCRATCH)
+        os.unlink(OWNER, dir_fd=fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
+    faults.point("upgrade-committed")
+    _drop_marker(rootfs)
+    discard(rootfs)
 
 
 def undo(rootfs: str) -> None:
@@ -353,35 +414,31 @@ def undo(rootfs: str) -> None:
 
 
 def recover(name: str, rootfs: str, starting: bool) -> str | None:
-    """What a container's marker calls for, its layer lock held and the container not running: nothing (no
-    marker, or this process's own); the upgrade's own start goes on (starting, its process alive); another
-    command refuses (InUse); an upgrade whose process is gone is undone. Returns what was done, to say."""
-    fd = _open_dir(rootfs)
-    try:
-        marker = read_marker(fd)
-        scratch = has_scratch(fd)
-    finally:
-        os.close(fd)
-    if marker is None:
-        if scratch and not starting:
-            discard(rootfs)  # a copy that never became the container's, or an old layer after the commit
+    """What an upgrade of the container left calls for, its layer lock held and the container not running, told
+    by host root's files alone (the scratch, beside the rootfs directory): the marker in the layer is the tenant's
+    to write, and decides nothing.
+
+    No owner.json (no upgrade, one being staged or committed): the scratch goes. An upgrade whose copy is still
+    in the scratch never swapped it in (or swapped it back): the scratch goes, unless its process runs. One whose
+    copy was swapped in: nothing (this process's), the upgrade's own start goes on (starting, its process alive),
+    another command refuses (InUse), and one whose process is gone is undone. Returns what was done, to say."""
+    owner = read_owner(rootfs)
+    if owner is None or owner.mine():
+        if owner is None and has_scratch(rootfs):
+            discard(rootfs)
         return None
-    if marker.mine():
-        return None
-    if marker.alive():
-        if starting:
+    swapped = not _copy_in_scratch(rootfs, owner)
+    if owner.alive():
+        if starting and swapped:
             return None  # the upgrade's own start
-        raise InUse(f"container {name}: {marker.shown()} is in progress",
+        raise InUse(f"container {name}: {owner.shown()} is in progress",
                     "wait for it to finish (it stops the container again), then run this again")
-    where = f"{rootfs}/{layer.UPGRADE_MARKER}"
-    if not scratch:
-        # no old layer to go back to (removed by hand): the layer stays as it is
-        _drop_marker(rootfs)
-        return (f"{marker.shown()} was interrupted and its old layer is gone: the container keeps the layer it has "
-                f"({where} removed)")
+    if not swapped:
+        discard(rootfs)  # killed before its copy became the container's layer, or after it was swapped back
+        return None
     undo(rootfs)
-    on = f" (version {marker.old})" if marker.old else ""
-    return f"{marker.shown()} was interrupted: its old layer{on} is back, as before the upgrade"
+    on = f" (version {owner.old})" if owner.old else ""
+    return f"{owner.shown()} was interrupted: its old layer{on} is back, as before the upgrade"
 
 
 def _drop_marker(rootfs: str) -> None:
@@ -389,7 +446,15 @@ def _drop_marker(rootfs: str) -> None:
     try:
         pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.unlink(MARKER, dir_fd=pycor)
+            try:
+                st = os.stat(MARKER, dir_fd=pycor, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(MARKER, dir_fd=pycor)
+            else:
+                os.unlink(MARKER, dir_fd=pycor)
+            os.fsync(pycor)
         finally:
             os.close(pycor)
     finally:
@@ -422,19 +487,28 @@ def wait_until_up(rt: Runtime, name: str) -> None:
 def run_apt(rt: Runtime, name: str) -> tuple[int, list[str]]:
     """apt-get update, -f install, full-upgrade and clean in the running container (its runtime's exec), its output
     on our stderr; returns apt's exit status and what apt said it could not fetch (builder.relay_stderr)."""
+    import threading
+
     from .builder import relay_stderr
 
     argv, env = rt.exec_argv(name, ["/bin/sh", "-c", SCRIPT])
     sys.stderr.flush()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
+    # its output and errors through one pipe: shown without control characters (the container's programs write it)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(APT_SECONDS, proc.kill)  # the container's apt (or sh) that never ends
+    timer.start()
     try:
-        assert proc.stderr is not None
-        unreached = relay_stderr(proc.stderr)
+        assert proc.stdout is not None
+        unreached = relay_stderr(proc.stdout)
         proc.wait()
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    if proc.returncode == -9:
+        raise PycorError(f"the upgrade's apt in container {name} did not end within {APT_SECONDS} s: it was killed, "
+                         "and the container is unchanged", "see what it waited for (run apt-get full-upgrade in it by hand)")
     return proc.returncode, unreached
 
 

@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from helpers import PYCOR, layer_of, run, tree_checksum
+from pycor_hooks.layer import upgrade_scratch
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def test_a_move_that_breaks_the_containers_packages_is_held_and_rebase_upgrade_b
     run(PYCOR + ["file", "push", "-", c.name, "/root/pushed", "-P", c.lxcpath], env=env, stdin_text="pushed while stopped\n")
     out = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade").stdout
     assert f"{app} 1.0 -> 2.0" in out
-    assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert not os.path.lexists(upgrade_scratch(c.rootfs))
     c.start()
     assert sh(c, app).stdout.strip() == f"{app} 2.0"
     assert sh(c, "apt-get check >/dev/null && dpkg --audit && id alice").returncode == 0
@@ -136,7 +137,7 @@ def test_an_upgrade_that_cannot_fetch_leaves_the_container_as_it_was(make_contai
     proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False)
     assert proc.returncode == 1 and "could not fetch" in proc.stderr and "unchanged" in proc.stderr
     assert layer_sum(c) == before
-    assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert not os.path.lexists(upgrade_scratch(c.rootfs))
     assert not os.listdir(os.path.join(store, "staging"))
     lxcpaths = [json.load(open(os.path.join(store, "lxcpaths", e)))["lxcpath"] for e in os.listdir(os.path.join(store, "lxcpaths"))]
     assert not [p for p in lxcpaths if p.startswith(os.path.join(store, "staging")) or ".pycor-upgrade" in p]
@@ -160,7 +161,7 @@ def test_an_upgrade_killed_half_way_and_run_again_ends_as_one_run(make_container
     again = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade")
     if step == "upgrade-swapped":  # the copy was the container's layer: the old one came back first
         assert "was interrupted: its old layer" in again.stderr
-    assert not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert not os.path.lexists(upgrade_scratch(c.rootfs))
     c.start()
     assert sh(c, app).stdout.strip() == f"{app} 2.0" and listed(env, c)["version"] == new
     c.stop()
@@ -332,7 +333,7 @@ def test_an_upgrade_refuses_a_container_without_an_init_that_brings_up_its_netwo
     before = layer_sum(c)
     proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False)
     assert proc.returncode == 1 and "has no init that brings up its network" in proc.stderr and "nothing was changed" in proc.stderr
-    assert layer_sum(c) == before and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert layer_sum(c) == before and not os.path.lexists(upgrade_scratch(c.rootfs))
     assert c.state() == "STOPPED"
 
 
@@ -364,7 +365,7 @@ def test_an_upgrade_killed_after_the_swap_is_undone_by_the_next_start_or_doctor(
     else:
         c.start()  # its pre-mount --prepare (privileged) or pre-start (unprivileged) puts the old layer back
         assert "was interrupted: its old layer" in open(c.log).read()
-    assert not os.path.exists(os.path.join(c.rootfs, MARKER)) and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert not os.path.exists(os.path.join(c.rootfs, MARKER)) and not os.path.lexists(upgrade_scratch(c.rootfs))
     assert sh(c, app).stdout.strip() == f"{app} 1.0"  # held back again: on the version its packages work on
     assert listed(env, c)["version"] == old
     c.stop()
@@ -382,7 +383,7 @@ def test_a_daemons_container_is_upgraded_through_its_daemon(launch, mbase, env):
     new = update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
     out = run(PYCOR + ["rebase", c.name, "--upgrade"], env=denv, timeout=600).stdout
     assert f"{app} 1.0 -> 2.0" in out
-    assert c.status() == "STOPPED" and not os.path.exists(os.path.join(c.rootfs, ".pycor-upgrade"))
+    assert c.status() == "STOPPED" and not os.path.lexists(upgrade_scratch(c.rootfs))
     c.lxc("start", c.name)
     assert sh(c, app).stdout.strip() == f"{app} 2.0"
     assert sh(c, "apt-get check >/dev/null && dpkg --audit").returncode == 0

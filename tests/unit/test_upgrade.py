@@ -1,29 +1,46 @@
-"""An upgrade's marker and its undoing, on plain directories (no container, any user): see upgrade.py."""
+"""An upgrade's record and its undoing, on plain directories (no container, any user): see upgrade.py.
+
+What decides is host root's alone: the scratch beside the rootfs directory (its owner.json, and whether the
+copy with the owner's nonce is still in it). The marker in the layer is the tenant's to write."""
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 
 import pytest
 
-from pycor_hooks import flatjson, layer, upgrade
+from pycor_hooks import flatjson, layer, reconcile, upgrade
+from pycor_hooks.builder import relay_stderr
 from pycor_hooks.errors import InUse
 from pycor_hooks.layer import LayerMeta, create_layer
 from pycor_hooks.runstate import proc_start_time
 
 
-def swapped_in(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    """A container's rootfs as an upgrade leaves it after the swap: the copy (upper/new) as .pycor with this
-    process's marker, the old layer (upper/old) aside in .pycor-upgrade/.pycor."""
-    rootfs = str(tmp_path / "rootfs")
+def new_layer(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    rootfs = str(tmp_path / "c" / "rootfs")
     os.makedirs(rootfs)
     create_layer(rootfs, LayerMeta("base", None, "1"), os.getuid(), os.getgid())
     open(os.path.join(rootfs, layer.UPPER, "old"), "w").close()
+    return rootfs
+
+
+def staged(rootfs: str) -> str:
+    """The copy (upper/new) made and recorded, not yet swapped in."""
     with layer.OpenLayer(rootfs) as lay:
         copy = upgrade.stage(lay)
     os.rename(os.path.join(copy, layer.UPPER, "old"), os.path.join(copy, layer.UPPER, "new"))
     upgrade.write_marker(copy, "1", "2")
+    return copy
+
+
+def swapped_in(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A container's rootfs as an upgrade leaves it after the swap: the copy (upper/new) as .pycor, the old layer
+    (upper/old) aside in the scratch, owner.json naming this process."""
+    rootfs = new_layer(tmp_path)
+    staged(rootfs)
     upgrade.swap(rootfs)
     return rootfs
 
@@ -32,48 +49,43 @@ def upper_names(rootfs: str) -> list[str]:
     return sorted(os.listdir(os.path.join(rootfs, layer.UPPER)))
 
 
-def marker_of(rootfs: str, **fields: object) -> None:
-    path = os.path.join(rootfs, layer.UPGRADE_MARKER)
+def owner_of(rootfs: str, **fields: object) -> None:
+    path = os.path.join(upgrade.scratch_path(rootfs), upgrade.OWNER)
     with open(path) as f:
         raw = flatjson.loads(f.read())
     with open(path, "w") as f:
         f.write(flatjson.dumps({**raw, **fields}))
 
 
-def test_the_swap_makes_the_copy_the_containers_layer_with_a_marker_naming_this_process(tmp_path):
+def test_the_scratch_lies_beside_the_rootfs_directory_never_in_it(tmp_path):
     rootfs = swapped_in(tmp_path)
-    assert upper_names(rootfs) == ["new"]
-    fd = layer.open_rootfs(rootfs)
-    try:
-        marker = upgrade.read_marker(fd)
-    finally:
-        os.close(fd)
-    assert marker is not None and marker.mine() and marker.alive() and (marker.old, marker.target) == ("1", "2")
+    assert upgrade.scratch_path(rootfs) == str(tmp_path / "c" / ".pycor-upgrade.rootfs")
+    assert sorted(os.listdir(rootfs)) == [layer.PYCOR_DIR] and upper_names(rootfs) == ["new"]
+    owner = upgrade.read_owner(rootfs)
+    assert owner is not None and owner.mine() and owner.alive() and (owner.old, owner.target) == ("1", "2")
     st = os.stat(os.path.join(rootfs, layer.UPGRADE_MARKER))
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())  # owned like the layer
     assert upgrade.recover("c", rootfs, starting=False) is None  # its own: nothing to do
-    fd = layer.open_rootfs(rootfs)
-    try:
-        assert layer.beside(fd) == []  # the old layer aside is never taken for a pushed file
-    finally:
-        os.close(fd)
+    upgrade.commit(rootfs)
+    assert upper_names(rootfs) == ["new"] and not os.path.lexists(upgrade.scratch_path(rootfs))
+    assert not os.path.lexists(os.path.join(rootfs, layer.UPGRADE_MARKER))
 
 
 def test_an_upgrade_whose_process_is_gone_is_undone(tmp_path):
     rootfs = swapped_in(tmp_path)
-    marker_of(rootfs, pid=4194305)  # above any pid_max: no such process
+    owner_of(rootfs, pid=4194305)  # above any pid_max: no such process
     said = upgrade.recover("c", rootfs, starting=True)
     assert said is not None and "was interrupted: its old layer (version 1) is back" in said
     assert upper_names(rootfs) == ["old"]
     assert not os.path.exists(os.path.join(rootfs, layer.UPGRADE_MARKER))
-    assert not os.path.exists(os.path.join(rootfs, layer.UPGRADE_DIR))
+    assert not os.path.lexists(upgrade.scratch_path(rootfs))
 
 
 def test_an_upgrade_in_progress_lets_its_own_start_through_and_refuses_other_commands(tmp_path):
     rootfs = swapped_in(tmp_path)
     other = subprocess.Popen(["sleep", "30"])
     try:
-        marker_of(rootfs, pid=other.pid, start=proc_start_time(other.pid))
+        owner_of(rootfs, pid=other.pid, start=proc_start_time(other.pid))
         assert upgrade.recover("c", rootfs, starting=True) is None
         with pytest.raises(InUse, match="is in progress"):
             upgrade.recover("c", rootfs, starting=False)
@@ -84,31 +96,85 @@ def test_an_upgrade_in_progress_lets_its_own_start_through_and_refuses_other_com
     assert upgrade.recover("c", rootfs, starting=False) is not None and upper_names(rootfs) == ["old"]
 
 
-@pytest.mark.parametrize("planted", ["garbage", "huge", "symlink", "other boot"])
-def test_a_marker_pycor_did_not_write_names_no_live_process(tmp_path, planted):
+@pytest.mark.parametrize("planted", ["deleted", "garbage", "huge", "fifo", "directory", "another nonce", "pid 1e999"])
+def test_the_marker_in_the_layer_decides_nothing(tmp_path, planted):
+    """The tenant writes its layer (a file push into the stopped container): whatever it makes of the marker, an
+    interrupted upgrade is undone, and no marker makes pycor hang, crash, or take the layer for a copy."""
     rootfs = swapped_in(tmp_path)
+    owner_of(rootfs, pid=4194305)
     path = os.path.join(rootfs, layer.UPGRADE_MARKER)
-    if planted == "other boot":
-        marker_of(rootfs, boot="0" * 32)  # this pid and start time, but before a reboot
-    else:
-        os.unlink(path)
-        if planted == "symlink":
-            os.symlink("/proc/self/stat", path)
-        else:
-            with open(path, "w") as f:
-                f.write("{" if planted == "garbage" else f'{{"pid": {os.getpid()}, "x": "{"y" * 5000}"}}')
-    assert "was interrupted" in (upgrade.recover("c", rootfs, starting=False) or "")
-    assert upper_names(rootfs) == ["old"] and not os.path.lexists(os.path.join(rootfs, layer.UPGRADE_DIR))
+    os.unlink(path)
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "directory":
+        os.mkdir(path)
+    elif planted != "deleted":
+        text = {"garbage": "{", "huge": '{"nonce": "' + "y" * 5000 + '"}', "another nonce": '{"nonce": "00"}',
+                "pid 1e999": '{"pid": 1e999, "start": 0, "boot": "x", "nonce": "00"}'}[planted]
+        with open(path, "w") as f:
+            f.write(text)
+    signal.alarm(10)
+    try:
+        assert "was interrupted" in (upgrade.recover("c", rootfs, starting=False) or "")
+    finally:
+        signal.alarm(0)
+    assert upper_names(rootfs) == ["old"] and not os.path.lexists(upgrade.scratch_path(rootfs))
 
 
-def test_a_copy_that_never_became_the_containers_goes_at_the_next_command_not_at_a_start(tmp_path):
-    rootfs = str(tmp_path / "rootfs")
-    os.makedirs(rootfs)
-    create_layer(rootfs, LayerMeta("base", None, "1"), os.getuid(), os.getgid())
+def test_a_marker_planted_in_a_layer_with_no_upgrade_under_way_changes_nothing(tmp_path):
+    rootfs = new_layer(tmp_path)
+    with open(os.path.join(rootfs, layer.UPGRADE_MARKER), "w") as f:
+        f.write('{"nonce": "00", "pid": 1, "start": 0}')
+    assert upgrade.recover("c", rootfs, starting=True) is None
+    assert upgrade.recover("c", rootfs, starting=False) is None
+    assert upper_names(rootfs) == ["old"]
+
+
+def test_what_lies_at_the_old_scratch_name_in_the_rootfs_is_the_tenants_and_never_followed(tmp_path):
+    rootfs = new_layer(tmp_path)
+    elsewhere = tmp_path / "host-dir"
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), os.path.join(rootfs, ".pycor-upgrade"))
+    os.mkfifo(os.path.join(rootfs, ".pycor-upgrade.rootfs"))
+    staged(rootfs)
+    upgrade.swap(rootfs)
+    upgrade.commit(rootfs)
+    assert os.listdir(elsewhere) == [] and upper_names(rootfs) == ["new"]
+    fd = layer.open_rootfs(rootfs)
+    try:
+        assert layer.beside(fd) == [".pycor-upgrade", ".pycor-upgrade.rootfs"]  # pushed files, replayed as such
+    finally:
+        os.close(fd)
+
+
+def test_a_copy_that_never_became_the_containers_goes(tmp_path):
+    rootfs = new_layer(tmp_path)
     with layer.OpenLayer(rootfs) as lay:
-        upgrade.stage(lay)
-    assert upgrade.recover("c", rootfs, starting=True) is None and os.path.isdir(os.path.join(rootfs, layer.UPGRADE_DIR))
-    assert upgrade.recover("c", rootfs, starting=False) is None and not os.path.exists(os.path.join(rootfs, layer.UPGRADE_DIR))
+        upgrade.stage(lay)  # killed before its record was made
+    assert upgrade.recover("c", rootfs, starting=False) is None and not os.path.lexists(upgrade.scratch_path(rootfs))
+    staged(rootfs)  # recorded, killed before the swap
+    owner_of(rootfs, pid=4194305)
+    assert upgrade.recover("c", rootfs, starting=True) is None and not os.path.lexists(upgrade.scratch_path(rootfs))
+    assert upper_names(rootfs) == ["old"]
+
+
+def test_a_fifo_planted_where_pycor_writes_the_conflicts_record_is_replaced_not_opened(tmp_path):
+    rootfs = new_layer(tmp_path)
+    os.mkfifo(os.path.join(rootfs, layer.PYCOR_DIR, "conflicts.json.new"))
+    fd = layer.open_rootfs(rootfs)
+    signal.alarm(10)
+    try:
+        reconcile.write_findings(fd, {"conflicts": []})
+    finally:
+        signal.alarm(0)
+        os.close(fd)
+    with open(os.path.join(rootfs, layer.PYCOR_DIR, "conflicts.json")) as f:
+        assert "conflicts" in f.read()
+
+
+def test_what_the_container_prints_reaches_the_admin_without_control_characters(capsys):
+    relay_stderr(io.BytesIO(b"Get:1 ok\n\x1b]0;owned\x07\x1b[2J\rdone\n"))
+    assert capsys.readouterr().err == "Get:1 ok\n?]0;owned??[2J?done\n"
 
 
 def test_the_boot_script_is_valid_shell():
