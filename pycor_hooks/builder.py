@@ -229,8 +229,11 @@ MAX_UNREACHED = 5  # the last ones a message names
 MAX_LINE = 1 << 16
 
 
-# What a container's programs print reaches the admin's terminal: no control character but tab and newline.
-_SHOWN = bytes(c if c in (9, 10) or 32 <= c < 127 or c >= 128 else 63 for c in range(256))
+def shown(data: bytes) -> str:
+    """What a container's programs printed, as it may reach the admin's terminal: UTF-8 (else U+FFFD), every
+    character a terminal could act on (C0 and C1 controls, escapes, format characters) but tab and newline '?'."""
+    text = data.decode("utf-8", "replace")
+    return text if text.isprintable() else "".join(c if c.isprintable() or c in "\t\n" else "?" for c in text)
 
 
 def relay_stderr(stream: IO[bytes]) -> list[str]:
@@ -239,7 +242,7 @@ def relay_stderr(stream: IO[bytes]) -> list[str]:
     out = getattr(sys.stderr, "buffer", None)
     seen: collections.OrderedDict[str, None] = collections.OrderedDict()
     while chunk := stream.readline(MAX_LINE):
-        chunk = chunk.translate(_SHOWN)
+        chunk = shown(chunk).encode()
         if out is not None:
             out.write(chunk)
             out.flush()

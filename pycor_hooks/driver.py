@@ -227,6 +227,9 @@ class Driver:
         container's layer, or (adopt) another container's very layer while that container still exists: its
         changes are not this one's to read, and removing this container (lxc-destroy) would remove them."""
         real = os.path.realpath(rootfs)
+        if os.path.basename(real).startswith(layer.UPGRADE_DIR + "."):
+            raise Conflict(f"container {name}: its rootfs {rootfs} would be named as another container's upgrade "
+                           "scratch (see 'pycor rebase --upgrade')", "give a directory of another name (--dir, -P)")
 
         def within(inner: str, outer: str) -> bool:
             return inner == outer or inner.startswith(outer.rstrip("/") + "/")
@@ -976,7 +979,7 @@ class Driver:
                 upgrade.require_init(held.shown, [copy.upper, *b_layers])
                 before = upgrade.package_versions(copy.upper_fd)
                 layer.write_meta(copy_rootfs, copy.meta.but(pin=target), durable=True)  # its start runs on target
-            upgrade.write_marker(copy_rootfs, meta.based_on, target)
+            upgrade.record(copy_rootfs, meta.based_on, target)
             faults.point("upgrade-staged")
             upgrade.swap(rootfs)  # the copy is the container's layer, the old one in the scratch
         except BaseException:

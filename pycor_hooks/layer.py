@@ -41,7 +41,6 @@ DAEMON_DIRS = ("/var/lib/lxd", "/var/snap/lxd/common/lxd", "/var/lib/incus")
 # UPGRADE_DIR.ROOTFS-NAME beside (never in) a container's rootfs directory: the copy an upgrade works on, then
 # (swapped) the old layer while the container upgrades (upgrade.scratch_path)
 UPGRADE_DIR = ".pycor-upgrade"
-UPGRADE_MARKER = f"{PYCOR_DIR}/upgrade.json"  # in an upgrade's copy: its nonce (upgrade.py)
 
 
 def upgrade_scratch(rootfs: str) -> str:

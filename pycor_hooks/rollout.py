@@ -26,6 +26,7 @@ from . import locks
 from .driver import Driver
 from .errors import PycorError
 from .layer import LayerMeta
+from .names import printable
 from .runtime import Container
 from .store import Store
 
@@ -146,7 +147,7 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")
         except (PycorError, subprocess.SubprocessError, OSError) as e:
             state = driver.run_state(c.lxc_name, c.rootfs)
-            return Outcome(c.name, c.runtime, "failed", state.version if state else "?", str(e))
+            return Outcome(c.name, c.runtime, "failed", state.version if state else "?", printable(str(e)))
 
     from concurrent.futures import ThreadPoolExecutor
 

@@ -15,8 +15,8 @@ nothing (Driver.upgrade_volume runs the steps):
    alone, on the same filesystem; the base is never copied;
 2. move the copy to the target version (reconciliation, which would break the
    packages: that is what comes next) and pin it there;
-3. record: a marker with a fresh nonce in the copy's .pycor, then owner.json in
-   the scratch (the pycor process doing it: pid, start time, boot; the nonce);
+3. record: owner.json in the scratch, written whole: the pycor process doing
+   it (pid, start time, boot), the versions, and the inode of the copy's .pycor;
 4. swap: the copy becomes the container's .pycor (one renameat2(RENAME_EXCHANGE)),
    its old layer kept in the scratch;
 5. run: the container starts through its own runtime (LXC, LXD, Incus), confined
@@ -28,7 +28,7 @@ nothing (Driver.upgrade_volume runs the steps):
    APT_SECONDS; then it stops;
 6. check: apt-get check on the result (depcheck) says nothing the base alone
    does not;
-7. commit: owner.json goes (the commit point); then the marker and the old layer.
+7. commit: owner.json goes (the commit point); then the old layer.
 
 Any failure before 7 (no init that brings up the network, a fetch, a
 maintainer script, a result that still breaks) swaps the old layer back:
@@ -38,17 +38,19 @@ process is gone: the container's next start (its pre-start, or pre-mount
 says so; the upgrade's own start (its process alive) goes on.
 
 What happened is told by root's files alone: the swap happened when the
-scratch's .pycor no longer has the marker with owner.json's nonce (it is the
-old layer, not the copy). The marker in the container's layer is the
-tenant's to write, delete or replace; it decides nothing.
+scratch's .pycor is no longer the copy owner.json names (a directory's inode:
+nobody links it elsewhere). Nothing in the container's layer, which the
+tenant writes, decides it. The scratch is removed owner.json first: a removal
+that stops half-way leaves a scratch that is no upgrade's, never an old layer
+taken for a copy.
 
-Not a hot path: the CLI uses this, and a hook only when a marker is there.
+Not a hot path: the CLI uses this, and a hook only when a scratch is there.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -72,10 +74,10 @@ if TYPE_CHECKING:
         def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]: ...
         def stop_hint(self, name: str) -> str: ...
 
+log = logging.getLogger("pycor")
 scratch_path = layer.upgrade_scratch  # UPGRADE_DIR.ROOTFS-NAME beside the container's rootfs directory
-OWNER = "owner.json"  # in the scratch: the upgrade's pycor process and nonce (Owner)
-MARKER = "upgrade.json"  # in .pycor (layer.UPGRADE_MARKER)
-MARKER_LIMIT = 4096
+OWNER = "owner.json"  # in the scratch: the upgrade's pycor process and its copy (Owner)
+OWNER_LIMIT = 4096
 STATUS = "var/lib/dpkg/status"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What an in-place `apt full-upgrade` does, without questions: every setting on apt's command line (they
@@ -90,6 +92,8 @@ SCRIPT = (f"set -e; export PATH={PATH} DEBIAN_FRONTEND=noninteractive APT_LISTCH
           f"{APT} update; {APT} -y -f install; {APT} -y full-upgrade; {APT} clean")
 BOOT_SECONDS = 300  # systemd's boot, then the network
 APT_SECONDS = 3 * 3600  # update, -f install, full-upgrade and clean of a whole release
+TAIL = 4096  # bytes of what the boot check printed that are kept
+PIPE_GRACE = 10  # s the output may go on after the script ended, before the container is stopped to end it
 NETWORK_SECONDS = 90
 INIT_SECONDS = 10  # for the container's first process to become its init
 
@@ -171,25 +175,45 @@ def _open_scratch_parent(rootfs: str) -> tuple[int, str]:
     return _open_dir(os.path.dirname(path)), os.path.basename(path)
 
 
-def _rmtree_at(dir_fd: int, name: str) -> None:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(name, dir_fd=dir_fd)  # never follows a symlink (dir_fd-based rmtree)
+def has_scratch(rootfs: str) -> bool:
+    return os.path.lexists(scratch_path(rootfs))
 
 
 def discard(rootfs: str) -> None:
-    """Remove the scratch: a copy that never became the container's, or an old layer after the commit."""
-    fd, name = _open_scratch_parent(rootfs)
+    """Remove the scratch (a copy that never became the container's, or an old layer after the commit):
+    owner.json first (durably: a removal that stops half-way leaves a scratch that is no upgrade's), then the
+    rest with rm (no depth limit, never a symlink followed, never another filesystem). Only a directory as
+    pycor makes it is removed."""
+    path = scratch_path(rootfs)
+    parent, name = _open_scratch_parent(rootfs)
     try:
-        _rmtree_at(fd, name)
+        try:
+            fd = linux.open_beneath(parent, name, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise PycorError(f"{path} is not an upgrade's scratch ({e.strerror}): pycor leaves it alone",
+                             "remove it if nothing needs it, or give the container another rootfs directory") from None
+        try:
+            strange = sorted(set(os.listdir(fd)) - {layer.PYCOR_DIR, OWNER, f"{OWNER}.new"})
+            if strange or (os.getuid() == 0 and os.fstat(fd).st_uid != 0):
+                why = f"it holds {', '.join(strange)}" if strange else "it is not root's"
+                raise PycorError(f"{path} is not an upgrade's scratch ({why}): pycor leaves it alone",
+                                 "remove it if nothing needs it, or give the container another rootfs directory")
+            for entry in (OWNER, f"{OWNER}.new"):
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
-
-
-def has_scratch(rootfs: str) -> bool:
-    return os.path.lexists(scratch_path(rootfs))
+        os.close(parent)
+    proc = subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PycorError(f"cannot remove {path}: {proc.stderr.strip()[-300:]}",
+                         "see what keeps it (chattr -i, a mount below it) and remove it: the container does not need it")
 
 
 def stage(lay: layer.OpenLayer) -> str:
@@ -197,7 +221,8 @@ def stage(lay: layer.OpenLayer) -> str:
 
     The whole .pycor is copied (GNU tar through tario: owners, xattrs, whiteouts kept): upper, layer.json,
     the conflicts record, files pushed while it was stopped (its inbox), anything later pycor keeps there;
-    the workdir's contents are not (overlayfs's scratch space).
+    the workdir's contents are not (overlayfs's scratch space). A layer under a project quota (--size on
+    ext4 or XFS) has its copy in the same project.
     """
     from . import tario
     from .proc import Progress
@@ -224,18 +249,29 @@ def stage(lay: layer.OpenLayer) -> str:
     pycor = linux.open_beneath(lay.rootfs_fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
     try:
         tario.copy_tree(linux.shared_fd_path(pycor), os.path.join(target, layer.PYCOR_DIR), Progress())
+        project = _project(pycor)
     finally:
         os.close(pycor)
-    work = _open_dir(os.path.join(target, layer.WORK))
-    try:
-        for entry in os.listdir(work):
-            if stat.S_ISDIR(os.stat(entry, dir_fd=work, follow_symlinks=False).st_mode):
-                shutil.rmtree(entry, dir_fd=work)
-            else:
-                os.unlink(entry, dir_fd=work)
-    finally:
-        os.close(work)
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", os.path.join(target, layer.WORK)], check=True)
+    os.mkdir(os.path.join(target, layer.WORK), 0o700)
+    st = os.stat(os.path.join(target, layer.UPPER))
+    os.chown(os.path.join(target, layer.WORK), st.st_uid, st.st_gid)  # as create_layer makes it
+    os.chmod(os.path.join(target, layer.WORK), 0o700)
+    if project:
+        from . import quota
+
+        quota.tag_layer(target, project)
     return target
+
+
+def _project(fd: int) -> int:
+    """The project id of an open directory (0: none, or a filesystem without project ids)."""
+    try:
+        from . import quota
+
+        return quota.get_project(fd)[1]
+    except OSError:
+        return 0
 
 
 def _boot_id() -> str:
@@ -243,60 +279,20 @@ def _boot_id() -> str:
         return f.read(64).strip()
 
 
-def _write_at(dir_fd: int, name: str, text: str, owner: tuple[int, int] | None = None) -> None:
-    wfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    if owner is not None:
-        layer.give_to_owner(wfd, owner)
-    with os.fdopen(wfd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.fsync(dir_fd)
-
-
-def _read_bounded(dir_fd: int, name: str) -> dict | None:
-    """A small JSON object pycor wrote (no symlink followed, nothing but a regular file read, at most MARKER_LIMIT
-    bytes); None when absent; ValueError when it is anything else."""
-    from .flatjson import load
-
-    try:
-        fd = linux.open_beneath(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ValueError(f"not a file pycor wrote ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        data = f.read(MARKER_LIMIT + 1)
-    if len(data) > MARKER_LIMIT:
-        raise ValueError("too large")
-    raw = load(data)
-    if not isinstance(raw, dict):
-        raise ValueError("not an object")
-    return raw
-
-
 class Owner:
     """An upgrade under way, in the scratch's owner.json (host root's, where no tenant reaches): the pycor process
-    doing it (pid, start time, boot), the versions (from, to) and the nonce of the marker in its copy."""
+    doing it (pid, start time, boot), the versions (from, to), and the inode of its copy's .pycor (a directory:
+    nobody links it elsewhere, and it keeps its number wherever it is renamed)."""
 
-    __slots__ = ("pid", "start", "boot", "nonce", "old", "target")
+    __slots__ = ("pid", "start", "boot", "copy", "old", "target")
 
-    def __init__(self, pid: int, start: int, boot: str, nonce: str, old: str | None, target: str | None) -> None:
-        self.pid, self.start, self.boot, self.nonce, self.old, self.target = pid, start, boot, nonce, old, target
-
-    @classmethod
-    def me(cls, old: str | None, target: str) -> Owner:
-        from .runstate import proc_start_time
-
-        pid = os.getpid()
-        return cls(pid, proc_start_time(pid) or 0, _boot_id(), os.urandom(16).hex(), old, target)
+    def __init__(self, pid: int, start: int, boot: str, copy: int, old: str | None, target: str | None) -> None:
+        self.pid, self.start, self.boot, self.copy, self.old, self.target = pid, start, boot, copy, old, target
 
     def to_json(self) -> str:
         from .flatjson import dumps
 
-        return dumps({"pid": self.pid, "start": self.start, "boot": self.boot, "nonce": self.nonce,
+        return dumps({"pid": self.pid, "start": self.start, "boot": self.boot, "copy": self.copy,
                       "from": self.old, "to": self.target})
 
     def alive(self) -> bool:
@@ -316,56 +312,59 @@ class Owner:
 
 def read_owner(rootfs: str) -> Owner | None:
     """The upgrade under way, None when there is none: no scratch, or no owner.json in it (being staged, or
-    committed)."""
+    committed). owner.json is root's, written whole (rename): anything else in it is refused."""
+    from .flatjson import load
+
+    path = os.path.join(scratch_path(rootfs), OWNER)
     try:
-        fd = _open_dir(scratch_path(rootfs))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise PycorError(f"{path}: {e.strerror}", "only host root writes there: see what did; remove the directory "
+                         "if the container's layer is as it should be") from None
     try:
-        raw = _read_bounded(fd, OWNER)
-        if raw is None:
-            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
+            raw = load(f.read(OWNER_LIMIT + 1))
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
         old, target = raw.get("from"), raw.get("to")
-        return Owner(int(raw["pid"]), int(raw["start"]), str(raw["boot"]), str(raw["nonce"]),
+        return Owner(int(raw["pid"]), int(raw["start"]), str(raw["boot"]), int(raw["copy"]),
                      check_version(str(old)) if old else None, check_version(str(target)) if target else None)
-    except (ValueError, KeyError, TypeError, OverflowError, PycorError) as e:
-        raise PycorError(f"{scratch_path(rootfs)}/{OWNER} is not as pycor writes it ({e})",
-                         "only host root writes there: see what did; remove the directory to drop the upgrade") from None
-    finally:
-        os.close(fd)
+    except (ValueError, KeyError, TypeError, OverflowError, AttributeError, PycorError) as e:
+        raise PycorError(f"{path} is not as pycor writes it ({e})", "only host root writes there: see what did; "
+                         "remove the directory if the container's layer is as it should be") from None
 
 
-def write_marker(copy_rootfs: str, old: str | None, target: str) -> None:
-    """Make the upgrade's record, once its copy is ready: a marker with a fresh nonce in the copy's .pycor (owned
-    like the layer; the swap takes it into the container's layer), then owner.json in the scratch. Whether the
-    swap happened is then told by root's files alone: the copy, with the owner's nonce, is still in the scratch,
-    or it is not (swapped in)."""
-    from .flatjson import dumps
+def record(copy_rootfs: str, old: str | None, target: str) -> None:
+    """Make the upgrade's record once its copy is ready, before the swap: owner.json in the scratch, written whole."""
+    from .runstate import proc_start_time
 
-    owner = Owner.me(old, target)
     fd = _open_dir(copy_rootfs)  # the scratch
     try:
-        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _write_at(pycor, MARKER, dumps({"nonce": owner.nonce}), layer.owner_at(pycor))
-        finally:
-            os.close(pycor)
-        _write_at(fd, OWNER, owner.to_json())
+        copy = os.stat(layer.PYCOR_DIR, dir_fd=fd, follow_symlinks=False).st_ino
+        pid = os.getpid()
+        owner = Owner(pid, proc_start_time(pid) or 0, _boot_id(), copy, old, target)
+        new = f"{OWNER}.new"
+        wfd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        with os.fdopen(wfd, "w", encoding="utf-8") as f:
+            f.write(owner.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(new, OWNER, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def _copy_in_scratch(rootfs: str, owner: Owner) -> bool:
-    """Whether the scratch's .pycor is the upgrade's copy (its marker has the owner's nonce), not the old layer."""
-    fd = _open_dir(scratch_path(rootfs))
+    """Whether the scratch's .pycor is the upgrade's copy (not swapped in, or swapped back), not the old layer."""
     try:
-        try:
-            raw = _read_bounded(fd, layer.UPGRADE_MARKER)
-        except ValueError:
-            return False
-        return raw is not None and raw.get("nonce") == owner.nonce
-    finally:
-        os.close(fd)
+        return os.lstat(os.path.join(scratch_path(rootfs), layer.PYCOR_DIR)).st_ino == owner.copy
+    except FileNotFoundError:
+        return False
 
 
 def swap(rootfs: str) -> None:
@@ -394,8 +393,18 @@ def swap(rootfs: str) -> None:
         os.close(fd)
 
 
+def _tidy(rootfs: str) -> str | None:
+    """discard, saying what was left instead of failing: the container no longer needs the scratch."""
+    try:
+        discard(rootfs)
+        return None
+    except PycorError as e:
+        log.warning("%s (%s)", e.message, e.hint)
+        return e.message
+
+
 def commit(rootfs: str) -> None:
-    """The commit point: owner.json goes (durably); then the marker in the layer, and the old layer."""
+    """The commit point: owner.json goes (durably); then the old layer."""
     fd = _open_dir(scratch_path(rootfs))
     try:
         os.unlink(OWNER, dir_fd=fd)
@@ -403,30 +412,28 @@ def commit(rootfs: str) -> None:
     finally:
         os.close(fd)
     faults.point("upgrade-committed")
-    _drop_marker(rootfs)
-    discard(rootfs)
+    _tidy(rootfs)
 
 
 def undo(rootfs: str) -> None:
-    """Swap the old layer back (the container exactly as before) and remove the copy, marker and all."""
+    """Swap the old layer back (the container exactly as before) and remove the copy."""
     swap(rootfs)
-    discard(rootfs)
+    _tidy(rootfs)
 
 
 def recover(name: str, rootfs: str, starting: bool) -> str | None:
     """What an upgrade of the container left calls for, its layer lock held and the container not running, told
-    by host root's files alone (the scratch, beside the rootfs directory): the marker in the layer is the tenant's
-    to write, and decides nothing.
+    by host root's files alone (the scratch, beside the rootfs directory, out of the tenant's reach).
 
-    No owner.json (no upgrade, one being staged or committed): the scratch goes. An upgrade whose copy is still
-    in the scratch never swapped it in (or swapped it back): the scratch goes, unless its process runs. One whose
+    No owner.json (no upgrade, one being staged or committed): the scratch goes. An upgrade whose copy is in
+    the scratch never swapped it in (or swapped it back): the scratch goes, unless its process runs. One whose
     copy was swapped in: nothing (this process's), the upgrade's own start goes on (starting, its process alive),
     another command refuses (InUse), and one whose process is gone is undone. Returns what was done, to say."""
     owner = read_owner(rootfs)
-    if owner is None or owner.mine():
-        if owner is None and has_scratch(rootfs):
-            discard(rootfs)
+    if owner is not None and owner.mine():
         return None
+    if owner is None:
+        return _tidy(rootfs) if has_scratch(rootfs) else None
     swapped = not _copy_in_scratch(rootfs, owner)
     if owner.alive():
         if starting and swapped:
@@ -434,82 +441,83 @@ def recover(name: str, rootfs: str, starting: bool) -> str | None:
         raise InUse(f"container {name}: {owner.shown()} is in progress",
                     "wait for it to finish (it stops the container again), then run this again")
     if not swapped:
-        discard(rootfs)  # killed before its copy became the container's layer, or after it was swapped back
-        return None
-    undo(rootfs)
+        return _tidy(rootfs)  # killed before its copy became the container's layer, or after it was swapped back
+    swap(rootfs)
+    left = _tidy(rootfs)
     on = f" (version {owner.old})" if owner.old else ""
-    return f"{owner.shown()} was interrupted: its old layer{on} is back, as before the upgrade"
-
-
-def _drop_marker(rootfs: str) -> None:
-    fd = _open_dir(rootfs)
-    try:
-        pycor = linux.open_beneath(fd, layer.PYCOR_DIR, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            try:
-                st = os.stat(MARKER, dir_fd=pycor, follow_symlinks=False)
-            except FileNotFoundError:
-                return
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(MARKER, dir_fd=pycor)
-            else:
-                os.unlink(MARKER, dir_fd=pycor)
-            os.fsync(pycor)
-        finally:
-            os.close(pycor)
-    finally:
-        os.close(fd)
+    return f"{owner.shown()} was interrupted: its old layer{on} is back, as before the upgrade" + (f"; {left}" if left else "")
 
 
 # -- in the container ----------------------------------------------------------------------------
 
 
+def _exec(rt: Runtime, name: str, script: str, seconds: float, relay: bool) -> tuple[int | None, str, list[str]]:
+    """Run script in the running container (its runtime's exec; what runs is the container's own), its output
+    and errors through one pipe: relayed to our stderr without control characters (relay), or kept, its last
+    TAIL bytes. Returns (exit status, None: not done within seconds; the tail; what apt could not fetch).
+
+    Bounded whatever the container does: its output is never held whole, a script that does not end is
+    killed, and a process of the container that keeps the pipe open after the script ended (lxc-attach hands
+    the pipe itself to the container) ends with the container, which is stopped."""
+    import threading
+
+    from .builder import relay_stderr, shown
+
+    argv, env = rt.exec_argv(name, ["/bin/sh", "-c", script])
+    sys.stderr.flush()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out, tail, unreached = proc.stdout, bytearray(), []
+
+    def read() -> None:
+        if relay:
+            unreached.extend(relay_stderr(out))
+            return
+        while chunk := os.read(out.fileno(), 1 << 16):
+            tail.extend(chunk)
+            del tail[:-TAIL]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc: int | None = proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        rc = None
+        proc.kill()
+        proc.wait()
+    reader.join(PIPE_GRACE)
+    if reader.is_alive():
+        stop(rt, name)
+        reader.join()
+    out.close()
+    return rc, shown(bytes(tail)).strip().replace("\n", "; ")[-300:], unreached
+
+
 def wait_until_up(rt: Runtime, name: str) -> None:
     """Wait until the running container has booted and its network is up (boot_script); a clear error if not."""
-    try:
-        proc = rt.exec(name, ["/bin/sh", "-c", boot_script()], timeout=BOOT_SECONDS + NETWORK_SECONDS + INIT_SECONDS + 30)
-    except subprocess.TimeoutExpired:
-        raise PycorError(f"container {name} did not answer while it booted for its upgrade; nothing was changed",
-                         "start it and see why, then run this again") from None
-    said = (proc.stdout or "").strip().replace("\n", "; ")[-300:]
-    if proc.returncode == 0:
+    rc, said, _ = _exec(rt, name, boot_script(), BOOT_SECONDS + NETWORK_SECONDS + INIT_SECONDS + 30, relay=False)
+    if rc == 0:
         return
-    if proc.returncode == 3:
+    if rc is None:
+        raise PycorError(f"container {name} did not answer while it booted for its upgrade; nothing was changed",
+                         "start it and see why, then run this again")
+    if rc == 3:
         raise no_init(name, f"its first process is {said.removeprefix('init: ') or '?'}, not systemd")
-    if proc.returncode == 5:
+    if rc == 5:
         raise PycorError(f"container {name} started, but its network did not come up within {NETWORK_SECONDS} s ({said}); "
                          "nothing was changed", "start it and see why ('networkctl', 'journalctl -b'), then run this again")
-    raise PycorError(f"container {name} did not finish booting for its upgrade (exit {proc.returncode}: "
-                     f"{said or (proc.stderr or '').strip()[-300:]}); nothing was changed",
+    raise PycorError(f"container {name} did not finish booting for its upgrade (exit {rc}: {said}); nothing was changed",
                      "start it and see why ('systemctl --failed', 'journalctl -b'), then run this again")
 
 
 def run_apt(rt: Runtime, name: str) -> tuple[int, list[str]]:
-    """apt-get update, -f install, full-upgrade and clean in the running container (its runtime's exec), its output
-    on our stderr; returns apt's exit status and what apt said it could not fetch (builder.relay_stderr)."""
-    import threading
-
-    from .builder import relay_stderr
-
-    argv, env = rt.exec_argv(name, ["/bin/sh", "-c", SCRIPT])
-    sys.stderr.flush()
-    # its output and errors through one pipe: shown without control characters (the container's programs write it)
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    timer = threading.Timer(APT_SECONDS, proc.kill)  # the container's apt (or sh) that never ends
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        unreached = relay_stderr(proc.stdout)
-        proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode == -9:
+    """apt-get update, -f install, full-upgrade and clean in the running container, its output on our stderr;
+    returns apt's exit status and what apt said it could not fetch (builder.relay_stderr)."""
+    rc, _, unreached = _exec(rt, name, SCRIPT, APT_SECONDS, relay=True)
+    if rc is None:
         raise PycorError(f"the upgrade's apt in container {name} did not end within {APT_SECONDS} s: it was killed, "
                          "and the container is unchanged", "see what it waited for (run apt-get full-upgrade in it by hand)")
-    return proc.returncode, unreached
+    return rc, unreached
 
 
 def run_in(rt: Runtime, name: str) -> None:

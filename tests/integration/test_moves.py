@@ -266,7 +266,7 @@ def test_rollout_leaves_a_container_it_would_hold_back_running_and_rollout_upgra
     assert sh(own, app).stdout.strip() == f"{app} 2.0" and listed(env, own)["version"] == new
 
 
-MARKER = ".pycor/upgrade.json"
+OWNER = "owner.json"  # in the upgrade's scratch, beside the rootfs directory
 
 
 def test_an_upgrade_runs_in_the_containers_own_network_namespace_and_cgroup(make_container, mbase, env):
@@ -351,7 +351,7 @@ def test_an_upgrade_killed_after_the_swap_is_undone_by_the_next_start_or_doctor(
     update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
     before = layer_sum(c)
     proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False, PYCOR_FAULT=step)
-    assert proc.returncode != 0 and os.path.exists(os.path.join(c.rootfs, MARKER))
+    assert proc.returncode != 0 and os.path.exists(os.path.join(upgrade_scratch(c.rootfs), OWNER))
     if step == "upgrade-ran":  # killed while the container ran its upgrade: it runs on, on the upgraded copy
         assert c.state() == "RUNNING"
         busy = pycor(env, "rebase", c.name, "-P", c.lxcpath, check=False)
@@ -365,7 +365,7 @@ def test_an_upgrade_killed_after_the_swap_is_undone_by_the_next_start_or_doctor(
     else:
         c.start()  # its pre-mount --prepare (privileged) or pre-start (unprivileged) puts the old layer back
         assert "was interrupted: its old layer" in open(c.log).read()
-    assert not os.path.exists(os.path.join(c.rootfs, MARKER)) and not os.path.lexists(upgrade_scratch(c.rootfs))
+    assert not os.path.lexists(upgrade_scratch(c.rootfs))
     assert sh(c, app).stdout.strip() == f"{app} 1.0"  # held back again: on the version its packages work on
     assert listed(env, c)["version"] == old
     c.stop()

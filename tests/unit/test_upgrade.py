@@ -1,7 +1,7 @@
 """An upgrade's record and its undoing, on plain directories (no container, any user): see upgrade.py.
 
 What decides is host root's alone: the scratch beside the rootfs directory (its owner.json, and whether the
-copy with the owner's nonce is still in it). The marker in the layer is the tenant's to write."""
+copy it names is still in it). Everything in the container's layer is the tenant's to write."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from pycor_hooks import flatjson, layer, reconcile, upgrade
-from pycor_hooks.builder import relay_stderr
-from pycor_hooks.errors import InUse
+from pycor_hooks.builder import relay_stderr, shown
+from pycor_hooks.errors import InUse, PycorError
 from pycor_hooks.layer import LayerMeta, create_layer
 from pycor_hooks.runstate import proc_start_time
 
@@ -32,13 +32,13 @@ def staged(rootfs: str) -> str:
     with layer.OpenLayer(rootfs) as lay:
         copy = upgrade.stage(lay)
     os.rename(os.path.join(copy, layer.UPPER, "old"), os.path.join(copy, layer.UPPER, "new"))
-    upgrade.write_marker(copy, "1", "2")
+    upgrade.record(copy, "1", "2")
     return copy
 
 
 def swapped_in(tmp_path) -> str:  # type: ignore[no-untyped-def]
     """A container's rootfs as an upgrade leaves it after the swap: the copy (upper/new) as .pycor, the old layer
-    (upper/old) aside in the scratch, owner.json naming this process."""
+    (upper/old) in the scratch, owner.json naming this process."""
     rootfs = new_layer(tmp_path)
     staged(rootfs)
     upgrade.swap(rootfs)
@@ -63,12 +63,11 @@ def test_the_scratch_lies_beside_the_rootfs_directory_never_in_it(tmp_path):
     assert sorted(os.listdir(rootfs)) == [layer.PYCOR_DIR] and upper_names(rootfs) == ["new"]
     owner = upgrade.read_owner(rootfs)
     assert owner is not None and owner.mine() and owner.alive() and (owner.old, owner.target) == ("1", "2")
-    st = os.stat(os.path.join(rootfs, layer.UPGRADE_MARKER))
-    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())  # owned like the layer
     assert upgrade.recover("c", rootfs, starting=False) is None  # its own: nothing to do
     upgrade.commit(rootfs)
     assert upper_names(rootfs) == ["new"] and not os.path.lexists(upgrade.scratch_path(rootfs))
-    assert not os.path.lexists(os.path.join(rootfs, layer.UPGRADE_MARKER))
+    st = os.stat(os.path.join(rootfs, layer.WORK))
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o700, os.getuid())
 
 
 def test_an_upgrade_whose_process_is_gone_is_undone(tmp_path):
@@ -76,9 +75,7 @@ def test_an_upgrade_whose_process_is_gone_is_undone(tmp_path):
     owner_of(rootfs, pid=4194305)  # above any pid_max: no such process
     said = upgrade.recover("c", rootfs, starting=True)
     assert said is not None and "was interrupted: its old layer (version 1) is back" in said
-    assert upper_names(rootfs) == ["old"]
-    assert not os.path.exists(os.path.join(rootfs, layer.UPGRADE_MARKER))
-    assert not os.path.lexists(upgrade.scratch_path(rootfs))
+    assert upper_names(rootfs) == ["old"] and not os.path.lexists(upgrade.scratch_path(rootfs))
 
 
 def test_an_upgrade_in_progress_lets_its_own_start_through_and_refuses_other_commands(tmp_path):
@@ -96,23 +93,24 @@ def test_an_upgrade_in_progress_lets_its_own_start_through_and_refuses_other_com
     assert upgrade.recover("c", rootfs, starting=False) is not None and upper_names(rootfs) == ["old"]
 
 
-@pytest.mark.parametrize("planted", ["deleted", "garbage", "huge", "fifo", "directory", "another nonce", "pid 1e999"])
-def test_the_marker_in_the_layer_decides_nothing(tmp_path, planted):
-    """The tenant writes its layer (a file push into the stopped container): whatever it makes of the marker, an
-    interrupted upgrade is undone, and no marker makes pycor hang, crash, or take the layer for a copy."""
+@pytest.mark.parametrize("planted", ["upgrade.json", "fifo", "hard link", "owner.json"])
+def test_nothing_the_tenant_writes_in_its_layer_decides(tmp_path, planted):
+    """The tenant writes its layer (a file push into the stopped container), also while it is swapped out: an
+    interrupted upgrade is undone whatever it made there, and nothing there makes pycor hang or crash."""
     rootfs = swapped_in(tmp_path)
     owner_of(rootfs, pid=4194305)
-    path = os.path.join(rootfs, layer.UPGRADE_MARKER)
-    os.unlink(path)
+    owner = upgrade.read_owner(rootfs)
+    assert owner is not None
+    path = os.path.join(rootfs, layer.PYCOR_DIR, planted)
     if planted == "fifo":
-        os.mkfifo(path)
-    elif planted == "directory":
-        os.mkdir(path)
-    elif planted != "deleted":
-        text = {"garbage": "{", "huge": '{"nonce": "' + "y" * 5000 + '"}', "another nonce": '{"nonce": "00"}',
-                "pid 1e999": '{"pid": 1e999, "start": 0, "boot": "x", "nonce": "00"}'}[planted]
+        os.mkfifo(os.path.join(rootfs, layer.PYCOR_DIR, "owner.json"))
+    elif planted == "hard link":  # a name of the old layer's, reachable from the live one
+        os.link(os.path.join(upgrade.scratch_path(rootfs), layer.PYCOR_DIR, "layer.json"), os.path.join(rootfs, "n"))
+        with open(os.path.join(rootfs, "n"), "a") as f:
+            f.write(f'{{"copy": {owner.copy}}}')
+    else:
         with open(path, "w") as f:
-            f.write(text)
+            f.write(flatjson.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid()), "copy": owner.copy}))
     signal.alarm(10)
     try:
         assert "was interrupted" in (upgrade.recover("c", rootfs, starting=False) or "")
@@ -121,30 +119,37 @@ def test_the_marker_in_the_layer_decides_nothing(tmp_path, planted):
     assert upper_names(rootfs) == ["old"] and not os.path.lexists(upgrade.scratch_path(rootfs))
 
 
-def test_a_marker_planted_in_a_layer_with_no_upgrade_under_way_changes_nothing(tmp_path):
+def test_a_removal_of_the_scratch_that_stopped_half_way_never_takes_the_old_layer(tmp_path):
     rootfs = new_layer(tmp_path)
-    with open(os.path.join(rootfs, layer.UPGRADE_MARKER), "w") as f:
-        f.write('{"nonce": "00", "pid": 1, "start": 0}')
+    copy = staged(rootfs)
+    os.unlink(os.path.join(copy, upgrade.OWNER))  # discard's first step, then killed
+    os.unlink(os.path.join(copy, layer.PYCOR_DIR, "layer.json"))
     assert upgrade.recover("c", rootfs, starting=True) is None
-    assert upgrade.recover("c", rootfs, starting=False) is None
-    assert upper_names(rootfs) == ["old"]
+    assert upper_names(rootfs) == ["old"] and not os.path.lexists(copy)
 
 
-def test_what_lies_at_the_old_scratch_name_in_the_rootfs_is_the_tenants_and_never_followed(tmp_path):
-    rootfs = new_layer(tmp_path)
-    elsewhere = tmp_path / "host-dir"
-    elsewhere.mkdir()
-    os.symlink(str(elsewhere), os.path.join(rootfs, ".pycor-upgrade"))
-    os.mkfifo(os.path.join(rootfs, ".pycor-upgrade.rootfs"))
-    staged(rootfs)
-    upgrade.swap(rootfs)
-    upgrade.commit(rootfs)
-    assert os.listdir(elsewhere) == [] and upper_names(rootfs) == ["new"]
-    fd = layer.open_rootfs(rootfs)
-    try:
-        assert layer.beside(fd) == [".pycor-upgrade", ".pycor-upgrade.rootfs"]  # pushed files, replayed as such
-    finally:
+def test_a_scratch_too_deep_for_rmtree_goes(tmp_path):
+    rootfs = swapped_in(tmp_path)
+    deep = os.path.join(upgrade.scratch_path(rootfs), layer.UPPER)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1500):  # the tenant's, made in its container before the upgrade
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
+        fd = nfd
+    os.close(fd)
+    upgrade.commit(rootfs)
+    assert not os.path.lexists(upgrade.scratch_path(rootfs)) and upper_names(rootfs) == ["new"]
+
+
+def test_a_directory_at_the_scratchs_name_that_pycor_did_not_make_is_left_alone(tmp_path):
+    rootfs = new_layer(tmp_path)
+    other = upgrade.scratch_path(rootfs)
+    os.makedirs(os.path.join(other, "etc"))
+    assert upgrade.recover("c", rootfs, starting=False) is not None and os.path.isdir(os.path.join(other, "etc"))
+    with pytest.raises(PycorError, match="is not an upgrade's scratch"):
+        upgrade.discard(rootfs)
+    assert os.path.isdir(os.path.join(other, "etc"))
 
 
 def test_a_copy_that_never_became_the_containers_goes(tmp_path):
@@ -173,8 +178,43 @@ def test_a_fifo_planted_where_pycor_writes_the_conflicts_record_is_replaced_not_
 
 
 def test_what_the_container_prints_reaches_the_admin_without_control_characters(capsys):
-    relay_stderr(io.BytesIO(b"Get:1 ok\n\x1b]0;owned\x07\x1b[2J\rdone\n"))
-    assert capsys.readouterr().err == "Get:1 ok\n?]0;owned??[2J?done\n"
+    relay_stderr(io.BytesIO("Get:1 ok\n\x1b]0;owned\x07\x1b[2J\rdone \u009b2J \u202eevil\n".encode()))
+    assert capsys.readouterr().err == "Get:1 ok\n?]0;owned??[2J?done ?2J ?evil\n"
+    assert shown(b"\xff\tx\n") == "\ufffd\tx\n"
+
+
+class Guest:
+    """A runtime whose 'container' is this host (pure logic of _exec: what the container's script does)."""
+
+    def __init__(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        self.pidfile, self.stopped = str(tmp_path / "bg.pid"), 0
+
+    def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        return argv, None
+
+    def stop(self, name: str, force: bool = False) -> None:  # the container's end: its processes go
+        self.stopped += 1
+        with open(self.pidfile) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+
+    def state(self, name: str) -> str:
+        return "STOPPED"
+
+
+def test_the_containers_output_is_bounded_and_a_pipe_it_keeps_open_ends_with_it(tmp_path, monkeypatch):
+    guest = Guest(tmp_path)
+    rc, said, _ = upgrade._exec(guest, "c", "head -c 5000000 /dev/zero | tr '\\0' x; echo; echo end", 60, relay=False)  # type: ignore[arg-type]
+    assert rc == 0 and said.endswith("end") and len(said) <= 300
+    monkeypatch.setattr(upgrade, "PIPE_GRACE", 0.5)
+    script = f"sleep 300 & echo $! > {guest.pidfile}; echo booted"  # its background process holds the pipe
+    signal.alarm(30)
+    try:
+        rc, said, _ = upgrade._exec(guest, "c", script, 60, relay=False)  # type: ignore[arg-type]
+    finally:
+        signal.alarm(0)
+    assert (rc, said, guest.stopped) == (0, "booted", 1)
+    rc, _, _ = upgrade._exec(guest, "c", "sleep 30", 0.5, relay=False)  # type: ignore[arg-type]
+    assert rc is None
 
 
 def test_the_boot_script_is_valid_shell():
