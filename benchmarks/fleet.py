@@ -618,6 +618,9 @@ def cleanup(ledger: Ledger) -> None:
     left = mounts_under(d["work"])
     if left:
         log(f"cleanup: mounts left under {d['work']}: {left}")
+    elif project and project in (sh(["lxc", "project", "list", "--format", "csv"], check=False) or project):
+        # the daemon did not answer (it died under the fleet's memory pressure): the ledger stays for --cleanup
+        log(f"cleanup: LXD project {project} is still there; start LXD again (scripts/lxd-up.sh), then run --cleanup")
     else:
         shutil.rmtree(d["work"], ignore_errors=True)
 
