@@ -90,9 +90,9 @@ def layer_sum(c) -> str:  # type: ignore[no-untyped-def]
     return tree_checksum(os.path.join(c.rootfs, ".pycor"))
 
 
-@pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
-def test_a_move_that_breaks_the_containers_packages_is_held_and_rebase_upgrade_brings_them_along(
-        make_container, mbase, env, unprivileged):
+def with_own_app(make_container, mbase: str, env: dict[str, str], unprivileged: bool):  # type: ignore[no-untyped-def]
+    """A stopped container with an app of its own that needs exactly version 1.0 of a base library; returns
+    (container, library, app, the base version it was made on)."""
     tag = uuid.uuid4().hex[:6]
     lib, app = f"lib{tag}", f"app{tag}"
     old = update(env, mbase, f"mkdeb {lib} 1.0 && dpkg -i $DEBS/{lib}_1.0_all.deb")
@@ -100,6 +100,13 @@ def test_a_move_that_breaks_the_containers_packages_is_held_and_rebase_upgrade_b
     c.start()
     own_app(c, lib, app)
     c.stop()
+    return c, lib, app, old
+
+
+@pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
+def test_a_move_that_breaks_the_containers_packages_is_held_and_rebase_upgrade_brings_them_along(
+        make_container, mbase, env, unprivileged):
+    c, lib, app, old = with_own_app(make_container, mbase, env, unprivileged)
     # the base moves the library on: the container's app needs exactly 1.0 (as perl needs its perl-base)
     new = update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
     dry = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--dry-run").stdout
@@ -341,13 +348,7 @@ def test_an_upgrade_refuses_a_container_without_an_init_that_brings_up_its_netwo
                                                             ("upgrade-swapped", "doctor", False)])
 def test_an_upgrade_killed_after_the_swap_is_undone_by_the_next_start_or_doctor(make_container, mbase, env, step, then,
                                                                                 unprivileged):
-    tag = uuid.uuid4().hex[:6]
-    lib, app = f"lib{tag}", f"app{tag}"
-    old = update(env, mbase, f"mkdeb {lib} 1.0 && dpkg -i $DEBS/{lib}_1.0_all.deb")
-    c = make_container(base=mbase, extra=("--unprivileged",) if unprivileged else ())
-    c.start()
-    own_app(c, lib, app)
-    c.stop()
+    c, lib, app, old = with_own_app(make_container, mbase, env, unprivileged)
     update(env, mbase, f"mkdeb {lib} 2.0 'Breaks: {app} (<< 2.0)' && dpkg -i $DEBS/{lib}_2.0_all.deb")
     before = layer_sum(c)
     proc = pycor(env, "rebase", c.name, "-P", c.lxcpath, "--upgrade", check=False, PYCOR_FAULT=step)
