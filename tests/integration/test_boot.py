@@ -127,12 +127,21 @@ def test_bootable_without_debootstrap_is_one_clear_error_and_makes_nothing(env, 
     assert not os.path.exists(os.path.join(store, "bases", "bb"))
 
 
+# The memory cgroups of a container, as it sees them (its cgroup namespace's root and below; v1 or v2).
+MEMORY_CGROUPS = ("if [ -d /sys/fs/cgroup/memory ]; then find /sys/fs/cgroup/memory -name memory.usage_in_bytes; "
+                  "else find /sys/fs/cgroup -name memory.current; fi")
+
+
 def test_bootable_base_keeps_what_each_container_costs_small(make_container, bootable_base, lxc_bridge):
     """A fleet runs a thousand of them: a journal capped at 8 MiB on the container's layer (Debian's first
-    file alone is 8 MiB of page cache), one nginx worker (not one per host CPU), and no apt timers."""
+    file alone is 8 MiB of page cache), one nginx worker (not one per host CPU), no apt timers, and one
+    memory cgroup for the whole container (not one per service: each memory cgroup costs kernel memory
+    for every filesystem mounted on the host, so a fleet's would grow with the square of its size)."""
     c = make_container(base=bootable_base, extra=("--network", "default"))
     c.start()
     boots_to_running(c.sh)
+    memcgs = c.sh(MEMORY_CGROUPS).stdout.split()
+    assert len(memcgs) == 1, memcgs
     journald = c.sh("journalctl -b -q -t systemd-journald --no-pager").stdout
     assert "System Journal (/var/log/journal/" in journald and "max 8.0M" in journald, journald
     workers = c.sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^nginx: worker'",
