@@ -26,7 +26,8 @@ import stat
 import subprocess
 import sys
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, NamedTuple
 
 from . import layer as layers
 from . import linux
@@ -234,6 +235,56 @@ def shown(data: bytes) -> str:
     character a terminal could act on (C0 and C1 controls, escapes, format characters) but tab and newline '?'."""
     text = data.decode("utf-8", "replace")
     return text if text.isprintable() else "".join(c if c.isprintable() or c in "\t\n" else "?" for c in text)
+
+
+EXEC_TAIL = 4096  # bytes of what a command run in a container printed that run_bounded keeps
+PIPE_GRACE = 10  # s its output may go on after the command ended, before hung() is called to end it
+
+
+class Ran(NamedTuple):
+    """What a command run in a container did (run_bounded, Runtime.exec)."""
+
+    rc: int | None  # its exit status; None: it did not end in time and was killed
+    tail: str  # the end of what it printed, control characters shown as '?' (nothing when relayed)
+    unreached: list[str]  # relayed: what apt said it could not fetch
+
+
+def run_bounded(cmd: list[str], env: dict[str, str] | None, seconds: float, relay: bool,
+                hung: Callable[[], None]) -> Ran:
+    """Run cmd, a command that runs something in a container, its output and errors through one pipe: relayed
+    to our stderr (relay_stderr) or kept, the last EXEC_TAIL bytes. Bounded whatever the container does: its
+    output is never held whole, a command that does not end within seconds is killed (status None), and if
+    the pipe stays open PIPE_GRACE s after it ended (lxc-attach hands the pipe itself to the container, whose
+    processes may keep it), hung() is called to end them (stop the container)."""
+    import threading
+
+    sys.stderr.flush()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out, tail, unreached = proc.stdout, bytearray(), []
+
+    def read() -> None:
+        if relay:
+            unreached.extend(relay_stderr(out))
+            return
+        while chunk := os.read(out.fileno(), 1 << 16):
+            tail.extend(chunk)
+            del tail[:-EXEC_TAIL]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc: int | None = proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        rc = None
+        proc.kill()
+        proc.wait()
+    reader.join(PIPE_GRACE)
+    if reader.is_alive():
+        hung()
+        reader.join()
+    out.close()
+    return Ran(rc, shown(bytes(tail)).strip(), unreached)
 
 
 def relay_stderr(stream: IO[bytes]) -> list[str]:

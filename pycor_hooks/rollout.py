@@ -141,9 +141,11 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
             if why:
                 raise PycorError(why)
             if check:
-                proc = c.rt.exec(c.name, ["/bin/sh", "-c", check])
-                if proc.returncode != 0:
-                    raise PycorError(f"check failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
+                ran = c.rt.exec(c.name, ["/bin/sh", "-c", check], WAIT_SECONDS)
+                if ran.rc is None:
+                    raise PycorError(f"check did not end within {WAIT_SECONDS} s")
+                if ran.rc != 0:
+                    raise PycorError(f"check failed (exit {ran.rc}): {ran.tail.replace(chr(10), '; ')[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")
         except (PycorError, subprocess.SubprocessError, OSError) as e:
             state = driver.run_state(c.lxc_name, c.rootfs)

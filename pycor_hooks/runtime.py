@@ -25,6 +25,7 @@ from .names import check_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .builder import Ran
     from .daemon import Daemon
     from .spec import ContainerSpec
 
@@ -80,14 +81,20 @@ class Runtime:
         self.stop(name)
         self.start(name)
 
-    def exec(self, name: str, argv: list[str], timeout: float = WAIT_SECONDS) -> subprocess.CompletedProcess[str]:
-        """Run argv inside the running container, confined as the container is; its output captured."""
+    def exec(self, name: str, argv: list[str], seconds: float = WAIT_SECONDS, relay: bool = False) -> Ran:
+        """Run argv inside the running container (its runtime's tool; confined as the container is; what runs
+        is the container's own), its output and errors through one pipe: relayed to our stderr without control
+        characters (relay), or kept, its end. Bounded whatever the container does (builder.run_bounded); a
+        process of the container that keeps the pipe open after the command ended ends with the container,
+        which is stopped."""
+        from .builder import run_bounded
+
         cmd, env = self.exec_argv(name, argv)
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        return run_bounded(cmd, env, seconds, relay, hung=lambda: self.stop(name, force=True))
 
     def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
         """The command line (and environment, None: ours) that runs argv inside the running container, through
-        the runtime's own tool: for exec, and for a caller that streams the output (an upgrade's apt)."""
+        the runtime's own tool (for exec)."""
         raise NotImplementedError
 
     def destroy(self, name: str, force: bool = False) -> None:

@@ -53,7 +53,6 @@ import logging
 import os
 import stat
 import subprocess
-import sys
 
 from . import faults, layer, linux
 from .errors import InUse, PycorError, Unsupported
@@ -61,8 +60,9 @@ from .names import check_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from typing import Protocol
+
+    from .builder import Ran
 
     class Runtime(Protocol):
         """What an upgrade needs of the container's runtime (runtime.Runtime has it; driver sits below runtime)."""
@@ -70,8 +70,7 @@ if TYPE_CHECKING:
         def state(self, name: str) -> str: ...
         def start(self, name: str) -> None: ...
         def stop(self, name: str, force: bool = False) -> None: ...
-        def exec(self, name: str, argv: list[str], timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
-        def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]: ...
+        def exec(self, name: str, argv: list[str], seconds: float = ..., relay: bool = ...) -> Ran: ...
         def stop_hint(self, name: str) -> str: ...
 
 log = logging.getLogger("pycor")
@@ -92,8 +91,6 @@ SCRIPT = (f"set -e; export PATH={PATH} DEBIAN_FRONTEND=noninteractive APT_LISTCH
           f"{APT} update; {APT} -y -f install; {APT} -y full-upgrade; {APT} clean")
 BOOT_SECONDS = 300  # systemd's boot, then the network
 APT_SECONDS = 3 * 3600  # update, -f install, full-upgrade and clean of a whole release
-TAIL = 4096  # bytes of what the boot check printed that are kept
-PIPE_GRACE = 10  # s the output may go on after the script ended, before the container is stopped to end it
 NETWORK_SECONDS = 90
 INIT_SECONDS = 10  # for the container's first process to become its init
 
@@ -452,45 +449,10 @@ def recover(name: str, rootfs: str, starting: bool) -> str | None:
 
 
 def _exec(rt: Runtime, name: str, script: str, seconds: float, relay: bool) -> tuple[int | None, str, list[str]]:
-    """Run script in the running container (its runtime's exec; what runs is the container's own), its output
-    and errors through one pipe: relayed to our stderr without control characters (relay), or kept, its last
-    TAIL bytes. Returns (exit status, None: not done within seconds; the tail; what apt could not fetch).
-
-    Bounded whatever the container does: its output is never held whole, a script that does not end is
-    killed, and a process of the container that keeps the pipe open after the script ended (lxc-attach hands
-    the pipe itself to the container) ends with the container, which is stopped."""
-    import threading
-
-    from .builder import relay_stderr, shown
-
-    argv, env = rt.exec_argv(name, ["/bin/sh", "-c", script])
-    sys.stderr.flush()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    out, tail, unreached = proc.stdout, bytearray(), []
-
-    def read() -> None:
-        if relay:
-            unreached.extend(relay_stderr(out))
-            return
-        while chunk := os.read(out.fileno(), 1 << 16):
-            tail.extend(chunk)
-            del tail[:-TAIL]
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        rc: int | None = proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        rc = None
-        proc.kill()
-        proc.wait()
-    reader.join(PIPE_GRACE)
-    if reader.is_alive():
-        stop(rt, name)
-        reader.join()
-    out.close()
-    return rc, shown(bytes(tail)).strip().replace("\n", "; ")[-300:], unreached
+    """Run script in the running container (Runtime.exec: bounded whatever the container does). Returns (exit
+    status, None: not done within seconds; the end of what it printed, one line; what apt could not fetch)."""
+    ran = rt.exec(name, ["/bin/sh", "-c", script], seconds, relay)
+    return ran.rc, ran.tail.replace("\n", "; ")[-300:], ran.unreached
 
 
 def wait_until_up(rt: Runtime, name: str) -> None:

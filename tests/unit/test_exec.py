@@ -1,0 +1,56 @@
+"""Runtime.exec, the one way pycor runs a command in a container (an upgrade's boot check and apt, a
+rollout's --check): bounded whatever the container does. Pure logic: the 'container' is this host."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from pycor_hooks import builder
+from pycor_hooks.runtime import Runtime
+
+
+class Guest(Runtime):
+    """A runtime whose 'container' is this host; stopping it kills what the script left in the background."""
+
+    def __init__(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        self.pidfile, self.stopped = str(tmp_path / "bg.pid"), 0
+
+    def exec_argv(self, name: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        return argv, None
+
+    def stop(self, name: str, force: bool = False) -> None:  # the container's end: its processes go
+        self.stopped += 1
+        with open(self.pidfile) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+
+    def state(self, name: str) -> str:
+        return "STOPPED"
+
+
+def sh(guest: Guest, script: str, seconds: float = 60) -> builder.Ran:
+    return guest.exec("c", ["/bin/sh", "-c", script], seconds)
+
+
+def test_what_a_container_prints_is_kept_bounded_and_shown_without_control_characters(tmp_path):
+    ran = sh(Guest(tmp_path), "head -c 50000000 /dev/zero | tr '\\0' x; printf '\\033]0;owned\\007end\\n'")
+    assert ran.rc == 0 and len(ran.tail) <= builder.EXEC_TAIL and ran.tail.endswith("?]0;owned?end")
+    assert sh(Guest(tmp_path), "echo no >&2; exit 3") == (3, "no", [])
+
+
+def test_a_pipe_the_container_keeps_open_ends_with_the_container(tmp_path, monkeypatch):
+    guest = Guest(tmp_path)
+    monkeypatch.setattr(builder, "PIPE_GRACE", 0.5)
+    signal.alarm(30)
+    try:
+        ran = sh(guest, f"sleep 300 & echo $! > {guest.pidfile}; echo booted")  # its background process holds the pipe
+    finally:
+        signal.alarm(0)
+    assert (ran.rc, ran.tail, guest.stopped) == (0, "booted", 1)
+
+
+def test_a_command_that_does_not_end_in_time_is_killed(tmp_path, monkeypatch):
+    guest = Guest(tmp_path)
+    monkeypatch.setattr(builder, "PIPE_GRACE", 0.5)
+    ran = sh(guest, f"sleep 300 & echo $! > {guest.pidfile}; wait", seconds=0.5)
+    assert (ran.rc, guest.stopped) == (None, 1)
