@@ -247,6 +247,7 @@ class Ran(NamedTuple):
     rc: int | None  # its exit status; None: it did not end in time and was killed
     tail: str  # the end of what it printed, control characters shown as '?' (nothing when relayed)
     unreached: list[str]  # relayed: what apt said it could not fetch
+    hung: bool = False  # its output stayed open after it ended: hung() was called (the container stopped)
 
 
 def run_bounded(cmd: list[str], env: dict[str, str] | None, seconds: float, relay: bool,
@@ -280,11 +281,12 @@ def run_bounded(cmd: list[str], env: dict[str, str] | None, seconds: float, rela
         proc.kill()
         proc.wait()
     reader.join(PIPE_GRACE)
-    if reader.is_alive():
+    held = reader.is_alive()
+    if held:
         hung()
         reader.join()
     out.close()
-    return Ran(rc, shown(bytes(tail)).strip(), unreached)
+    return Ran(rc, shown(bytes(tail)).strip(), unreached, held)
 
 
 def relay_stderr(stream: IO[bytes]) -> list[str]:

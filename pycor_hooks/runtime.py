@@ -123,6 +123,9 @@ class Runtime:
     def stop_hint(self, name: str) -> str:
         raise NotImplementedError
 
+    def start_hint(self, name: str) -> str:
+        return self.stop_hint(name).replace("stop", "start", 1)
+
 
 class LxcRuntime(Runtime):
     """Raw LXC in one lxcpath (containers registered in other lxcpaths are listed with their own)."""

@@ -22,6 +22,26 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("pycor's tests start real containers: run them as root (see README.md)")
 
 
+def container_cgroups() -> set[str]:
+    """The top cgroups LXC makes for containers (lxc.payload.NAME, lxc.monitor.NAME), in every hierarchy."""
+    tops = ["/sys/fs/cgroup"] + [e.path for e in os.scandir("/sys/fs/cgroup") if e.is_dir() and not e.is_symlink()]
+    return {os.path.join(top, name) for top in tops if os.path.isdir(top)
+            for name in os.listdir(top) if name.startswith(("lxc.payload.", "lxc.monitor."))}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_container_cgroup_left() -> Iterator[None]:
+    """Remove the empty container cgroups this session's containers left. A container whose monitor a test
+    killed (a crash, a dead daemon) leaves its cgroups, 15 a booted one, each holding kernel memory that grows
+    with every filesystem the host mounts: a run of the tests must not leave the host costlier."""
+    before = container_cgroups()
+    yield
+    for top in container_cgroups() - before:
+        for dirpath, _, _ in os.walk(top, topdown=False):
+            with contextlib.suppress(OSError):  # a process still in it, or already gone
+                os.rmdir(dirpath)
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[str]:
     path = os.path.join(TEST_ROOT, uuid.uuid4().hex[:8])

@@ -172,6 +172,26 @@ def test_failing_check_stops_the_rollout_and_the_rest_stay_on_the_old_version(ma
         assert c.sh("cat /etc/version", check=False).returncode != 0  # still version 1
 
 
+def test_a_check_whose_output_a_tenant_keeps_open_fails_that_container_without_hanging_the_rollout(make_container, env, base):
+    """The check runs the container's own /bin/sh: a tenant's leaves a process holding the check's output (and
+    prints without end). The rollout neither waits on it nor holds what it prints: that container is stopped
+    and its move reported failed; the rollout stops there, the others run on."""
+    tenant, other = make_container(base=base), make_container(base=base)
+    for c in (tenant, other):
+        c.start()
+    tenant.sh("rm /bin/sh && printf '#!/bin/busybox sh\n/bin/busybox sleep 600 &\n"
+              "/bin/busybox yes | /bin/busybox head -c 50000000\nexec /bin/busybox sh \"$@\"\n' > /bin/sh "
+              "&& /bin/busybox chmod 755 /bin/sh")
+    update(env, base, "echo v2 > /etc/version")
+    proc = pycor(env, "rollout", base, "--batch", "1", "--check", "true", "-P", tenant.lxcpath, "--format", "json",
+                 check=False)
+    assert proc.returncode == 1
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows[tenant.name]["status"] == "failed" and "kept its output open" in rows[tenant.name]["detail"], rows
+    assert tenant.state() == "STOPPED"
+    assert rows[other.name]["status"] in ("moved", "not moved") and other.state() == "RUNNING"
+
+
 def test_rollout_of_unknown_base_is_a_clear_error(installed, env):
     proc = pycor(env, "rollout", "no-such-base", check=False)
     assert proc.returncode == 1 and "unknown base 'no-such-base'" in proc.stderr

@@ -35,7 +35,7 @@ def sh(guest: Guest, script: str, seconds: float = 60) -> builder.Ran:
 def test_what_a_container_prints_is_kept_bounded_and_shown_without_control_characters(tmp_path):
     ran = sh(Guest(tmp_path), "head -c 50000000 /dev/zero | tr '\\0' x; printf '\\033]0;owned\\007end\\n'")
     assert ran.rc == 0 and len(ran.tail) <= builder.EXEC_TAIL and ran.tail.endswith("?]0;owned?end")
-    assert sh(Guest(tmp_path), "echo no >&2; exit 3") == (3, "no", [])
+    assert sh(Guest(tmp_path), "echo no >&2; exit 3") == (3, "no", [], False)
 
 
 def test_a_pipe_the_container_keeps_open_ends_with_the_container(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_a_pipe_the_container_keeps_open_ends_with_the_container(tmp_path, monke
         ran = sh(guest, f"sleep 300 & echo $! > {guest.pidfile}; echo booted")  # its background process holds the pipe
     finally:
         signal.alarm(0)
-    assert (ran.rc, ran.tail, guest.stopped) == (0, "booted", 1)
+    assert (ran.rc, ran.tail, guest.stopped, ran.hung) == (0, "booted", 1, True)
 
 
 def test_a_command_that_does_not_end_in_time_is_killed(tmp_path, monkeypatch):
