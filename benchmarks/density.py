@@ -105,7 +105,8 @@ def charges(cgroup: str, v1: bool) -> dict[str, int]:
 def boot_state(system: System, c: str, timeout: int = BOOT_TIMEOUT) -> str:
     """What systemd in c says once it finished booting ('running', 'degraded'...), waiting up to timeout s."""
     try:
-        return system.sh(c, wait_for_boot_script(timeout) + "; true").strip() or "no answer"
+        # the script waits at most twice timeout; the exec itself (LXD's can hang) is cut soon after
+        return system.sh(c, wait_for_boot_script(timeout) + "; true", timeout=2 * timeout + 30).strip() or "no answer"
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         return f"unreachable: {str(e)[-200:]}"
 

@@ -52,6 +52,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -381,6 +382,15 @@ def lxd_ksm() -> bool:
     return False
 
 
+def ksmd_settings() -> dict[str, str]:
+    """How fast ksmd scans (/sys/kernel/mm/ksm): what merging could save by the time a step is measured."""
+    out = {}
+    for key in ("run", "pages_to_scan", "sleep_millisecs", "advisor_mode", "advisor_max_cpu", "advisor_target_scan_time"):
+        with contextlib.suppress(OSError), open(f"/sys/kernel/mm/ksm/{key}") as f:
+            out[key] = f.read().strip()
+    return out
+
+
 def http_ok(ip: str | None, timeout: float = 10) -> bool:
     if not ip:
         return False
@@ -573,6 +583,19 @@ def mounts_under(path: str) -> list[str]:
     return sorted((p for p in points if p == top or p.startswith(top + "/")), key=len, reverse=True)
 
 
+def remove_cgroups(names: Callable[[str], bool]) -> None:
+    """Remove the empty cgroups LXC left for containers whose name passes names: those of a monitor killed
+    (LXD died under the fleet's memory) stay, 15 a booted container, each holding kernel memory."""
+    tops = ["/sys/fs/cgroup"] + [e.path for e in os.scandir("/sys/fs/cgroup") if e.is_dir() and not e.is_symlink()]
+    for top in tops:
+        for entry in os.scandir(top):
+            kind, _, name = entry.name.partition(".")[2].partition(".")
+            if entry.name.startswith("lxc.") and kind in ("payload", "monitor") and names(name) and entry.is_dir():
+                for dirpath, _, _ in os.walk(entry.path, topdown=False):
+                    with contextlib.suppress(OSError):  # a process still in it
+                        os.rmdir(dirpath)
+
+
 def cleanup(ledger: Ledger) -> None:
     """Tear down everything a ledger names, whatever state it is in; each part goes on after another failed."""
     d = ledger.data
@@ -590,6 +613,7 @@ def cleanup(ledger: Ledger) -> None:
         sh(["lxc", "project", "delete", project], check=False)
         for folder in glob.glob(f"{LXD_LOGS}/{project}_*"):  # LXD 5.0 keeps each deleted instance's log folder
             shutil.rmtree(folder, ignore_errors=True)
+        remove_cgroups(lambda name: name.startswith(f"{project}_"))
     for net in d["lxd_networks"]:
         sh(["lxc", "network", "delete", net], check=False)
     for pool in d["lxd_pools"]:
@@ -603,6 +627,7 @@ def cleanup(ledger: Ledger) -> None:
 
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(gone, names))
+        remove_cgroups(set(names).__contains__)
     for br in d["bridges"]:  # its dnsmasq and its leases go with it, and the veths left on it
         sh(["bash", FLEET_NET, "down", br], check=False)
     env = dict(os.environ, PYCOR_STORE=d["store"])
@@ -660,7 +685,9 @@ def markdown(data: dict) -> str:
              f"each ({data['batch']} booting at once); all N still run, have an address and answer HTTP; then {c['idle_s']:.0f} s "
              f"of idle with memory PSI some avg10 under {c['psi_max_pct']:g} % and MemAvailable above {c['memavail_min_pct']:g} %. "
              f"Steps: {', '.join(map(str, data['steps']))}. LXD under samepage merging (PYCOR_KSM=1): "
-             f"{'yes' if data.get('lxd_ksm') else 'no'}.\n",
+             f"{'yes' if data.get('lxd_ksm') else 'no'}"
+             + (f" (ksmd: {', '.join(f'{k} {v}' for k, v in data['ksmd'].items())})" if data.get("lxd_ksm") and data.get("ksmd") else "")
+             + ".\n",
              "| system | holds N | ended by | detail | × against it: pycor LXC | pycor LXD |", "| --- " * 6 + "|"]
     held = {r["system"]: r["held"] for r in data["systems"]}
     ratio = lambda a, b: f"{held[a] / held[b]:.1f}" if a in held and held.get(b) else "-"  # noqa: E731
@@ -812,6 +839,7 @@ def main() -> int:
         ctx = prepare(work, env, project, args.base, log, nic=None, fleet_n=max(steps), own_base="fleet")
         data["limits"] = read_sysctls()
         data["lxd_ksm"] = lxd_ksm()
+        data["ksmd"] = ksmd_settings()
         for index, name in enumerate(SYSTEMS):
             if name not in wanted or name in {r["system"] for r in done}:
                 continue

@@ -90,7 +90,7 @@ class System:
     def start(self, c: str) -> None: raise NotImplementedError
     def stop(self, c: str) -> None: raise NotImplementedError
     def destroy(self, c: str) -> None: raise NotImplementedError
-    def sh(self, c: str, script: str) -> str: raise NotImplementedError
+    def sh(self, c: str, script: str, timeout: float = 900) -> str: raise NotImplementedError
     def push(self, c: str, src: str, dst: str) -> None: raise NotImplementedError
     def disk(self, c: str) -> int: raise NotImplementedError
 
@@ -109,8 +109,8 @@ class LxcSystem(System):
         if not os.path.exists(os.path.join(self.ctx.lxcpath, c)):  # gone: its lease is free
             release_lease(c)
 
-    def sh(self, c: str, script: str) -> str:
-        return sh(["lxc-attach", "-n", c, "-P", self.ctx.lxcpath, "--clear-env", "--", "/bin/sh", "-c", script])
+    def sh(self, c: str, script: str, timeout: float = 900) -> str:
+        return sh(["lxc-attach", "-n", c, "-P", self.ctx.lxcpath, "--clear-env", "--", "/bin/sh", "-c", script], timeout=timeout)
 
     def push(self, c: str, src: str, dst: str) -> None:
         with open(src, "rb") as f:
@@ -180,8 +180,8 @@ class LxdSystem(System):
     def destroy(self, c: str) -> None:
         self.lxc("delete", "--force", c, check=False)
 
-    def sh(self, c: str, script: str) -> str:
-        return self.lxc("exec", c, "--", "/bin/sh", "-c", script)
+    def sh(self, c: str, script: str, timeout: float = 900) -> str:
+        return self.lxc("exec", c, "--", "/bin/sh", "-c", script, timeout=timeout)
 
     def push(self, c: str, src: str, dst: str) -> None:
         self.lxc("file", "push", src, f"{c}{dst}")

@@ -341,7 +341,7 @@ class FleetNeeds:
     """What one booted container of the default base takes from the host's shared budgets (Linux 6.18,
     Debian 12, measured by benchmarks/fleet.py; another base or workload takes more)."""
 
-    memory: int = 19 * MiB  # MemAvailable it takes: processes 9.3, kernel objects (its own 3.6, the host's ~3), page cache ~1.1, monitor 0.4
+    memory: int = 15 * MiB  # MemAvailable it takes (14.2 from N=300 to 1000): processes 9.3, kernel ~3.5, page cache ~1, monitor 0.4
     disk: int = 10 * MiB  # its own layer once its journal is full (8 MiB cap); a full copy takes the base's size
     tasks: int = 12  # systemd, journald, networkd, resolved, logind, dbus, nginx and a worker, getty; its monitor
     tasks_booting: int = 40  # generators and short-lived units while it boots
