@@ -586,14 +586,10 @@ def mounts_under(path: str) -> list[str]:
 def remove_cgroups(names: Callable[[str], bool]) -> None:
     """Remove the empty cgroups LXC left for containers whose name passes names: those of a monitor killed
     (LXD died under the fleet's memory) stay, 15 a booted container, each holding kernel memory."""
-    tops = ["/sys/fs/cgroup"] + [e.path for e in os.scandir("/sys/fs/cgroup") if e.is_dir() and not e.is_symlink()]
-    for top in tops:
-        for entry in os.scandir(top):
-            kind, _, name = entry.name.partition(".")[2].partition(".")
-            if entry.name.startswith("lxc.") and kind in ("payload", "monitor") and names(name) and entry.is_dir():
-                for dirpath, _, _ in os.walk(entry.path, topdown=False):
-                    with contextlib.suppress(OSError):  # a process still in it
-                        os.rmdir(dirpath)
+    from pycor_hooks.linux import container_cgroups, remove_cgroup_if_empty
+
+    for top in container_cgroups(names):
+        remove_cgroup_if_empty(top)
 
 
 def cleanup(ledger: Ledger) -> None:

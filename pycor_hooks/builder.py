@@ -228,6 +228,7 @@ def write_builder_files(staging: str) -> None:
 _FETCH_FAILED = re.compile(rb"(?:E|W|Error|Warning): Failed to fetch (\S+)\s*(.*)")
 MAX_UNREACHED = 5  # the last ones a message names
 MAX_LINE = 1 << 16
+MAX_RELAYED = 16 << 20  # bytes of a builder's or container's output relayed; the rest is read and dropped
 
 
 def shown(data: bytes) -> str:
@@ -283,9 +284,12 @@ def run_bounded(cmd: list[str], env: dict[str, str] | None, seconds: float, rela
     reader.join(PIPE_GRACE)
     held = reader.is_alive()
     if held:
-        hung()
-        reader.join()
-    out.close()
+        try:
+            hung()
+        finally:
+            reader.join(PIPE_GRACE)  # a stopped container's processes are gone and the pipe with them
+    if not reader.is_alive():  # else left to the daemon thread: closing a pipe it reads would not wake it
+        out.close()
     return Ran(rc, shown(bytes(tail)).strip(), unreached, held)
 
 
@@ -294,7 +298,13 @@ def relay_stderr(stream: IO[bytes]) -> list[str]:
     said it could not fetch, as 'URL (REASON)': the last MAX_UNREACHED, each at most 300 characters."""
     out = getattr(sys.stderr, "buffer", None)
     seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+    budget = MAX_RELAYED
     while chunk := stream.readline(MAX_LINE):
+        budget -= len(chunk)
+        if budget < 0:  # past it, only drained: showing costs CPU, and no one reads that much
+            if budget + len(chunk) >= 0:
+                sys.stderr.write(f"... (more than {MAX_RELAYED >> 20} MiB of output: the rest is not shown)\n")
+            continue
         chunk = shown(chunk).encode()
         if out is not None:
             out.write(chunk)

@@ -11,6 +11,10 @@ import errno
 import os
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -341,3 +345,46 @@ def mounts_under(path: str) -> list[str]:
     """Mount points at or below path (its real path), in mount order."""
     top = os.path.realpath(path)
     return [m.point for m in mounts() if m.point == top or m.point.startswith(top.rstrip("/") + "/")]
+
+
+def container_cgroups(names: Callable[[str], bool] | None = None) -> list[str]:
+    """The top cgroups LXC makes for containers (lxc.payload.NAME, lxc.monitor.NAME) in every hierarchy, those
+    whose NAME passes names (a callable) if given."""
+    tops = ["/sys/fs/cgroup"] + [e.path for e in os.scandir("/sys/fs/cgroup") if e.is_dir() and not e.is_symlink()]
+    found = []
+    for top in tops:
+        try:
+            entries = os.listdir(top)
+        except OSError:  # a cgroup (v2: a container's) gone meanwhile
+            continue
+        for entry in entries:
+            kind, _, name = entry.partition(".")[2].partition(".")
+            if entry.startswith("lxc.") and kind in ("payload", "monitor") and (names is None or names(name)):
+                found.append(os.path.join(top, entry))
+    return found
+
+
+def remove_cgroup_if_empty(top: str, settled: float = 30) -> None:
+    """Remove cgroup top and those below it if no process is in any of them (its container is gone: a running
+    container's empty cgroups, systemd's, stay) and top was made or changed over settled s ago (a container
+    starting into it). LXC leaves them when a container's monitor was killed."""
+    import time
+
+    try:
+        if os.stat(top).st_ctime > time.time() - settled:
+            return
+    except OSError:
+        return
+    dirs = [d for d, _, _ in os.walk(top, topdown=False)]
+    for d in dirs:
+        try:
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                if f.read().strip():
+                    return
+        except OSError:
+            return
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:  # a process moved in meanwhile: EBUSY
+            pass

@@ -142,11 +142,11 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
                 raise PycorError(why)
             if check:
                 ran = c.rt.exec(c.name, ["/bin/sh", "-c", check], WAIT_SECONDS)
-                if ran.rc is None:
-                    raise PycorError(f"check did not end within {WAIT_SECONDS} s")
-                if ran.hung:
+                if ran.hung:  # first: a check that timed out may have left it too (lxc-attach killed, its shell not)
                     raise PycorError("check: a process it left in the container kept its output open; the container "
                                      f"was stopped (start it again: {c.rt.start_hint(c.name)})")
+                if ran.rc is None:
+                    raise PycorError(f"check did not end within {WAIT_SECONDS} s (or left a process holding its output)")
                 if ran.rc != 0:
                     raise PycorError(f"check failed (exit {ran.rc}): {ran.tail.replace(chr(10), '; ')[-200:]}")
             return Outcome(c.name, c.runtime, "moved", target, f"from version {old}")

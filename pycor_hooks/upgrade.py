@@ -452,6 +452,9 @@ def _exec(rt: Runtime, name: str, script: str, seconds: float, relay: bool) -> t
     """Run script in the running container (Runtime.exec: bounded whatever the container does). Returns (exit
     status, None: not done within seconds; the end of what it printed, one line; what apt could not fetch)."""
     ran = rt.exec(name, ["/bin/sh", "-c", script], seconds, relay)
+    if ran.hung:
+        raise PycorError(f"a process in container {name} kept the upgrade's output open after its command ended: the "
+                         "container was stopped and nothing was changed", "start it and see what holds it, then run this again")
     return ran.rc, ran.tail.replace("\n", "; ")[-300:], ran.unreached
 
 

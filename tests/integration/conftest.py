@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from helpers import PYCOR, run
+from pycor_hooks.linux import container_cgroups, remove_cgroup_if_empty
 
 TEST_ROOT = "/var/tmp/pycor-tests"
 
@@ -22,24 +23,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("pycor's tests start real containers: run them as root (see README.md)")
 
 
-def container_cgroups() -> set[str]:
-    """The top cgroups LXC makes for containers (lxc.payload.NAME, lxc.monitor.NAME), in every hierarchy."""
-    tops = ["/sys/fs/cgroup"] + [e.path for e in os.scandir("/sys/fs/cgroup") if e.is_dir() and not e.is_symlink()]
-    return {os.path.join(top, name) for top in tops if os.path.isdir(top)
-            for name in os.listdir(top) if name.startswith(("lxc.payload.", "lxc.monitor."))}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_container_cgroup_left() -> Iterator[None]:
     """Remove the empty container cgroups this session's containers left. A container whose monitor a test
     killed (a crash, a dead daemon) leaves its cgroups, 15 a booted one, each holding kernel memory that grows
     with every filesystem the host mounts: a run of the tests must not leave the host costlier."""
-    before = container_cgroups()
+    before = set(container_cgroups())
     yield
-    for top in container_cgroups() - before:
-        for dirpath, _, _ in os.walk(top, topdown=False):
-            with contextlib.suppress(OSError):  # a process still in it, or already gone
-                os.rmdir(dirpath)
+    for top in set(container_cgroups()) - before:  # made during the session; only if no process is in any of it
+        remove_cgroup_if_empty(top)
 
 
 @pytest.fixture(scope="session")

@@ -177,3 +177,40 @@ def pids(cmdline_start: str) -> list[int]:
 def merging(pid: int) -> bool:
     with open(f"/proc/{pid}/ksm_stat") as f:
         return "ksm_merge_any: yes" in f.read()
+
+
+def test_cgroups_a_killed_container_left_are_removed_and_a_running_ones_stay():
+    """What the test session and a fleet's teardown do with the cgroups a killed monitor leaves (15 a booted
+    container, each holding kernel memory): a tree with no process goes whole; one with a process anywhere in
+    it stays whole, its empty cgroups (systemd's) too."""
+    from pycor_hooks.linux import container_cgroups, remove_cgroup_if_empty
+
+    hierarchy = next(p for p in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup") if os.path.exists(f"{p}/cgroup.procs"))
+    tag = uuid.uuid4().hex[:8]
+    gone, kept = (os.path.join(hierarchy, f"lxc.payload.pycor-test-{kind}{tag}") for kind in ("gone", "kept"))
+    sleeper = None
+    try:
+        for top in (gone, kept):
+            os.makedirs(os.path.join(top, "system.slice", "nginx.service"))
+            os.makedirs(os.path.join(top, "init.scope"))
+        sleeper = subprocess.Popen(["sleep", "300"])
+        with open(os.path.join(kept, "init.scope", "cgroup.procs"), "w") as f:
+            f.write(str(sleeper.pid))
+        mine = container_cgroups(lambda name: name.endswith(tag))
+        assert sorted(mine) == sorted([gone, kept])
+        for top in mine:
+            remove_cgroup_if_empty(top)  # made just now: maybe a container starting into it
+        assert os.path.isdir(os.path.join(gone, "system.slice", "nginx.service"))
+        for top in mine:
+            remove_cgroup_if_empty(top, settled=0)
+        assert not os.path.exists(gone)
+        assert os.path.isdir(os.path.join(kept, "system.slice", "nginx.service"))
+    finally:
+        if sleeper:
+            with open(os.path.join(hierarchy, "cgroup.procs"), "w") as f:
+                f.write(str(sleeper.pid))
+            sleeper.kill()
+            sleeper.wait()
+        for top in (gone, kept):
+            for dirpath, _, _ in os.walk(top, topdown=False):
+                os.rmdir(dirpath)

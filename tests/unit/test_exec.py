@@ -3,8 +3,12 @@ rollout's --check): bounded whatever the container does. Pure logic: the 'contai
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import threading
+
+import pytest
 
 from pycor_hooks import builder
 from pycor_hooks.runtime import Runtime
@@ -54,3 +58,37 @@ def test_a_command_that_does_not_end_in_time_is_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(builder, "PIPE_GRACE", 0.5)
     ran = sh(guest, f"sleep 300 & echo $! > {guest.pidfile}; wait", seconds=0.5)
     assert (ran.rc, guest.stopped) == (None, 1)
+
+
+def test_an_upgrade_whose_container_keeps_its_output_open_fails_clearly(tmp_path, monkeypatch):
+    from pycor_hooks import upgrade
+    from pycor_hooks.errors import PycorError
+
+    guest = Guest(tmp_path)
+    monkeypatch.setattr(builder, "PIPE_GRACE", 0.5)
+    with pytest.raises(PycorError, match="kept the upgrade's output open") as e:
+        upgrade._exec(guest, "c", f"sleep 300 & echo $! > {guest.pidfile}; exit 0", 60, relay=False)  # type: ignore[arg-type]
+    assert "was stopped and nothing was changed" in str(e.value) and guest.stopped == 1
+
+
+def test_a_stop_that_fails_still_ends_the_exec_and_its_reader(tmp_path, monkeypatch):
+    class Stuck(Guest):
+        def stop(self, name: str, force: bool = False) -> None:
+            super().stop(name, force)
+            raise OSError("lxc-stop failed")
+
+    guest = Stuck(tmp_path)
+    monkeypatch.setattr(builder, "PIPE_GRACE", 0.5)
+    with pytest.raises(OSError, match="lxc-stop failed"):
+        sh(guest, f"sleep 300 & echo $! > {guest.pidfile}; echo booted")
+    assert not [t for t in threading.enumerate() if t.name.endswith("(read)")]
+
+
+def test_relayed_output_stops_being_shown_past_its_cap_and_is_drained(capsys, monkeypatch):
+    monkeypatch.setattr(builder, "MAX_RELAYED", 1000)
+    data = b"".join(b"line %d\n" % i for i in range(100000))
+    stream = io.BytesIO(data + b"E: Failed to fetch http://x/y  404\n")
+    builder.relay_stderr(stream)
+    err = capsys.readouterr().err
+    assert len(err) < 1200 and err.endswith("(more than 0 MiB of output: the rest is not shown)\n")
+    assert stream.read() == b""
