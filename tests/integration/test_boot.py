@@ -134,9 +134,10 @@ MEMORY_CGROUPS = ("if [ -d /sys/fs/cgroup/memory ]; then find /sys/fs/cgroup/mem
 
 def test_bootable_base_keeps_what_each_container_costs_small(make_container, bootable_base, lxc_bridge):
     """A fleet runs a thousand of them: a journal capped at 8 MiB on the container's layer (Debian's first
-    file alone is 8 MiB of page cache), one nginx worker (not one per host CPU), no apt timers, and one
-    memory cgroup for the whole container (not one per service: each memory cgroup costs kernel memory
-    for every filesystem mounted on the host, so a fleet's would grow with the square of its size)."""
+    file alone is 8 MiB of page cache), one nginx worker (not one per host CPU), no apt timers, logind
+    started on demand, not at boot, and one memory cgroup for the whole container (not one per service:
+    each memory cgroup costs kernel memory for every filesystem mounted on the host, so a fleet's would
+    grow with the square of its size)."""
     c = make_container(base=bootable_base, extra=("--network", "default"))
     c.start()
     boots_to_running(c.sh)
@@ -150,3 +151,7 @@ def test_bootable_base_keeps_what_each_container_costs_small(make_container, boo
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert c.sh(f"systemctl is-enabled {timer}", check=False).stdout.strip() == "disabled"
     assert c.sh("systemctl is-enabled dpkg-db-backup.timer", check=False).stdout.strip() == "enabled"  # only apt's
+    # logind is not started at boot: D-Bus starts it for the first login (pam_systemd) or loginctl.
+    assert c.sh("systemctl is-active systemd-logind", check=False).stdout.strip() == "inactive"
+    c.sh("loginctl list-sessions --no-pager")
+    assert c.sh("systemctl is-active systemd-logind", check=False).stdout.strip() == "active"
