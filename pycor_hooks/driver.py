@@ -1008,7 +1008,7 @@ class Driver:
                 why = e.message if isinstance(e, PycorError) else f"{type(e).__name__}: {e}"
                 raise PycorError(f"the upgrade of container {held.shown} stopped half-way, and the container could "
                                  f"not be held again (it may still run on the upgraded copy of its layer): {why}",
-                                 f"stop it ({rt.stop_hint(name)}): its next start, or 'pycor rebase {held.shown}', puts "
+                                 f"stop it ({rt.hint('stop', name)}): its next start, or 'pycor rebase {held.shown}', puts "
                                  "its old layer back") from e
             upgrade.undo(rootfs)
             held.reopen()  # its fds named the upgraded copy, which is gone

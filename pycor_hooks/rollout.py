@@ -105,7 +105,7 @@ def _upgrade(driver: Driver, c: Container, target: str) -> None:
     c.rt.stop(c.name)
     try:
         with driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), "rollout --upgrade",
-                                  c.rt.stop_hint(c.name), shown=c.name,
+                                  c.rt.hint("stop", c.name), shown=c.name,
                                   report=lambda line: print(f"pycor: {line}", file=sys.stderr)) as held:
             driver.upgrade_volume(held, c.rt, c.name, target)
     finally:
@@ -144,7 +144,7 @@ def _rollout(driver: Driver, base: str, containers: list[Container], batch: int,
                 ran = c.rt.exec(c.name, ["/bin/sh", "-c", check], WAIT_SECONDS)
                 if ran.hung:  # first: a check that timed out may have left it too (lxc-attach killed, its shell not)
                     raise PycorError("check: a process it left in the container kept its output open; the container "
-                                     f"was stopped (start it again: {c.rt.start_hint(c.name)})")
+                                     f"was stopped (start it again: {c.rt.hint('start', c.name)})")
                 if ran.rc is None:
                     raise PycorError(f"check did not end within {WAIT_SECONDS} s (or left a process holding its output)")
                 if ran.rc != 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 
 from . import lxc
@@ -101,7 +102,7 @@ class Runtime:
         """Remove a container with its changes; a running one only with force (stopped first)."""
         if self.state(name) != "STOPPED":
             if not force:
-                raise PycorError(f"container {name!r} is running", f"stop it first ({self.stop_hint(name)}) or use --force")
+                raise PycorError(f"container {name!r} is running", f"stop it first ({self.hint('stop', name)}) or use --force")
             self.stop(name, force=True)
         from . import faults
 
@@ -120,11 +121,9 @@ class Runtime:
         rather than as the container sees them (a daemon that mounts the rootfs idmapped: Incus by default)."""
         return True
 
-    def stop_hint(self, name: str) -> str:
+    def hint(self, verb: str, name: str) -> str:
+        """The command a user runs to start or stop (verb) this container: its own lxcpath, daemon and project."""
         raise NotImplementedError
-
-    def start_hint(self, name: str) -> str:
-        return self.stop_hint(name).replace("stop", "start", 1)
 
 
 class LxcRuntime(Runtime):
@@ -214,8 +213,9 @@ class LxcRuntime(Runtime):
         with open(os.path.join(self.lxcpath, name, "config"), encoding="utf-8") as f:
             return f.read()
 
-    def stop_hint(self, name: str) -> str:
-        return f"lxc-stop -n {name}"
+    def hint(self, verb: str, name: str) -> str:
+        where = [] if os.path.abspath(self.lxcpath) == os.path.abspath(lxc.default_lxcpath()) else ["-P", self.lxcpath]
+        return shlex.join([f"lxc-{verb}", "-n", name, *where])
 
 
 class DaemonRuntime(Runtime):
@@ -291,8 +291,10 @@ class DaemonRuntime(Runtime):
         # volatile.last_state.idmap: the map the instance's storage is shifted by on disk, "[]" for none
         return self.instance(name).get("config", {}).get("volatile.last_state.idmap", "") not in ("[]", "null")
 
-    def stop_hint(self, name: str) -> str:
-        return f"{self.client.dialect.cli} stop {name}"
+    def hint(self, verb: str, name: str) -> str:
+        d, dialect = self.client, self.client.dialect
+        env = [] if d.dir == dialect.default_dir else [f"{dialect.dir_env}={d.dir}"]
+        return shlex.join([*env, dialect.cli, verb, name, *([] if d.project == "default" else ["--project", d.project])])
 
 
 def daemon_runtimes() -> list[DaemonRuntime]:

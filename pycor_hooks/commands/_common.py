@@ -56,7 +56,7 @@ def find_container(driver: Driver, args: argparse.Namespace, name: str | None = 
 
 def stopped(driver: Driver, c: runtime.Container, what: str, open_layer: bool = True) -> StoppedLayer:
     """The container's layer, locked and checked stopped (Driver.stopped_layer), for a command that writes it."""
-    return driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), what, c.rt.stop_hint(c.name),
+    return driver.stopped_layer(c.lxc_name, c.rootfs, lambda: c.rt.state(c.name), what, c.rt.hint("stop", c.name),
                                 shown=c.name, open_layer=open_layer, report=say)
 
 

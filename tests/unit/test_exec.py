@@ -92,3 +92,21 @@ def test_relayed_output_stops_being_shown_past_its_cap_and_is_drained(capsys, mo
     err = capsys.readouterr().err
     assert len(err) < 1200 and err.endswith("(more than 0 MiB of output: the rest is not shown)\n")
     assert stream.read() == b""
+
+
+# -- the commands a message tells a user to run --------------------------------------------------------------
+
+def test_hints_name_the_lxcpath_project_and_daemon_the_container_lives_in(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """'lxc stop web1' stops another container (or none) when web1 lives in another project, lxcpath or daemon."""
+    from pycor_hooks import lxc
+    from pycor_hooks.daemon import INCUS, LXD, Daemon
+    from pycor_hooks.runtime import DaemonRuntime, LxcRuntime
+
+    monkeypatch.setattr(lxc, "default_lxcpath", lambda: "/var/lib/lxc")
+    assert LxcRuntime("/var/lib/lxc").hint("stop", "web1") == "lxc-stop -n web1"
+    assert LxcRuntime("/srv/my lxc").hint("start", "web1") == "lxc-start -n web1 -P '/srv/my lxc'"
+    assert DaemonRuntime(Daemon(LXD, "/var/lib/lxd")).hint("stop", "web1") == "lxc stop web1"
+    assert DaemonRuntime(Daemon(LXD, "/var/lib/lxd", project="fleet")).hint("start", "web1") == \
+        "lxc start web1 --project fleet"
+    assert DaemonRuntime(Daemon(INCUS, "/srv/incus", project="t")).hint("stop", "web1") == \
+        "INCUS_DIR=/srv/incus incus stop web1 --project t"
