@@ -211,7 +211,8 @@ class Fleet:
         try:
             self.system.start(c)
         except Exception as e:  # noqa: BLE001 - any failure is the container's state
-            return f"start failed: {str(e)[-200:]}"
+            errors = [line.strip() for line in self.system.start_log(c).splitlines() if " ERROR " in line]
+            return f"start failed: {str(e)[-200:]}" + (f"; its log: {' | '.join(errors[-6:])[-1200:]}" if errors else "")
         return boot_state(self.system, c, max(1, int(timeout)))
 
     def destroy(self, names: list[str]) -> None:

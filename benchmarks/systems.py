@@ -13,6 +13,7 @@ copied for the systems that need their own copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,6 +90,7 @@ class System:
     def create(self, c: str) -> None: raise NotImplementedError
     def start(self, c: str) -> None: raise NotImplementedError
     def stop(self, c: str) -> None: raise NotImplementedError
+    def start_log(self, c: str) -> str: return ""  # the runtime's log of c's last start, where it keeps one
     def destroy(self, c: str) -> None: raise NotImplementedError
     def sh(self, c: str, script: str, timeout: float = 900) -> str: raise NotImplementedError
     def push(self, c: str, src: str, dst: str) -> None: raise NotImplementedError
@@ -97,11 +99,16 @@ class System:
 
 class LxcSystem(System):
     def start(self, c: str) -> None:
-        sh(["lxc-start", "-n", c, "-P", self.ctx.lxcpath])
+        sh(["lxc-start", "-n", c, "-P", self.ctx.lxcpath, "-o", os.path.join(self.ctx.lxcpath, c, "start.log"), "-l", "ERROR"])
         sh(["lxc-wait", "-n", c, "-P", self.ctx.lxcpath, "-s", "RUNNING", "-t", "30"])
 
     def stop(self, c: str) -> None:
         sh(["lxc-stop", "-n", c, "-P", self.ctx.lxcpath, "-k"], check=False)
+
+    def start_log(self, c: str) -> str:
+        with contextlib.suppress(OSError), open(os.path.join(self.ctx.lxcpath, c, "start.log"), errors="replace") as f:
+            return f.read()
+        return ""
 
     def destroy(self, c: str) -> None:
         self.stop(c)
@@ -176,6 +183,9 @@ class LxdSystem(System):
 
     def stop(self, c: str) -> None:
         self.lxc("stop", "--force", c, check=False)
+
+    def start_log(self, c: str) -> str:
+        return self.lxc("info", "--show-log", c, check=False)
 
     def destroy(self, c: str) -> None:
         self.lxc("delete", "--force", c, check=False)
