@@ -681,7 +681,10 @@ def markdown(data: dict) -> str:
              f"Criterion: a step's containers reach 'running' within {c['time_base_s']:.0f} s + {c['time_per_container_s']:g} s "
              f"each ({data['batch']} booting at once); all N still run, have an address and answer HTTP; then {c['idle_s']:.0f} s "
              f"of idle with memory PSI some avg10 under {c['psi_max_pct']:g} % and MemAvailable above {c['memavail_min_pct']:g} %. "
-             f"Steps: {', '.join(map(str, data['steps']))}. LXD under samepage merging (PYCOR_KSM=1): "
+             "Steps, the N each system reached (its run's date; --resume keeps an earlier run's systems): "
+             + "; ".join(f"{r['system']} {', '.join(str(p['n']) for p in r['points'])} ({r.get('date') or data['date']})"
+                         for r in data["systems"])
+             + ". LXD under samepage merging (PYCOR_KSM=1): "
              f"{'yes' if data.get('lxd_ksm') else 'no'}"
              + (f" (ksmd: {', '.join(f'{k} {v}' for k, v in data['ksmd'].items())})" if data.get("lxd_ksm") and data.get("ksmd") else "")
              + ".\n",
@@ -851,7 +854,7 @@ def main() -> int:
                 result = run_system(fleet, steps, crit, args, save)
             finally:
                 fleet.teardown()
-            result["finished"] = True
+            result["finished"], result["date"] = True, time.strftime("%Y-%m-%d %H:%M")
             data["systems"].append(result)
             write_outputs(args.out, data, final=False)
         data["systems"].sort(key=lambda r: list(SYSTEMS).index(r["system"]))
