@@ -99,7 +99,7 @@ class Ledger:
         self.path, self.data, self.lock = path, data, threading.Lock()
 
     @classmethod
-    def create(cls, work: str, **fields: str | None) -> Ledger:
+    def create(cls, work: str, **fields: str | int | None) -> Ledger:
         data = {"tool": "pycor-fleet", "pid": os.getpid(), "pid_start": process_start(os.getpid()), "work": work,
                 **fields, **{k: [] for k in cls.LISTS}}
         ledger = cls(os.path.join(work, "ledger.json"), data)
@@ -593,6 +593,49 @@ def remove_cgroups(names: Callable[[str], bool]) -> None:
         remove_cgroup_if_empty(top)
 
 
+def max_ifindex() -> int:
+    """The highest interface index on the host now: a link made later has a higher one (indexes only grow)."""
+    top = 0
+    for name in os.listdir("/sys/class/net"):
+        with contextlib.suppress(OSError, ValueError), open(f"/sys/class/net/{name}/ifindex") as f:
+            top = max(top, int(f.read()))
+    return top
+
+
+_VETH = re.compile(r"(\d+): ([^@:\s]+)@([^:\s]+):")
+_RUNTIME_VETH = re.compile(r"veth[0-9a-f]{8}|veth[0-9A-Za-z]{6}|phys[0-9A-Za-z]{6}")  # LXD's and LXC's names
+
+
+def host_veths(ip_link: str, after: int) -> list[str]:
+    """From 'ip -o link show type veth': the veths made after interface index after, named as LXD and LXC name
+    them, whose peer is on the host too (not '@ifN', in a container) and that sit on no bridge: pairs a runtime
+    made for a container that never took its end. LXD leaves a few when hundreds of containers stop at once,
+    and a fleet run stops thousands."""
+    found = []
+    for line in ip_link.splitlines():
+        m = _VETH.match(line.strip())
+        if m and int(m[1]) > after and _RUNTIME_VETH.fullmatch(m[2]) and _RUNTIME_VETH.fullmatch(m[3]) \
+                and " master " not in line:
+            found.append(m[2])
+    return found
+
+
+def remove_host_veths(after: int) -> None:
+    """Delete the veth pairs host_veths finds, those found twice 5 s apart (a container that starts holds both
+    ends on the host for a moment, before it takes its own)."""
+    def find() -> set[str]:
+        return set(host_veths(sh(["ip", "-o", "link", "show", "type", "veth"], check=False), after))
+
+    first = find()
+    if first:
+        time.sleep(5)
+        left = first & find()
+        for name in sorted(left):
+            sh(["ip", "link", "delete", name], check=False)  # its peer goes with it
+        if left:
+            log(f"cleanup: removed {len(left)} veths the runtime left on the host")
+
+
 def cleanup(ledger: Ledger) -> None:
     """Tear down everything a ledger names, whatever state it is in; each part goes on after another failed."""
     d = ledger.data
@@ -627,6 +670,8 @@ def cleanup(ledger: Ledger) -> None:
         remove_cgroups(set(names).__contains__)
     for br in d["bridges"]:  # its dnsmasq and its leases go with it, and the veths left on it
         sh(["bash", FLEET_NET, "down", br], check=False)
+    if d.get("ifindex") is not None:
+        remove_host_veths(int(d["ifindex"]))
     env = dict(os.environ, PYCOR_STORE=d["store"])
     if os.path.isdir(d["store"]):
         sh(PYCOR + ["doctor", "--fix"], env=env, check=False)  # run records of killed containers, their idmapped views
@@ -816,7 +861,7 @@ def main() -> int:
     project = f"pycor-fleet-{tag}"
     env = dict(os.environ, PYCOR_STORE=args.store or os.path.join(work, "store"), PYCOR_LXD_PROJECT=project,
                PYCOR_HOOKS_DIR=os.path.join(work, "hooks"), PYCOR_TEMPLATES_DIR=os.path.join(work, "templates"))
-    ledger = Ledger.create(work, store=env["PYCOR_STORE"], own_base=None if args.base else "fleet", project=project,
+    ledger = Ledger.create(work, store=env["PYCOR_STORE"], own_base=None if args.base else "fleet", project=project, ifindex=max_ifindex(),
                            lxcpath=os.path.join(work, "lxc"))
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -144,7 +144,23 @@ def test_fleet_benchmark_smoke_run_holds_small_n_measures_and_leaves_nothing(lxd
     assert os.path.isdir(os.path.join(store, "bases", bootable_base))  # the base it was given stays
 
 
+def ip_link(*args: str) -> None:
+    subprocess.run(["ip", "link", *args], check=True, capture_output=True)
+
+
 def test_fleet_benchmark_killed_with_sigkill_is_torn_down_by_cleanup(lxd_project, bootable_base, store, tmp_path):
+    """Everything the run made goes, and the veth pairs the runtime left with both ends on the host (LXD leaves
+    a few when hundreds stop at once), but not a pair that was there before the run."""
+    ip_link("add", "vethf1ee7002", "type", "veth", "peer", "name", "vethf1ee7003")
+    try:
+        fleet_killed_then_cleaned(store, bootable_base, tmp_path)
+        assert os.path.exists("/sys/class/net/vethf1ee7002")
+    finally:
+        for name in ("vethf1ee7002", "vethf1ee7000"):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+
+
+def fleet_killed_then_cleaned(store: str, bootable_base: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     before, views = fleet_leftovers(), view_mounts()
     proc = subprocess.Popen([sys.executable, FLEET, "--systems", "pycor-lxd", "--max-n", "2", "--idle", "600", "--store", store,
                              "--base", bootable_base, "--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True)
@@ -158,6 +174,8 @@ def test_fleet_benchmark_killed_with_sigkill_is_torn_down_by_cleanup(lxd_project
         proc.kill()
         proc.wait()
     assert fleet_leftovers() - before
+    ip_link("add", "vethf1ee7000", "type", "veth", "peer", "name", "vethf1ee7001")  # as LXD leaves one
     subprocess.run([sys.executable, FLEET, "--cleanup"], check=True, capture_output=True, timeout=900)
+    assert not os.path.exists("/sys/class/net/vethf1ee7000")
     assert fleet_leftovers() <= before
     assert set(view_mounts()) <= set(views)

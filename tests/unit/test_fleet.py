@@ -268,3 +268,21 @@ def test_fleet_reads_dnsmasq_leases_by_container_name(fleet, tmp_path):
                       "1796623963 02:fc:00:00:00:08 10.23.0.10 * *\nbroken\n")
     assert fleet.read_leases(str(leases)) == {"fpycorlxc7": "10.23.0.9"}
     assert fleet.read_leases(str(tmp_path / "none")) == {}
+
+
+IP_LINK_VETHS = """\
+5104: vethc51a335b@veth13116854: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN
+5105: veth13116854@vethc51a335b: <NO-CARRIER,BROADCAST,MULTICAST,UP,M-DOWN> mtu 1500 qdisc noqueue state LOWERLAYERDOWN
+5108: physnkhZLZ@veth629f1265: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN
+5109: veth629f1265@physnkhZLZ: <NO-CARRIER,BROADCAST,MULTICAST,UP,M-DOWN> mtu 1500 qdisc noqueue state LOWERLAYERDOWN
+5110: veth9a0b1c2d@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master fl1de11n0 state UP link-netnsid 3
+5111: veth00000001@veth00000002: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master lxcbr0 state UP
+5112: mine0@mine1: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN
+"""
+
+
+def test_fleet_teardown_takes_only_runtime_veth_pairs_left_whole_on_the_host_since_the_run_began(fleet) -> None:  # type: ignore[no-untyped-def]
+    """A pair whose end is in a container (@ifN), on a bridge, named by someone else, or older than the run stays."""
+    assert fleet.host_veths(IP_LINK_VETHS, 0) == ["vethc51a335b", "veth13116854", "physnkhZLZ", "veth629f1265"]
+    assert fleet.host_veths(IP_LINK_VETHS, 5105) == ["physnkhZLZ", "veth629f1265"]
+    assert fleet.host_veths(IP_LINK_VETHS, 6000) == []
