@@ -214,7 +214,11 @@ class LxcRuntime(Runtime):
             return f.read()
 
     def hint(self, verb: str, name: str) -> str:
-        where = [] if os.path.abspath(self.lxcpath) == os.path.abspath(lxc.default_lxcpath()) else ["-P", self.lxcpath]
+        try:  # a hint may be part of another error's message: it never raises
+            default = os.path.abspath(lxc.default_lxcpath())
+        except Exception:  # noqa: BLE001 - no lxc-config: name the lxcpath
+            default = None
+        where = [] if os.path.abspath(self.lxcpath) == default else ["-P", self.lxcpath]
         return shlex.join([f"lxc-{verb}", "-n", name, *where])
 
 
@@ -293,8 +297,8 @@ class DaemonRuntime(Runtime):
 
     def hint(self, verb: str, name: str) -> str:
         d, dialect = self.client, self.client.dialect
-        env = [] if d.dir == dialect.default_dir else [f"{dialect.dir_env}={d.dir}"]
-        return shlex.join([*env, dialect.cli, verb, name, *([] if d.project == "default" else ["--project", d.project])])
+        env = "" if d.dir in (dialect.default_dir, *dialect.extra_dirs) else f"{dialect.dir_env}={shlex.quote(d.dir)} "
+        return env + shlex.join([dialect.cli, verb, name, *([] if d.project == "default" else ["--project", d.project])])
 
 
 def daemon_runtimes() -> list[DaemonRuntime]:

@@ -110,3 +110,11 @@ def test_hints_name_the_lxcpath_project_and_daemon_the_container_lives_in(monkey
         "lxc start web1 --project fleet"
     assert DaemonRuntime(Daemon(INCUS, "/srv/incus", project="t")).hint("stop", "web1") == \
         "INCUS_DIR=/srv/incus incus stop web1 --project t"
+    assert DaemonRuntime(Daemon(LXD, "/srv/my lxd")).hint("stop", "web1") == "LXD_DIR='/srv/my lxd' lxc stop web1"
+    assert DaemonRuntime(Daemon(LXD, "/var/snap/lxd/common/lxd")).hint("stop", "web1") == "lxc stop web1"  # the snap's
+
+    def no_lxc_config() -> str:
+        raise OSError("lxc-config: not found")
+
+    monkeypatch.setattr(lxc, "default_lxcpath", no_lxc_config)  # a hint inside another error's message never raises
+    assert LxcRuntime("/var/lib/lxc").hint("stop", "web1") == "lxc-stop -n web1 -P /var/lib/lxc"
