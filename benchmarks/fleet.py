@@ -46,6 +46,8 @@ import platform
 import re
 import shutil
 import signal
+import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -165,6 +167,8 @@ class Fleet:
         self.networks: list[str] = []
         self.net_lock = threading.Lock()  # containers are made 4 at a time
         self.disk_per_container = 0  # bytes a new container takes on the host's disk (from the first one made)
+        self.lock = threading.Lock()
+        self.start_logs: dict[str, list[str]] = {}  # the first failed starts: what the runtime logged (ERROR lines)
 
     def cname(self, i: int) -> str:
         return f"{self.prefix}{i}"
@@ -211,8 +215,14 @@ class Fleet:
         try:
             self.system.start(c)
         except Exception as e:  # noqa: BLE001 - any failure is the container's state
-            errors = [line.strip() for line in self.system.start_log(c).splitlines() if " ERROR " in line]
-            return f"start failed: {str(e)[-200:]}" + (f"; its log: {' | '.join(errors[-6:])[-1200:]}" if errors else "")
+            try:
+                errors = [line.strip() for line in self.system.start_log(c).splitlines() if " ERROR " in line]
+            except Exception as log_error:  # noqa: BLE001 - the log is a help; the state is what counts
+                errors = [f"no log: {log_error}"[:200]]
+            with self.lock:
+                if len(self.start_logs) < 5:  # the first few: they say why; the rest repeat it
+                    self.start_logs[c] = errors[-6:]
+            return f"start failed: {str(e)[-200:]}"
         return boot_state(self.system, c, max(1, int(timeout)))
 
     def destroy(self, names: list[str]) -> None:
@@ -510,7 +520,8 @@ def step(fleet: Fleet, made: list[str], target: int, crit: Criterion, base: dict
     return {
         "n": target, "added": added, "create_s": create_s, "boot_s": boot_s, "time_limit_s": limit,
         "states": {v: sum(1 for x in states.values() if x == v) for v in set(states.values())},
-        "late": late[:20], "bad": bad[:20], "running": len(up & set(made)), "addresses": sum(1 for c in made if c in leases),
+        "late": late[:20], "bad": bad[:20], "start_logs": dict(fleet.start_logs),
+        "running": len(up & set(made)), "addresses": sum(1 for c in made if c in leases),
         "http_ok": http, "guard": guard.is_set(), "oom_kills": vmstat("oom_kill") - oom0,
         "memtotal_bytes": after["MemTotal"], "memavailable_bytes": after["MemAvailable"],
         "memavailable_min_bytes": min([after["MemAvailable"]] + [x["memavailable"] for x in samples]),
@@ -603,12 +614,12 @@ def max_ifindex() -> int:
 
 
 _VETH = re.compile(r"(\d+): ([^@:\s]+)@([^:\s]+):")
-_RUNTIME_VETH = re.compile(r"veth[0-9a-f]{8}|veth[0-9A-Za-z]{6}|phys[0-9A-Za-z]{6}")  # LXD's and LXC's names
+_RUNTIME_VETH = re.compile(r"veth[0-9a-f]{8}|phys[0-9A-Za-z]{6}")  # LXD's (LXC makes its peer in the container)
 
 
 def host_veths(ip_link: str, after: int) -> list[str]:
-    """From 'ip -o link show type veth': the veths made after interface index after, named as LXD and LXC name
-    them, whose peer is on the host too (not '@ifN', in a container) and that sit on no bridge: pairs a runtime
+    """From 'ip -o link show type veth': the veths made after interface index after, named as LXD names them,
+    whose peer is on the host too (not '@ifN', in a container) and that sit on no bridge: pairs a runtime
     made for a container that never took its end. LXD leaves a few when hundreds of containers stop at once,
     and a fleet run stops thousands."""
     found = []
@@ -670,8 +681,11 @@ def cleanup(ledger: Ledger) -> None:
         remove_cgroups(set(names).__contains__)
     for br in d["bridges"]:  # its dnsmasq and its leases go with it, and the veths left on it
         sh(["bash", FLEET_NET, "down", br], check=False)
-    if d.get("ifindex") is not None:
-        remove_host_veths(int(d["ifindex"]))
+    if isinstance(d.get("ifindex"), int):
+        try:
+            remove_host_veths(d["ifindex"])
+        except (OSError, subprocess.SubprocessError) as e:
+            log(f"cleanup: the veths left on the host stay: {e}")
     env = dict(os.environ, PYCOR_STORE=d["store"])
     if os.path.isdir(d["store"]):
         sh(PYCOR + ["doctor", "--fix"], env=env, check=False)  # run records of killed containers, their idmapped views
@@ -692,14 +706,36 @@ def cleanup(ledger: Ledger) -> None:
         shutil.rmtree(d["work"], ignore_errors=True)
 
 
+def trusted_ledger(path: str) -> Ledger | None:
+    """The ledger at path if a fleet run as root wrote it: /var/tmp is anyone's, and a ledger names what root
+    then tears down (its 'work' folder is removed). Its folder and file are root's, writable by no one else, not
+    symlinks, and its 'work' is its own folder."""
+    folder = os.path.dirname(path)
+    try:
+        st_dir, fd = os.lstat(folder), os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not (stat.S_ISDIR(st_dir.st_mode) and stat.S_ISREG(st.st_mode)) \
+                or any(x.st_uid != 0 or x.st_mode & 0o022 for x in (st_dir, st)):
+            return None
+        try:
+            ledger = Ledger(path, json.load(f))
+        except ValueError:
+            return None
+    ok = isinstance(ledger.data, dict) and ledger.data.get("tool") == "pycor-fleet" and ledger.data.get("work") == folder
+    return ledger if ok else None
+
+
 def cleanup_stale() -> None:
     """Ledgers of runs that are gone (killed with SIGKILL, a host crash): tear down what they made."""
     for path in glob.glob(LEDGERS):
-        try:
-            ledger = Ledger.load(path)
-        except (OSError, ValueError):
+        ledger = trusted_ledger(path)
+        if ledger is None:
+            log(f"cleanup: {path} is not a ledger a fleet run as root wrote: left alone")
             continue
-        if ledger.data.get("tool") == "pycor-fleet" and not ledger.alive():
+        if not ledger.alive():
             log(f"tearing down what a killed run left: {os.path.dirname(path)}")
             cleanup(ledger)
 
@@ -726,8 +762,9 @@ def markdown(data: dict) -> str:
              f"Criterion: a step's containers reach 'running' within {c['time_base_s']:.0f} s + {c['time_per_container_s']:g} s "
              f"each ({data['batch']} booting at once); all N still run, have an address and answer HTTP; then {c['idle_s']:.0f} s "
              f"of idle with memory PSI some avg10 under {c['psi_max_pct']:g} % and MemAvailable above {c['memavail_min_pct']:g} %. "
-             "Steps, the N each system reached (its run's date; --resume keeps an earlier run's systems): "
-             + "; ".join(f"{r['system']} {', '.join(str(p['n']) for p in r['points'])} ({r.get('date') or data['date']})"
+             "Steps each system ran, the last one the step that failed unless it reached --max-n (the date of its "
+             "run: --resume keeps an earlier run's systems): "
+             + "; ".join(f"{r['system']} {', '.join(str(p['n']) for p in r['points'])}" + (f" ({r['date']})" if r.get("date") else "")
                          for r in data["systems"])
              + ". LXD under samepage merging (PYCOR_KSM=1): "
              f"{'yes' if data.get('lxd_ksm') else 'no'}"

@@ -185,7 +185,7 @@ class LxdSystem(System):
         self.lxc("stop", "--force", c, check=False)
 
     def start_log(self, c: str) -> str:
-        return self.lxc("info", "--show-log", c, check=False)
+        return self.lxc("info", "--show-log", c, check=False, timeout=30)
 
     def destroy(self, c: str) -> None:
         self.lxc("delete", "--force", c, check=False)

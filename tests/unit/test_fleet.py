@@ -4,6 +4,7 @@ scripts/sysctl-up.sh sets, 'pycor doctor --fleet N''s verdict, and the fleet ben
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -286,3 +287,28 @@ def test_fleet_teardown_takes_only_runtime_veth_pairs_left_whole_on_the_host_sin
     assert fleet.host_veths(IP_LINK_VETHS, 0) == ["vethc51a335b", "veth13116854", "physnkhZLZ", "veth629f1265"]
     assert fleet.host_veths(IP_LINK_VETHS, 5105) == ["physnkhZLZ", "veth629f1265"]
     assert fleet.host_veths(IP_LINK_VETHS, 6000) == []
+
+
+def test_fleet_tears_down_only_ledgers_a_root_run_wrote(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """/var/tmp is anyone's: a planted ledger naming '/' as its folder must not make root's next run remove it."""
+    def ledger(name: str, work: str | None = None, dir_mode: int = 0o755, mode: int = 0o644, uid: int = 0) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / "ledger.json"
+        path.write_text(json.dumps({"tool": "pycor-fleet", "work": work or str(folder), "pid": 1}))
+        os.chmod(path, mode)
+        os.chmod(folder, dir_mode)
+        os.chown(path, uid, 0)
+        return str(path)
+
+    assert fleet.trusted_ledger(ledger("good")) is not None
+    assert fleet.trusted_ledger(ledger("elsewhere", work="/")) is None
+    assert fleet.trusted_ledger(ledger("anyones-folder", dir_mode=0o1777)) is None
+    assert fleet.trusted_ledger(ledger("anyones-file", mode=0o666)) is None
+    assert fleet.trusted_ledger(ledger("a-users", uid=1000)) is None
+    (tmp_path / "link").mkdir()
+    os.symlink(ledger("target"), tmp_path / "link" / "ledger.json")
+    assert fleet.trusted_ledger(str(tmp_path / "link" / "ledger.json")) is None
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "ledger.json").write_text("[1, 2]")
+    assert fleet.trusted_ledger(str(tmp_path / "junk" / "ledger.json")) is None
