@@ -221,11 +221,26 @@ DefaultMemoryAccounting=no
 """
 SYSTEM_DROPIN_PATH = "etc/systemd/system.conf.d/50-pycor.conf"
 
-# logind: started by D-Bus for the first login (pam_systemd) or loginctl, not at every boot. Most of a fleet's
-# containers are never logged into, and logind holds about 1 MiB in each. A /dev/null link in /etc masks the
-# vendor's multi-user.target.wants link of the same name (systemd 238 and later). Trade: a lingering user's
-# services (loginctl enable-linger) start at the first login after a boot, not at the boot.
+# logind: not at every boot, but when something asks for it over D-Bus (loginctl, machinectl, a login where
+# libpam-systemd is installed: debootstrap leaves it out, so the base's logins make no sessions, as before).
+# Most of a fleet's containers never ask, and logind holds about 1 MiB in each. A /dev/null link in /etc masks
+# the vendor's multi-user.target.wants link of the same name (systemd 238 and later). logind also starts a
+# lingering user's services (loginctl enable-linger) when it starts: LINGER_PATH starts it at boot when a user
+# lingers (a path unit: an inotify watch in PID 1, no process).
 ON_DEMAND_UNITS = ("systemd-logind.service",)
+LINGER_PATH = """\
+# pycor bootable base: logind on demand, and at boot when a user lingers (see pycor_hooks/debian.py).
+[Unit]
+Description=Start logind for lingering users
+
+[Path]
+DirectoryNotEmpty=/var/lib/systemd/linger
+Unit=systemd-logind.service
+
+[Install]
+WantedBy=paths.target
+"""
+LINGER_PATH_UNIT = "pycor-linger.path"
 
 _NGINX_WORKERS = re.compile(r"(?m)^(\s*worker_processes\s+)auto\s*;[^\n]*$")
 
@@ -299,6 +314,9 @@ def _fleet_defaults(rootfs: str) -> None:
             os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
             if not os.path.lexists(link):
                 os.symlink("/dev/null", link)
+            write_file(resolve_inside(rootfs, f"etc/systemd/system/{LINGER_PATH_UNIT}"), LINGER_PATH, 0o644)
+            subprocess.run(["chroot", rootfs, "systemctl", "enable", "--quiet", LINGER_PATH_UNIT],
+                           check=True, capture_output=True, stdin=subprocess.DEVNULL)
     timers = [t for t in FLEET_DISABLED_TIMERS
               if any(lexists_inside(rootfs, f"{lib}/systemd/system/{t}") for lib in ("lib", "usr/lib"))]
     if timers:

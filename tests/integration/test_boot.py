@@ -151,7 +151,12 @@ def test_bootable_base_keeps_what_each_container_costs_small(make_container, boo
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert c.sh(f"systemctl is-enabled {timer}", check=False).stdout.strip() == "disabled"
     assert c.sh("systemctl is-enabled dpkg-db-backup.timer", check=False).stdout.strip() == "enabled"  # only apt's
-    # logind is not started at boot: D-Bus starts it for the first login (pam_systemd) or loginctl.
+    # logind is not started at boot: D-Bus starts it when asked (loginctl), and a boot does when a user lingers.
     assert c.sh("systemctl is-active systemd-logind", check=False).stdout.strip() == "inactive"
     c.sh("loginctl list-sessions --no-pager")
+    assert c.sh("systemctl is-active systemd-logind", check=False).stdout.strip() == "active"
+    c.sh("useradd --create-home lingerer && loginctl enable-linger lingerer")
+    c.stop()
+    c.start()
+    c.sh(wait_for_boot_script(BOOT_TIMEOUT), check=False)
     assert c.sh("systemctl is-active systemd-logind", check=False).stdout.strip() == "active"
