@@ -312,3 +312,25 @@ def test_fleet_tears_down_only_ledgers_a_root_run_wrote(fleet, tmp_path) -> None
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "ledger.json").write_text("[1, 2]")
     assert fleet.trusted_ledger(str(tmp_path / "junk" / "ledger.json")) is None
+
+
+def test_a_boot_check_whose_exec_hangs_asks_systemd_when_its_boot_finished(fleet) -> None:  # type: ignore[no-untyped-def]
+    """LXD's exec sometimes never returns while the container runs: the boot still counts if it finished in time."""
+    import subprocess
+    import time
+
+    class Hangs:
+        def __init__(self, finished_after: float | None) -> None:
+            self.calls, self.finished_after = 0, finished_after
+
+        def sh(self, c: str, script: str, timeout: float = 900) -> str:
+            self.calls += 1
+            if self.calls == 1:
+                raise subprocess.TimeoutExpired(["lxc", "exec", c], timeout)
+            if self.finished_after is None:
+                return "starting\n0\n"
+            return f"running\n{int((time.monotonic() + self.finished_after) * 1e6)}\n"
+
+    assert fleet.boot_state(Hangs(5), "c1", 60) == "running"
+    assert fleet.boot_state(Hangs(120), "c1", 60).startswith("late: running")
+    assert fleet.boot_state(Hangs(None), "c1", 60) == "starting"
