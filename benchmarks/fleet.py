@@ -108,11 +108,6 @@ class Ledger:
         ledger.save()
         return ledger
 
-    @classmethod
-    def load(cls, path: str) -> Ledger:
-        with open(path) as f:
-            return cls(path, json.load(f))
-
     def add(self, key: str, value: str) -> None:
         with self.lock:
             if value not in self.data[key]:

@@ -227,7 +227,7 @@ SYSTEM_DROPIN_PATH = "etc/systemd/system.conf.d/50-pycor.conf"
 # the vendor's multi-user.target.wants link of the same name (systemd 238 and later). logind also starts a
 # lingering user's services (loginctl enable-linger) when it starts: LINGER_PATH starts it at boot when a user
 # lingers (a path unit: an inotify watch in PID 1, no process).
-ON_DEMAND_UNITS = ("systemd-logind.service",)
+LOGIND = "systemd-logind.service"
 LINGER_PATH = """\
 # pycor bootable base: logind on demand, and at boot when a user lingers (see pycor_hooks/debian.py).
 [Unit]
@@ -308,15 +308,14 @@ def _fleet_defaults(rootfs: str) -> None:
         if changed != text:
             os.unlink(conf)
             write_file(conf, changed, 0o644)
-    for unit in ON_DEMAND_UNITS:
-        if any(lexists_inside(rootfs, f"{lib}/systemd/system/multi-user.target.wants/{unit}") for lib in ("lib", "usr/lib")):
-            link = resolve_inside(rootfs, f"etc/systemd/system/multi-user.target.wants/{unit}")
-            os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
-            if not os.path.lexists(link):
-                os.symlink("/dev/null", link)
-            write_file(resolve_inside(rootfs, f"etc/systemd/system/{LINGER_PATH_UNIT}"), LINGER_PATH, 0o644)
-            subprocess.run(["chroot", rootfs, "systemctl", "enable", "--quiet", LINGER_PATH_UNIT],
-                           check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    if any(lexists_inside(rootfs, f"{lib}/systemd/system/multi-user.target.wants/{LOGIND}") for lib in ("lib", "usr/lib")):
+        link = resolve_inside(rootfs, f"etc/systemd/system/multi-user.target.wants/{LOGIND}")
+        os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink("/dev/null", link)
+        write_file(resolve_inside(rootfs, f"etc/systemd/system/{LINGER_PATH_UNIT}"), LINGER_PATH, 0o644)
+        subprocess.run(["chroot", rootfs, "systemctl", "enable", "--quiet", LINGER_PATH_UNIT],
+                       check=True, capture_output=True, stdin=subprocess.DEVNULL)
     timers = [t for t in FLEET_DISABLED_TIMERS
               if any(lexists_inside(rootfs, f"{lib}/systemd/system/{t}") for lib in ("lib", "usr/lib"))]
     if timers:
